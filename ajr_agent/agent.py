@@ -1,0 +1,329 @@
+"""The agent: one loop that reads Slurm and the logs, asks the policy, and acts.
+
+Data flows one way: the poll and the log lines become events; the policy turns each
+event into a new job state and actions; the store records both in one transaction;
+the executor runs the actions and its outcomes come back as events.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from . import __version__, policy
+from .config import ConfigError, Settings, load_settings
+from .errors import AjrError
+from .executor import Executor
+from .logs import ChangeWatcher, FilePosition, LogLine, LogTailer, TailNotice, find_job_logs
+from .model import AnomalyFound, CheckpointSaved, Event, ManagedJob, Note, UnmanagedJob
+from .rules import RuleKind, RuleSet, default_rules_dir
+from .slurm import JobSnapshot, SlurmError, SlurmGateway, open_gateway
+from .spec import SPEC_KEY, parse_comment
+from .store import FollowedFile, Store
+
+log = logging.getLogger("ajr.agent")
+
+
+def load_rules(settings: Settings) -> RuleSet:
+    """The shipped rules, then every site rules directory in order (later files win by name)."""
+    return RuleSet.load([default_rules_dir(), *settings.rules_dirs])
+
+
+class Agent:
+    """Watches managed jobs and recovers the ones that fail."""
+
+    def __init__(self, settings: Settings, store: Store, gateway: SlurmGateway, rules: RuleSet,
+                 watcher: ChangeWatcher | None = None) -> None:  # fmt: skip
+        self.settings = settings
+        self.store = store
+        self.gateway = gateway
+        self.rules = rules
+        self.watcher = watcher
+        self.executor = Executor(gateway, store, settings)
+        self.tailer = LogTailer(max_line_bytes=settings.max_line_bytes)
+        self.jobs: dict[int, ManagedJob] = store.load_jobs()
+        self.unmanaged: dict[int, str] = {job.job_id: job.comment for job in store.unmanaged()}
+        self.files: dict[str, FollowedFile] = {}
+        self.snapshots: dict[int, JobSnapshot] = {}
+        self.last_scan: dict[int, float] = {}
+        self.stop_requested = threading.Event()
+        self.reconciled = False
+        self.watching_since = float(store.meta().get("watching_since") or 0) or time.time()
+        store.set_meta(watching_since=self.watching_since)
+        for followed in store.files():
+            if followed.job_id in self.jobs:
+                self._follow(followed)
+
+    # ---- the loop -------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until stop() is called (SIGTERM), finishing the step under way."""
+        next_poll = 0.0
+        while not self.stop_requested.is_set():
+            now = time.time()
+            if now >= next_poll:
+                self.poll(now)
+                next_poll = now + self.settings.poll_interval
+            self.read_logs(time.time())
+            self.run_due_actions(time.time())
+            wait = max(0.0, min(self.settings.tail_interval, next_poll - time.time()))
+            if self.watcher is not None:
+                self.watcher.wait(wait)
+            else:
+                self.stop_requested.wait(wait)
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current step."""
+        self.stop_requested.set()
+
+    def poll(self, now: float) -> None:
+        """Read every job once; turn what changed into events; look for new log files."""
+        started = time.monotonic()
+        try:
+            snapshots = self.gateway.list_jobs()
+        except SlurmError as exc:
+            # Never take a failed poll for "every job vanished".
+            log.error("cannot read the Slurm queue (will retry): %s", exc)
+            self.store.set_meta(last_poll_error=str(exc), last_poll_error_at=now)
+            return
+        self.snapshots = {s.job_id: s for s in snapshots if SPEC_KEY in s.comment}
+        if not self.reconciled:
+            self.reconcile(now)
+        for snapshot in self.snapshots.values():
+            self._guarded(snapshot.job_id, self._observe, snapshot, now)
+        for job_id in [j for j, job in self.jobs.items() if j not in self.snapshots]:
+            self._guarded(job_id, self._vanish, job_id, now)
+        for job in list(self.jobs.values()):
+            self._guarded(job.job_id, self._scan_logs, job, now)
+        self.store.set_meta(
+            last_poll_at=now, last_poll_seconds=round(time.monotonic() - started, 4), jobs_in_queue=len(snapshots),
+            managed_jobs=len(self.jobs), followed_files=len(self.files),
+        )  # fmt: skip
+
+    def reconcile(self, now: float) -> None:
+        """Finish the actions a previous run journaled but did not see through."""
+        self.reconciled = True
+        for entry in self.store.open_actions():
+            action = entry.action
+            log.info("job %s: reconciling open %s from %s", action.job_id, action.kind.value, entry.status)
+            events = self.executor.resume(entry, self.snapshots.get(action.job_id), now)
+            self._guarded(action.job_id, self._handle_all, action.job_id, events, now)
+
+    def run_due_actions(self, now: float) -> None:
+        """Try again the actions whose back-off has passed."""
+        for entry in self.store.open_actions():
+            if entry.next_try_at is None or entry.next_try_at > now:
+                continue
+            events = self.executor.resume(entry, self.snapshots.get(entry.action.job_id), now)
+            self._guarded(entry.action.job_id, self._handle_all, entry.action.job_id, events, now)
+
+    # ---- Slurm's side -------------------------------------------------------------------
+
+    def _observe(self, snapshot: JobSnapshot, now: float) -> None:
+        job = self.jobs.get(snapshot.job_id)
+        if job is None:
+            job = self._adopt(snapshot, now)
+            if job is None:
+                return
+        refreshed, events = policy.observe(job, snapshot, now)
+        self.jobs[job.job_id] = refreshed
+        if refreshed != job and not events:
+            self.store.save_job(refreshed)
+        self._handle_all(job.job_id, events, now)
+
+    def _adopt(self, snapshot: JobSnapshot, now: float) -> ManagedJob | None:
+        if self.unmanaged.get(snapshot.job_id) == snapshot.comment:
+            return None
+        verdict = parse_comment(snapshot.comment)
+        if verdict.spec is None:
+            if verdict.problem:
+                log.warning("job %s (%s, user %s) not managed: %s", snapshot.job_id, snapshot.name, snapshot.user,
+                            verdict.problem)  # fmt: skip
+                self.store.save_unmanaged(
+                    UnmanagedJob(snapshot.job_id, snapshot.name, snapshot.user, snapshot.comment, verdict.problem, now)
+                )
+            self.unmanaged[snapshot.job_id] = snapshot.comment
+            return None
+        decision = policy.adopt(snapshot, verdict.spec, self.settings, now, self.watching_since)
+        for note in decision.notes:
+            self._record(decision.job, note, now)
+        return decision.job
+
+    def _vanish(self, job_id: int, now: float) -> None:
+        job = self.jobs.pop(job_id)
+        self._handle_all(job_id, policy.vanished(job, now), now, job=job)
+        for path in [p for p, f in self.files.items() if f.job_id == job_id]:
+            self.tailer.unfollow(path)
+            del self.files[path]
+        self.store.forget_files(job_id)
+
+    # ---- the logs' side -------------------------------------------------------------------
+
+    def _scan_logs(self, job: ManagedJob, now: float) -> None:
+        """Look for new log files of a running job: each poll until one is found, then less often."""
+        snapshot = self.snapshots.get(job.job_id)
+        if snapshot is None or not snapshot.running:
+            return
+        has_file = any(f.job_id == job.job_id and f.attempt == job.attempt for f in self.files.values())
+        if has_file and now - self.last_scan.get(job.job_id, 0.0) < self.settings.log_scan_interval:
+            return
+        self.last_scan[job.job_id] = now
+        for path in find_job_logs(job.name, job.job_id, self.log_dirs(job), owner_uid=job.user_id):
+            if str(path) not in self.files:
+                try:
+                    stat = path.lstat()
+                except OSError:
+                    continue  # gone again since the scan; the next scan decides
+                followed = FollowedFile(job.job_id, job.attempt, FilePosition(str(path), stat.st_ino, stat.st_dev, 0))
+                self._follow(followed)
+                self.store.save_files([followed])
+                self._record(job, Note("log", f"following {path} for attempt {job.attempt}"), now)
+
+    def log_dirs(self, job: ManagedJob) -> list[Path]:
+        """Where a job's logs may lie: its working directory, its stdout directory, the site's log dirs."""
+        dirs = [Path(d) for d in (job.work_dir, job.stdout_dir) if d]
+        return dirs + list(self.settings.log_dirs)
+
+    def _follow(self, followed: FollowedFile) -> None:
+        self.tailer.follow(followed.position.path, key=followed.job_id, position=followed.position)
+        self.files[followed.position.path] = followed
+        if self.watcher is not None:
+            self.watcher.watch(Path(followed.position.path).parent)
+
+    def read_logs(self, now: float) -> None:
+        """Read what every followed file has added and turn matching lines into events."""
+        for job_id, result in self.tailer.read_all().items():
+            job = self.jobs.get(job_id)
+            if job is None:
+                continue
+            self._guarded(job_id, self._lines, job, result.lines, result.notices, now)
+
+    def _lines(self, job: ManagedJob, lines: list[LogLine], notices: list[TailNotice], now: float) -> None:
+        events: list[Event] = []
+        for notice in notices:
+            self._record(job, Note("log", f"{notice.path}: {notice.kind}: {notice.detail}"), now)
+        touched: set[str] = set()
+        for line in lines:
+            touched.add(line.path)
+            attempt = self.files[line.path].attempt
+            for match in self.rules.match(line.text):
+                rule = match.rule
+                if rule.kind is RuleKind.ANOMALY:
+                    events.append(AnomalyFound(job.job_id, attempt, now, rule.name, rule.category or "anomaly",
+                                               rule.fault.value, line.path, line.text))  # fmt: skip
+                elif rule.kind is RuleKind.CHECKPOINT:
+                    events.append(CheckpointSaved(job.job_id, attempt, now, rule.name, line.path, line.text))
+        self._handle_all(job.job_id, events, now)
+        # Offsets are saved after the decisions: a crash in between re-reads lines whose
+        # failure is then recognised as already handled, never lost.
+        self.store.save_files(
+            [FollowedFile(job.job_id, self.files[p].attempt, self.tailer.position(p)) for p in touched | {n.path for n in notices}]
+        )
+
+    # ---- decisions ---------------------------------------------------------------------------
+
+    def _handle_all(self, job_id: int, events: list[Event], now: float, job: ManagedJob | None = None) -> None:
+        """Feed events to the policy one by one, following the outcomes of the actions it takes."""
+        queue = list(events)
+        while queue:
+            event = queue.pop(0)
+            current = self.jobs.get(job_id, job)
+            if current is None:
+                return
+            decision = policy.decide(current, event, self.settings)
+            with self.store.transaction():
+                self.store.save_job(decision.job)
+                for note in decision.notes:
+                    self._note(decision.job, note, _event_time(event, now), event)
+                journaled = [self.store.journal(a, self.settings.dry_run, now) for a in decision.actions]
+            if job_id in self.jobs or job is None:
+                self.jobs[job_id] = decision.job
+            for action in journaled:
+                queue.extend(self.executor.run(action, time.time()))
+
+    def _record(self, job: ManagedJob, note: Note, now: float) -> None:
+        with self.store.transaction():
+            self.store.save_job(job)
+            self._note(job, note, now, None)
+        self.jobs[job.job_id] = job
+
+    def _note(self, job: ManagedJob, note: Note, at: float, event: Event | None) -> None:
+        path = getattr(event, "path", None)
+        line = getattr(event, "line", None)
+        self.store.add_note(job.job_id, getattr(event, "attempt", job.attempt), at, note, path, line)
+        log.info("job %s (%s): %s", job.job_id, job.name, note.text)
+
+    def _guarded(self, job_id: int, handler, *args) -> None:  # type: ignore[no-untyped-def]
+        # One job's surprise must not stop the agent for every other job.
+        try:
+            handler(*args)
+        except AjrError as exc:
+            log.error("job %s: %s", job_id, exc)
+        except Exception:
+            log.exception("job %s: unexpected error; the agent goes on with the other jobs", job_id)
+
+
+def _event_time(event: Event, now: float) -> float:
+    return getattr(event, "at", now)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="settings file (default $AJR_CONFIG or /etc/ajr/ajr.toml)")  # fmt: skip
+@click.option("--dry-run", is_flag=True, default=None, help="decide and record, change nothing in Slurm")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))  # fmt: skip
+@click.version_option(__version__)
+def main(config_file: Path | None, dry_run: bool | None, log_level: str) -> None:
+    """Run the AJR agent: watch managed Slurm jobs and recover the ones that fail."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s | %(levelname)s | %(name)s - %(message)s")
+    try:
+        settings = load_settings(config_file)
+        if dry_run:
+            settings = settings.with_overrides(dry_run=True)
+        rules = load_rules(settings)
+        store = Store(settings.state_db)
+        gateway = open_gateway(settings)
+    except AjrError as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(2)
+    if settings.dry_run:
+        log.info("DRY_RUN mode is active")
+    watcher = ChangeWatcher()
+    agent = Agent(settings, store, gateway, rules, watcher)
+    store.set_meta(backend=gateway.backend, dry_run=settings.dry_run, agent_started_at=time.time(),
+                   agent_version=__version__)  # fmt: skip
+    log.info("ajr-agent %s started: backend %s, %d rules, state %s", __version__, gateway.backend,
+             len(rules.rules), settings.state_db)  # fmt: skip
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping after the current step", signum)
+        agent.stop()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        try:
+            agent.rules = load_rules(settings)
+            log.info("rules reloaded: %d rules", len(agent.rules.rules))
+        except (AjrError, ConfigError) as exc:
+            log.error("rules not reloaded, the old ones stay in force: %s", exc)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, on_hup)
+    try:
+        agent.run()
+    finally:
+        watcher.close()
+        store.close()
+        log.info("ajr-agent stopped")
+
+
+if __name__ == "__main__":
+    main()

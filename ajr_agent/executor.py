@@ -1,0 +1,91 @@
+"""Runs the policy's actions against Slurm: journaled first, dry-run aware, retried with back-off.
+
+Every action is in the journal before its command runs and marked after, so a crash
+between the two is found at start-up and reconciled against Slurm's own state
+instead of being run blindly a second time.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .config import Settings
+from .model import Action, ActionDone, ActionFailed, ActionKind, Event
+from .slurm import JobSnapshot, SlurmError, SlurmGateway
+from .store import ActionStatus, JournalEntry, Store
+
+log = logging.getLogger(__name__)
+
+
+class Executor:
+    """Carries out journaled actions and reports their outcome as events."""
+
+    def __init__(self, gateway: SlurmGateway, store: Store, settings: Settings) -> None:
+        self.gateway = gateway
+        self.store = store
+        self.settings = settings
+
+    def run(self, action: Action, now: float, tries_before: int = 0) -> list[Event]:
+        """Run one journaled action; its outcome as events (none while a retry is pending)."""
+        if self.settings.dry_run:
+            self.store.update_action(action, ActionStatus.DRY_RUN, now, tried=False)
+            log.info("job %s: DRY_RUN: would %s (%s)", action.job_id, action.kind.value, action.reason)
+            return [ActionDone(action, now, dry_run=True)]
+        try:
+            self._perform(action)
+        except SlurmError as exc:
+            return self._failed(action, exc, now, tries_before + 1)
+        self.store.update_action(action, ActionStatus.DONE, now)
+        log.info("job %s: %s done", action.job_id, action.kind.value)
+        return [ActionDone(action, now)]
+
+    def _perform(self, action: Action) -> None:
+        if action.kind is ActionKind.REQUEUE_HOLD:
+            self.gateway.requeue_hold(action.job_id)
+        elif action.kind is ActionKind.RELEASE:
+            self.gateway.release(action.job_id)
+            if self.settings.clear_begin_time:
+                self._clear_begin_time(action.job_id)
+        else:  # pragma: no cover - ActionKind is closed
+            raise ValueError(f"no executor for {action.kind}")
+
+    def _clear_begin_time(self, job_id: int) -> None:
+        # Without this Slurm holds a requeued job back for ~120 s (BeginTime). Failing here
+        # only costs that wait, so it must not turn a good release into a failed one.
+        try:
+            self.gateway.update(job_id, StartTime="now")
+        except SlurmError as exc:
+            log.warning("job %s: released, but clearing the requeue wait failed (it starts in ~2 min): %s",
+                        job_id, exc)  # fmt: skip
+
+    def _failed(self, action: Action, exc: SlurmError, now: float, tries: int) -> list[Event]:
+        if exc.transient and tries < self.settings.action_max_tries:
+            delay = min(self.settings.action_retry_delay * 2 ** (tries - 1), self.settings.action_retry_max_delay)
+            self.store.update_action(action, ActionStatus.RETRY, now, error=str(exc), next_try_at=now + delay)
+            log.warning("job %s: %s failed (try %d of %d, again in %.0f s): %s", action.job_id, action.kind.value,
+                        tries, self.settings.action_max_tries, delay, exc)  # fmt: skip
+            return []
+        reason = exc.reason if not exc.transient else f"gave up after {tries} tries: {exc.reason}"
+        self.store.update_action(action, ActionStatus.FAILED, now, error=reason)
+        log.error("job %s: %s failed: %s", action.job_id, action.kind.value, reason)
+        return [ActionFailed(action, now, reason)]
+
+    def resume(self, entry: JournalEntry, snapshot: JobSnapshot | None, now: float) -> list[Event]:
+        """Finish an action left open by a crash or waiting for a retry, checking Slurm first.
+
+        A requeuehold whose job already shows a higher restart count has happened: running it
+        again would requeue the job twice for one failure.
+        """
+        action = entry.action
+        if snapshot is None:
+            self.store.update_action(action, ActionStatus.FAILED, now, error="job no longer in Slurm", tried=False)
+            return [ActionFailed(action, now, "job no longer in Slurm")]
+        if action.kind is ActionKind.REQUEUE_HOLD and snapshot.restart_count > action.attempt:
+            self.store.update_action(action, ActionStatus.DONE, now, tried=False)
+            log.info("job %s: requeuehold of attempt %d had already happened", action.job_id, action.attempt)
+            return [ActionDone(action, now, dry_run=entry.dry_run)]
+        if entry.dry_run:
+            # Decided in dry run: it stays a would-be action even if the agent now runs for real.
+            self.store.update_action(action, ActionStatus.DRY_RUN, now, tried=False)
+            return [ActionDone(action, now, dry_run=True)]
+        return self.run(action, now, tries_before=entry.tries)

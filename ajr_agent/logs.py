@@ -1,0 +1,474 @@
+"""Find a job's log files by the naming convention, and tail them safely.
+
+A job's logs are named ``{job_name}_{job_id}_date_%y-%m-%d_time_%H-%M-%S.log``;
+every step of a job may write one. :func:`find_job_logs` lists them,
+:class:`LogTailer` reads them incrementally from saved offsets with bounded memory
+per file, per line and per call, and survives truncation, replacement, vanishing
+files and partial lines. :class:`ChangeWatcher` wakes the agent early where the
+file system sends change events; stat polling stays the ground truth, because
+inotify does not see writes made by other NFS/Lustre/GPFS clients (and NFS
+attribute caching can hide growth for up to ``actimeo`` seconds).
+
+Users are not trusted: a log path could be swapped for a symlink or a FIFO at any
+time, so symlinks are never followed and only regular files are ever read.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import stat
+import threading
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watchdog.events import (
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
+
+log = logging.getLogger(__name__)
+
+# O_NONBLOCK: opening a FIFO a user put in place of their log must not hang the
+# agent. O_NOFOLLOW: a symlink swapped in after the stat must not be followed.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def log_prefix(job_name: str, job_id: int) -> str:
+    """Return the fixed start of every log file name of a job: ``<job_name>_<job_id>_date``."""
+    return f"{job_name}_{job_id}_date"
+
+
+@functools.lru_cache(maxsize=4096)
+def _log_name_pattern(job_name: str, job_id: int) -> re.Pattern[str]:
+    # [0-9] rather than \d: \d would also accept non-ASCII digits.
+    return re.compile(
+        re.escape(log_prefix(job_name, job_id))
+        + r"_[0-9]{2}-[0-9]{2}-[0-9]{2}_time_[0-9]{2}-[0-9]{2}-[0-9]{2}\.log"
+    )
+
+
+def is_job_log_name(file_name: str, job_name: str, job_id: int) -> bool:
+    """Tell whether ``file_name`` is a log file name of job ``job_id`` named ``job_name``.
+
+    The whole name is checked, date/time part and ``.log`` suffix included.
+    """
+    return _log_name_pattern(job_name, job_id).fullmatch(file_name) is not None
+
+
+def find_job_logs(
+    job_name: str, job_id: int, dirs: Iterable[Path], owner_uid: int | None
+) -> list[Path]:
+    """List the log files of a job found directly in ``dirs``, sorted by file name.
+
+    Each directory is scanned once (directories are compared after resolving
+    symlinks) and not recursively; missing or unreadable directories are skipped.
+    Symlinks and anything that is not a regular file are skipped. When
+    ``owner_uid`` is given, files owned by another user are skipped, so that a user
+    cannot feed lines into another user's job.
+    """
+    prefix = log_prefix(job_name, job_id)
+    seen_dirs: set[str] = set()
+    found: list[Path] = []
+    for directory in dirs:
+        # realpath, unlike Path.resolve, does not raise on a symlink loop.
+        resolved = os.path.realpath(directory)
+        if resolved in seen_dirs:
+            continue
+        seen_dirs.add(resolved)
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    # The prefix test is cheap and rejects most entries of a busy directory.
+                    if not entry.name.startswith(prefix) or not is_job_log_name(
+                        entry.name, job_name, job_id
+                    ):
+                        continue
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if not stat.S_ISREG(info.st_mode):
+                        continue
+                    if owner_uid is not None and info.st_uid != owner_uid:
+                        log.debug("skipping %s: owned by uid %d, not %d", entry.path, info.st_uid, owner_uid)
+                        continue
+                    found.append(Path(entry.path))
+        except OSError as error:
+            log.debug("cannot scan %s for logs of job %d: %s", directory, job_id, error)
+    return sorted(found, key=lambda path: (path.name, str(path)))
+
+
+@dataclass(frozen=True)
+class FilePosition:
+    """Where reading of a file stopped; persisted so that a restart resumes instead of re-reading."""
+
+    path: str
+    inode: int
+    device: int
+    offset: int  # byte offset just after the last complete line consumed
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One complete line read from a log file.
+
+    ``text`` is decoded as UTF-8 with invalid bytes replaced, without the line
+    ending. ``end_offset`` is the byte offset just after the line's newline; for a
+    ``truncated`` line (longer than ``max_line_bytes``, cut to that length) whose
+    newline has not been read yet, it is the offset where reading stopped.
+    """
+
+    path: str
+    text: str
+    end_offset: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class TailNotice:
+    """Something that happened to a followed file that an operator should see.
+
+    ``kind`` is one of ``"truncated"``, ``"replaced"``, ``"vanished"``, ``"unreadable"``.
+    """
+
+    path: str
+    kind: str
+    detail: str
+
+
+@dataclass
+class TailResult:
+    """What one read produced: new complete lines and notices, in order of occurrence."""
+
+    lines: list[LogLine] = field(default_factory=list)
+    notices: list[TailNotice] = field(default_factory=list)
+
+
+@dataclass
+class _FollowedFile:
+    """The reading state of one followed path."""
+
+    key: Hashable
+    # None until the file is first seen, and again after it vanished: whatever
+    # appears at the path next is a new file, read from 0.
+    inode: int | None
+    device: int | None
+    offset: int
+    # Inside an overlong line whose first max_line_bytes were already returned:
+    # the rest is discarded up to the next newline.
+    skipping: bool = False
+    # File size when the last read reached the end of the file; equal size and
+    # identity at the next stat mean nothing new (-1: unknown, read again).
+    seen_size: int = -1
+    # The kind of the problem notice already given; repeated failures of the same
+    # kind stay quiet until the file is read successfully again.
+    problem: str | None = None
+
+
+class LogTailer:
+    """Follows log files and returns their new complete lines, with bounded memory.
+
+    Nothing is kept open between reads and nothing but offsets is kept between
+    reads: a partial last line is read again once its newline has arrived. A line
+    longer than ``max_line_bytes`` is returned cut to that length (``truncated``)
+    and the rest of it is skipped. One read of one file consumes at most
+    ``max_read_bytes``; the rest comes with the next read.
+    """
+
+    def __init__(self, max_line_bytes: int = 65536, max_read_bytes: int = 4 * 1024 * 1024) -> None:
+        """Create a tailer.
+
+        ``max_read_bytes`` must exceed ``max_line_bytes``, so that a whole line and
+        its newline always fit in one read.
+        """
+        if max_line_bytes < 1:
+            raise ValueError(f"max_line_bytes must be positive, got {max_line_bytes}")
+        if max_read_bytes <= max_line_bytes:
+            raise ValueError(
+                f"max_read_bytes ({max_read_bytes}) must be larger than max_line_bytes ({max_line_bytes})"
+            )
+        self._max_line_bytes = max_line_bytes
+        self._max_read_bytes = max_read_bytes
+        self._files: dict[str, _FollowedFile] = {}
+
+    def follow(self, path: str | Path, key: Hashable, position: FilePosition | None = None) -> None:
+        """Start following ``path`` for ``key`` (a job id); a no-op if ``path`` is already followed.
+
+        With a saved ``position``, reading resumes at its offset if the file is
+        still the same one (same inode and device) and not shorter than the offset;
+        otherwise the next read gives a "replaced" or "truncated" notice and reads
+        from the start. Without a position, the file is read from the start.
+        """
+        name = str(path)
+        if name in self._files:
+            return
+        if position is not None and position.path != name:
+            raise ValueError(f"position of {position.path!r} given to follow {name!r}")
+        if position is None or position.offset == 0:
+            # Nothing consumed yet: whatever the file is now, it is read from 0.
+            self._files[name] = _FollowedFile(key=key, inode=None, device=None, offset=0)
+        else:
+            self._files[name] = _FollowedFile(
+                key=key, inode=position.inode, device=position.device, offset=position.offset
+            )
+
+    def unfollow(self, path: str | Path) -> None:
+        """Stop following ``path``; a no-op if it is not followed."""
+        self._files.pop(str(path), None)
+
+    def unfollow_key(self, key: Hashable) -> None:
+        """Stop following every file of ``key``."""
+        for name in [name for name, state in self._files.items() if state.key == key]:
+            del self._files[name]
+
+    def followed(self) -> list[str]:
+        """Return the followed paths, in the order they were followed."""
+        return list(self._files)
+
+    def position(self, path: str | Path) -> FilePosition:
+        """Return the position to persist for a followed ``path``.
+
+        Inode and device are 0 while no file has been seen at the path.
+        """
+        name = str(path)
+        state = self._files[name]
+        return FilePosition(path=name, inode=state.inode or 0, device=state.device or 0, offset=state.offset)
+
+    def read_all(self) -> dict[Hashable, TailResult]:
+        """Read every followed file; results are grouped by key, only keys with lines or notices appear."""
+        results: dict[Hashable, TailResult] = {}
+        for name, state in list(self._files.items()):
+            result = self.read(name)
+            if result.lines or result.notices:
+                grouped = results.setdefault(state.key, TailResult())
+                grouped.lines.extend(result.lines)
+                grouped.notices.extend(result.notices)
+        return results
+
+    def read(self, path: str | Path) -> TailResult:
+        """Read the new complete lines of a followed ``path`` (KeyError if it is not followed)."""
+        name = str(path)
+        state = self._files[name]
+        result = TailResult()
+        try:
+            info = os.stat(name, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            self._vanished(name, state, result)
+            return result
+        except OSError as error:
+            self._unreadable(name, state, result, f"cannot stat: {error.strerror}")
+            return result
+        # The hot path, taken by almost every poll of almost every file: one stat, no open.
+        if (info.st_ino, info.st_dev) == (state.inode, state.device) and info.st_size == state.seen_size:
+            return result
+        if not stat.S_ISREG(info.st_mode):
+            mode = stat.filemode(info.st_mode)
+            self._unreadable(name, state, result, f"not a regular file (mode {mode})")
+            return result
+        try:
+            fd = os.open(name, _OPEN_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            self._vanished(name, state, result)
+            return result
+        except OSError as error:
+            self._unreadable(name, state, result, f"cannot open: {error.strerror}")
+            return result
+        try:
+            # Judge the file actually opened: the path may have changed since the stat.
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode):
+                self._unreadable(name, state, result, "not a regular file")
+                return result
+            self._check_identity(name, state, opened, result)
+            self._read_lines(fd, name, state, opened.st_size, result)
+        except OSError as error:
+            self._unreadable(name, state, result, f"cannot read: {error.strerror}")
+        finally:
+            os.close(fd)
+        return result
+
+    def _check_identity(
+        self, name: str, state: _FollowedFile, info: os.stat_result, result: TailResult
+    ) -> None:
+        """Adopt the file's identity; restart from 0, with a notice, when it was replaced or truncated.
+
+        A file deleted and recreated between two reads may get the same inode
+        back; it then counts as truncated if it is shorter than the offset, and is
+        indistinguishable from the old file otherwise.
+        """
+        if state.inode is None:
+            # First sight of a file at this path (or since it vanished): the offset is already 0.
+            pass
+        elif (info.st_ino, info.st_dev) != (state.inode, state.device):
+            result.notices.append(
+                TailNotice(
+                    name,
+                    "replaced",
+                    f"a new file (inode {info.st_ino}) replaced inode {state.inode};"
+                    " reading it from the start",
+                )
+            )
+        elif info.st_size < state.offset:
+            result.notices.append(
+                TailNotice(
+                    name,
+                    "truncated",
+                    f"size {info.st_size} is below the read offset {state.offset};"
+                    " reading again from the start",
+                )
+            )
+        else:
+            return
+        state.inode, state.device = info.st_ino, info.st_dev
+        state.offset = 0
+        state.skipping = False
+
+    def _read_lines(
+        self, fd: int, name: str, state: _FollowedFile, size: int, result: TailResult
+    ) -> None:
+        """Read at most max_read_bytes from the offset and turn the complete lines into LogLines."""
+        base = state.offset
+        data = os.pread(fd, min(self._max_read_bytes, size - base), base)
+        limit = self._max_line_bytes
+        pos = 0
+        if state.skipping:
+            newline = data.find(b"\n")
+            if newline < 0:
+                pos = len(data)
+            else:
+                pos = newline + 1
+                state.skipping = False
+        while pos < len(data):
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                if len(data) - pos <= limit:
+                    # A partial line: left unread until its newline arrives.
+                    break
+                # An overlong line without its newline yet: return its head now and
+                # drop the rest as it comes, rather than holding or re-reading it.
+                head = data[pos : pos + limit]
+                result.lines.append(LogLine(name, _decode(head), base + len(data), True))
+                pos = len(data)
+                state.skipping = True
+                break
+            raw = data[pos:newline]
+            if len(raw) > limit:
+                result.lines.append(LogLine(name, _decode(raw[:limit]), base + newline + 1, True))
+            else:
+                text = _decode(raw.removesuffix(b"\r"))
+                result.lines.append(LogLine(name, text, base + newline + 1, False))
+            pos = newline + 1
+        state.offset = base + pos
+        # Only when the end of the file was reached may an unchanged size mean "nothing new".
+        state.seen_size = size if base + len(data) >= size else -1
+        state.problem = None
+
+    def _vanished(self, name: str, state: _FollowedFile, result: TailResult) -> None:
+        """Note a missing file once; whatever appears at the path later is read from 0."""
+        if state.problem != "vanished":
+            detail = "the file no longer exists; its path is still followed"
+            result.notices.append(TailNotice(name, "vanished", detail))
+        state.problem = "vanished"
+        state.inode = state.device = None
+        state.offset = 0
+        state.skipping = False
+        state.seen_size = -1
+
+    def _unreadable(self, name: str, state: _FollowedFile, result: TailResult, detail: str) -> None:
+        """Note a file that cannot be read, once per streak of failures; the position is kept."""
+        if state.problem != "unreadable":
+            result.notices.append(TailNotice(name, "unreadable", detail))
+        state.problem = "unreadable"
+        state.seen_size = -1
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
+class _WakeHandler(FileSystemEventHandler):
+    """Sets an event whenever a file in a watched directory is written, created or moved."""
+
+    def __init__(self, changed: threading.Event) -> None:
+        super().__init__()
+        self._changed = changed
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        self._changed.set()
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        self._changed.set()
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        self._changed.set()
+
+
+# Only these are asked of inotify: the tailer opens every file it reads, and its
+# own opens must not wake the agent.
+_WAKE_EVENTS: list[type[FileSystemEvent]] = [FileModifiedEvent, FileCreatedEvent, FileMovedEvent]
+
+
+class ChangeWatcher:
+    """Wakes the agent early when a watched directory changes.
+
+    Polling stays the ground truth, because inotify does not see writes from other
+    NFS/Lustre/GPFS clients.
+    """
+
+    def __init__(self) -> None:
+        """Create a watcher and start its observer thread."""
+        self._changed = threading.Event()
+        self._handler = _WakeHandler(self._changed)
+        self._observer = Observer()
+        # Started before any directory is scheduled, so that a directory that cannot
+        # be watched fails in its own schedule() call and leaves nothing behind.
+        self._observer.start()
+        self._watches: dict[str, ObservedWatch] = {}
+
+    def watch(self, directory: str | Path) -> None:
+        """Watch ``directory`` (not recursively); idempotent.
+
+        A directory that does not exist or cannot be watched (inotify limits) is
+        logged at debug level and ignored: polling still covers it.
+        """
+        resolved = os.path.realpath(directory)
+        if resolved in self._watches:
+            return
+        if not os.path.isdir(resolved):
+            log.debug("not watching %s: not a directory", directory)
+            return
+        try:
+            watch = self._observer.schedule(
+                self._handler, resolved, recursive=False, event_filter=_WAKE_EVENTS
+            )
+        except OSError as error:
+            log.debug("not watching %s: %s", directory, error)
+            return
+        self._watches[resolved] = watch
+
+    def unwatch(self, directory: str | Path) -> None:
+        """Stop watching ``directory``; a no-op if it is not watched."""
+        watch = self._watches.pop(os.path.realpath(directory), None)
+        if watch is not None:
+            self._observer.unschedule(watch)
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a change or ``timeout`` seconds; return True if a change woke us, and clear it."""
+        changed = self._changed.wait(timeout)
+        self._changed.clear()
+        return changed
+
+    def close(self) -> None:
+        """Stop watching everything and stop the observer thread."""
+        self._watches.clear()
+        self._observer.stop()
+        self._observer.join()

@@ -1,0 +1,196 @@
+"""The plain data that flows through the agent: managed jobs, events in, actions out.
+
+Events come from Slurm (the poll) and from the logs (the rules); the policy turns
+(job, event) into a new job and actions; the executor runs the actions and feeds
+their outcome back as events. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .spec import ResumeMode
+
+
+class Phase(str, Enum):
+    """Where a managed job stands in AJR's recovery cycle."""
+
+    WATCHING = "watching"  # the current attempt is pending or running; no failure to handle
+    HOLDING = "holding"  # requeuehold decided, not yet confirmed by Slurm
+    HELD = "held"  # requeued held; Slurm is still finishing the failed attempt
+    RELEASING = "releasing"  # held after a failure; release decided, not yet confirmed
+    RESTARTING = "restarting"  # released; waiting for the next attempt to start
+    STOPPED = "stopped"  # AJR will not requeue it again (limit, refusal); the job is left as it is
+    FINISHED = "finished"  # ended well or cancelled by its user; nothing to do
+    GONE = "gone"  # no longer in slurmctld's memory
+
+
+@dataclass(frozen=True)
+class ManagedJob:
+    """What AJR knows of one job that opted in: the policy's state plus what operators see."""
+
+    job_id: int
+    name: str
+    user: str
+    user_id: int
+    mode: ResumeMode
+    requested_limit: int | None  # the job's max_requeue_times, None when it set none
+    limit: int  # effective: min(requested, site cap)
+    phase: Phase = Phase.WATCHING
+    requeues_used: int = 0
+    attempt: int = 0  # Slurm's restart count of the attempt last seen
+    handled_attempt: int | None = None  # attempt whose failure has been dealt with
+    attempt_saved: bool = False  # the current attempt has saved a checkpoint: the restart succeeded
+    failure_streak: int = 0  # failed attempts in a row that saved no checkpoint
+    stop_reason: str | None = None
+    slurm_state: str = ""
+    nodes: str = ""
+    work_dir: str = ""
+    stdout_dir: str = ""
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    attempt_started: float | None = None
+    attempt_ended: float | None = None
+    last_checkpoint: float | None = None
+    last_anomaly: str | None = None
+    last_action: str | None = None
+
+
+@dataclass(frozen=True)
+class UnmanagedJob:
+    """A job whose comment mentions APS but whose spec is broken: kept so the CLI can say why."""
+
+    job_id: int
+    name: str
+    user: str
+    comment: str
+    problem: str
+    first_seen: float
+
+
+# ---- events -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptStarted:
+    """Slurm runs an attempt (restart count `attempt`) of the job."""
+
+    job_id: int
+    attempt: int
+    at: float
+    nodes: str
+
+
+@dataclass(frozen=True)
+class JobEnded:
+    """An attempt ended in Slurm with `slurm_state` (COMPLETED, FAILED, CANCELLED, TIMEOUT, ...)."""
+
+    job_id: int
+    attempt: int
+    at: float
+    slurm_state: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class JobHeld:
+    """A job AJR requeued held is pending again: Slurm has finished the failed attempt."""
+
+    job_id: int
+    attempt: int
+    at: float
+
+
+@dataclass(frozen=True)
+class JobVanished:
+    """The job left slurmctld's memory (MinJobAge passed)."""
+
+    job_id: int
+    at: float
+
+
+@dataclass(frozen=True)
+class AnomalyFound:
+    """A log line of an attempt matched an anomaly rule."""
+
+    job_id: int
+    attempt: int
+    at: float
+    rule: str
+    category: str
+    fault: str
+    path: str
+    line: str
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    """A log line of an attempt matched a checkpoint rule."""
+
+    job_id: int
+    attempt: int
+    at: float
+    rule: str
+    path: str
+    line: str
+
+
+@dataclass(frozen=True)
+class ActionDone:
+    """Slurm carried out an action (or, in dry run, it would have been)."""
+
+    action: "Action"
+    at: float
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class ActionFailed:
+    """Slurm refused an action, or it kept failing until the agent gave up."""
+
+    action: "Action"
+    at: float
+    reason: str
+
+
+Event = AttemptStarted | JobEnded | JobHeld | JobVanished | AnomalyFound | CheckpointSaved | ActionDone | ActionFailed
+
+
+# ---- actions ------------------------------------------------------------------------
+
+
+class ActionKind(str, Enum):
+    """The Slurm operations AJR performs."""
+
+    REQUEUE_HOLD = "requeue_hold"
+    RELEASE = "release"
+
+
+@dataclass(frozen=True)
+class Action:
+    """One Slurm operation on one job, for one failed attempt."""
+
+    kind: ActionKind
+    job_id: int
+    attempt: int
+    reason: str
+    # Set by the journal: the row that tracks this action from decision to outcome.
+    journal_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Note:
+    """A line of a job's story: what happened and what AJR made of it."""
+
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The policy's answer to one event: the job's new state, what to do, what to record."""
+
+    job: ManagedJob
+    actions: tuple[Action, ...] = field(default_factory=tuple)
+    notes: tuple[Note, ...] = field(default_factory=tuple)

@@ -1,0 +1,509 @@
+"""Log-line rules: what a checkpoint save, a failure or a throughput report looks like.
+
+Rules live in TOML files (``[[rule]]`` tables) in drop-in directories: the
+shipped ``rules/00-defaults.toml`` first, then the site's ``/etc/ajr/rules.d``.
+A later rule with the same name replaces an earlier one, and ``enabled = false``
+turns a shipped rule off. ``rules/README.md`` documents the format for admins.
+
+Matching is the hot path of the agent: every line of every watched log goes
+through :meth:`RuleSet.match`, and nearly all of them match nothing. A single
+regex alternation of all patterns is no faster than trying them one by one (the
+``regex`` engine tries every branch at every position), so the prefilter is
+literal instead: for each pattern, the loader works out a literal that any
+match must contain (its "anchor"), and a line is only handed to the patterns
+whose anchor it contains. A substring test runs at memory speed in C; a
+pattern the scanner cannot see through simply has no anchor and is always run.
+Admin patterns are untrusted: every regex call carries a timeout, and a
+pattern that hits it counts as not matching.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tomllib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import regex
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+import ajr_agent
+from ajr_agent.errors import AjrError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MATCH_TIMEOUT = 0.05
+"""Seconds one pattern may spend on one line before it counts as no match."""
+
+_NAME_RE = regex.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_CATEGORY_RE = regex.compile(r"[a-z][a-z0-9_]*")
+
+
+class RuleKind(str, Enum):
+    """What a match of the rule means."""
+
+    CHECKPOINT = "checkpoint"
+    ANOMALY = "anomaly"
+    THROUGHPUT = "throughput"
+
+
+class Fault(str, Enum):
+    """Where an anomaly puts the blame; it decides whether to avoid the node."""
+
+    NODE = "node"
+    APPLICATION = "application"
+    INFRASTRUCTURE = "infrastructure"
+    UNKNOWN = "unknown"
+
+
+class RuleFileError(AjrError):
+    """A rule file cannot be read or holds an invalid rule."""
+
+
+class Rule(BaseModel):
+    """One validated rule; ``source`` is the file it came from (set by the loader)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: StrictStr
+    kind: RuleKind
+    pattern: StrictStr = Field(min_length=1)
+    category: StrictStr | None = None
+    fault: Fault = Fault.UNKNOWN
+    ignore_case: StrictBool = True
+    enabled: StrictBool = True
+    description: StrictStr = ""
+    source: StrictStr = ""
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        return _check_rule_name(name)
+
+    @field_validator("category")
+    @classmethod
+    def _check_category(cls, category: str | None) -> str | None:
+        if category is not None and not _CATEGORY_RE.fullmatch(category):
+            raise ValueError(
+                f"category {category!r} must be lower-case letters, digits and '_', "
+                "starting with a letter"
+            )
+        return category
+
+    @model_validator(mode="after")
+    def _check_rule(self) -> Rule:
+        if self.kind is RuleKind.ANOMALY:
+            if self.category is None:
+                raise ValueError("an anomaly rule needs a category")
+        else:
+            # Silently ignoring these would hide a rule whose kind is a typo.
+            if self.category is not None:
+                raise ValueError(f"category is only for anomaly rules, not {self.kind.value}")
+            if "fault" in self.model_fields_set:
+                raise ValueError(f"fault is only for anomaly rules, not {self.kind.value}")
+        try:
+            compiled = _compile(self)
+        except regex.error as exc:
+            raise ValueError(f"pattern does not compile: {exc}") from None
+        if self.kind is RuleKind.THROUGHPUT and "value" not in compiled.groupindex:
+            raise ValueError(
+                "a throughput pattern needs a named group (?P<value>...) around the number"
+            )
+        return self
+
+
+class _RuleDisable(BaseModel):
+    """A drop-in entry that only turns off an earlier rule: no pattern needed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: StrictStr
+    enabled: Literal[False]
+    description: StrictStr = ""
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        return _check_rule_name(name)
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    """A rule that matched a line; ``value`` is the number a throughput rule captured."""
+
+    rule: Rule
+    value: float | None = None
+
+
+def _check_rule_name(name: str) -> str:
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"name {name!r} must be letters, digits, '_', '.' and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _compile(rule: Rule) -> regex.Pattern[str]:
+    return regex.compile(rule.pattern, regex.IGNORECASE if rule.ignore_case else 0)
+
+
+def default_rules_dir() -> Path:
+    """Return the directory of the rule files shipped with AJR.
+
+    In a source checkout or an editable install that is ``rules/`` beside the
+    package; an installed package has them under ``<prefix>/share/ajr/rules``.
+    """
+    beside_package = Path(ajr_agent.__file__).resolve().parent.parent / "rules"
+    if beside_package.is_dir():
+        return beside_package
+    return Path(sys.prefix) / "share" / "ajr" / "rules"
+
+
+def load_rule_files(dirs: Sequence[Path]) -> list[Rule]:
+    """Read every ``*.toml`` rule file of ``dirs`` and return the enabled rules.
+
+    Directories are read in the given order, files in each in sorted name order
+    (names starting with '.' are skipped: editor lock and swap files). A rule
+    replaces an earlier one of the same name and keeps that one's position, so
+    the order stays the shipped file's. Disabled rules are dropped at the end. A
+    missing directory is skipped; anything unreadable or invalid raises
+    :class:`RuleFileError`.
+    """
+    merged: dict[str, Rule | _RuleDisable] = {}
+    for directory in dirs:
+        for path in _rule_files(directory):
+            for entry in _read_rule_file(path):
+                if isinstance(entry, _RuleDisable) and entry.name not in merged:
+                    logger.warning(
+                        "%s: rule %r disables a rule that no earlier file defines",
+                        path,
+                        entry.name,
+                    )
+                merged[entry.name] = entry
+    return [rule for rule in merged.values() if isinstance(rule, Rule) and rule.enabled]
+
+
+def _rule_files(directory: Path) -> list[Path]:
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise RuleFileError(f"{directory}: cannot list rule directory: {exc.strerror}") from exc
+    files = [p for p in entries if p.suffix == ".toml" and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: p.name)
+
+
+def _read_rule_file(path: Path) -> list[Rule | _RuleDisable]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise RuleFileError(f"{path}: cannot read rule file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise RuleFileError(f"{path}: not UTF-8 text: {exc}") from exc
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends with "(at line N, column M)".
+        raise RuleFileError(f"{path}: invalid TOML: {exc}") from exc
+
+    unknown = sorted(set(document) - {"rule"})
+    if unknown:
+        raise RuleFileError(
+            f"{path}: unknown top-level key {unknown[0]!r} (rules go in [[rule]] tables)"
+        )
+    tables = document.get("rule", [])
+    if not isinstance(tables, list):
+        raise RuleFileError(f"{path}: 'rule' must be an array of tables, written [[rule]]")
+
+    entries: list[Rule | _RuleDisable] = []
+    seen: set[str] = set()
+    for index, table in enumerate(tables, start=1):
+        entry = _parse_rule(path, index, table)
+        if entry.name in seen:
+            raise RuleFileError(f"{path}: rule {entry.name!r}: defined twice in this file")
+        seen.add(entry.name)
+        entries.append(entry)
+    return entries
+
+
+def _parse_rule(path: Path, index: int, table: Any) -> Rule | _RuleDisable:
+    if not isinstance(table, dict):
+        raise RuleFileError(f"{path}: rule #{index}: must be a table, written [[rule]]")
+    name = table.get("name")
+    where = f"{path}: rule {name!r}" if isinstance(name, str) else f"{path}: rule #{index}"
+    if "source" in table:
+        raise RuleFileError(f"{where}: unknown key 'source'")
+    disable_only = table.get("enabled") is False and "pattern" not in table
+    try:
+        if disable_only:
+            return _RuleDisable.model_validate(table)
+        return Rule.model_validate({**table, "source": str(path)})
+    except ValidationError as exc:
+        hint = (
+            " (an entry without a pattern only disables a rule: name and enabled = false)"
+            if disable_only
+            else ""
+        )
+        raise RuleFileError(f"{where}: {_describe(exc)}{hint}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            problems.append(f"unknown key {field!r}")
+        elif error["type"] == "missing":
+            problems.append(f"missing key {field!r}")
+        elif error["type"] == "value_error":
+            # Our own validators' messages, without pydantic's "Value error, " prefix.
+            message = str(error["ctx"]["error"])
+            problems.append(f"{field}: {message}" if field else message)
+        else:
+            problems.append(f"{field}: {error['msg']}")
+    return "; ".join(problems)
+
+
+# --- The literal prefilter ---------------------------------------------------
+
+# Escapes of one letter that match no fixed text and read no argument; any
+# other letter or digit escape (\x41, \p{L}, \N{...}, \g<1>, \1) makes the
+# scanner give up on the pattern rather than guess how much it consumes.
+_PLAIN_ESCAPES = frozenset("abdfhmnrstvwzABDGKMRSWXZ")
+_QUANTIFIER_RE = regex.compile(r"\{(?:\d+|\d+,\d*|,\d+)\}")
+_VERBOSE_FLAG_RE = regex.compile(r"\(\?[a-zA-Z-]*x[a-zA-Z-]*[:)]")
+
+
+def _skip_class(pattern: str, start: int) -> int | None:
+    """Return the index just past the character class opening at ``start``."""
+    i = start + 1
+    if pattern.startswith("^", i):
+        i += 1
+    if pattern.startswith("]", i):
+        i += 1
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+        elif char == "[":
+            return None  # nested set (regex V1) or POSIX class: not worth parsing
+        elif char == "]":
+            return i + 1
+        else:
+            i += 1
+    return None
+
+
+def _skip_group(pattern: str, start: int) -> int | None:
+    """Return the index just past the group opening at ``start``."""
+    depth = 0
+    i = start
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "[":
+            end = _skip_class(pattern, i)
+            if end is None:
+                return None
+            i = end
+            continue
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return None
+
+
+def required_literals(pattern: str) -> frozenset[str] | None:
+    """Return lower-case ASCII literals of which every match of ``pattern`` contains one.
+
+    The result holds the longest literal run of each top-level alternative.
+    ``None`` means no such set could be worked out (an alternative without a
+    literal, or syntax the scanner does not follow): the pattern must then be
+    tried on every line. A literal is only taken from outside groups and
+    classes, and a character followed by a quantifier is never part of one, so
+    the answer errs on the side of "no anchor", never of a wrong one.
+    """
+    if "(?#" in pattern or _VERBOSE_FLAG_RE.search(pattern):
+        return None
+    anchors: set[str] = set()
+    best = ""  # longest run of the current alternative so far
+    run = ""  # literal run being read
+    last_is_literal = False  # a quantifier would apply to run's last character
+    i = 0
+    while i <= len(pattern):
+        char = pattern[i] if i < len(pattern) else "|"
+        step = 1
+        literal: str | None = None
+        if char == "\\":
+            if i + 1 >= len(pattern):
+                return None
+            escaped = pattern[i + 1]
+            step = 2
+            if not escaped.isalnum():
+                literal = escaped
+            elif escaped not in _PLAIN_ESCAPES:
+                return None
+        elif char == "[" or char == "(":
+            end = _skip_class(pattern, i) if char == "[" else _skip_group(pattern, i)
+            if end is None:
+                return None
+            step = end - i
+        elif char in "*+?{":
+            if char == "{":
+                quantifier = _QUANTIFIER_RE.match(pattern, i)
+                if quantifier is None:
+                    return None  # a literal brace, or regex's fuzzy-matching syntax
+                step = quantifier.end() - i
+            if last_is_literal:
+                run = run[:-1]
+        elif char == "|":
+            if len(run) > len(best):
+                best = run
+            if not best:
+                return None
+            anchors.add(best.lower())
+            best = run = ""
+        elif char == ")":
+            return None
+        elif char not in ".^$":
+            literal = char
+        if literal is not None and literal.isascii():
+            run += literal
+            last_is_literal = True
+        else:
+            if len(run) > len(best):
+                best = run
+            run = ""
+            last_is_literal = False
+        i += step
+    return frozenset(anchors)
+
+
+# --- Matching ----------------------------------------------------------------
+
+
+class RuleSet:
+    """Compiled rules, ready to match log lines.
+
+    ``timeouts`` counts, per rule name, the lines on which that rule hit the
+    match timeout (and was taken as not matching).
+    """
+
+    def __init__(self, rules: Sequence[Rule], match_timeout: float = DEFAULT_MATCH_TIMEOUT):
+        """Compile ``rules`` (disabled ones are left out); names must be unique."""
+        if match_timeout <= 0:
+            raise ValueError(f"match_timeout must be positive, not {match_timeout}")
+        active = tuple(rule for rule in rules if rule.enabled)
+        names = Counter(rule.name for rule in active)
+        duplicates = sorted(name for name, count in names.items() if count > 1)
+        if duplicates:
+            raise ValueError(f"duplicate rule names: {', '.join(duplicates)}")
+        self.rules: tuple[Rule, ...] = active
+        self.match_timeout = match_timeout
+        self.timeouts: Counter[str] = Counter()
+        self._compiled = tuple(_compile(rule) for rule in active)
+
+        every_rule = range(len(active))
+        by_anchor: dict[str, list[int]] = {}
+        unanchored: list[int] = []
+        for index, rule in enumerate(active):
+            anchors = required_literals(rule.pattern)
+            if anchors is None:
+                unanchored.append(index)
+            for anchor in anchors or ():
+                by_anchor.setdefault(anchor, []).append(index)
+        self._every_rule: tuple[int, ...] = tuple(every_rule)
+        self._unanchored: tuple[int, ...] = tuple(unanchored)
+        self._anchors: tuple[tuple[str, tuple[int, ...]], ...] = tuple(
+            (anchor, tuple(indexes)) for anchor, indexes in by_anchor.items()
+        )
+
+    @classmethod
+    def from_rules(
+        cls, rules: Sequence[Rule], match_timeout: float = DEFAULT_MATCH_TIMEOUT
+    ) -> RuleSet:
+        """Build a rule set from rules already in hand."""
+        return cls(rules, match_timeout)
+
+    @classmethod
+    def load(cls, dirs: Sequence[Path], match_timeout: float = DEFAULT_MATCH_TIMEOUT) -> RuleSet:
+        """Load the rule files of ``dirs`` (see :func:`load_rule_files`) and compile them."""
+        return cls(load_rule_files(dirs), match_timeout)
+
+    def match(self, line: str) -> list[RuleMatch]:
+        """Return every rule that matches ``line``, in rule order."""
+        matches: list[RuleMatch] = []
+        for index in self._candidates(line):
+            rule = self.rules[index]
+            try:
+                found = self._compiled[index].search(line, timeout=self.match_timeout)
+            except TimeoutError:
+                self._count_timeout(rule, line)
+                continue
+            if found is None:
+                continue
+            if rule.kind is RuleKind.THROUGHPUT:
+                value = _to_float(found.group("value"))
+                if value is None:
+                    continue  # e.g. "[0-9.]+" caught a lone "."; not a reading
+                matches.append(RuleMatch(rule, value))
+            else:
+                matches.append(RuleMatch(rule))
+        return matches
+
+    def _candidates(self, line: str) -> Iterable[int]:
+        # Anchors are ASCII, and on an ASCII line lower() is exact case
+        # folding; elsewhere Unicode folding (e.g. the Kelvin sign K matching
+        # "k") could defeat the substring test, so every rule runs.
+        if not line.isascii():
+            return self._every_rule
+        folded = line.lower()
+        hits = [indexes for anchor, indexes in self._anchors if anchor in folded]
+        if not hits:
+            return self._unanchored
+        if len(hits) == 1 and not self._unanchored:
+            return hits[0]
+        return sorted(set(self._unanchored).union(*hits))
+
+    def _count_timeout(self, rule: Rule, line: str) -> None:
+        self.timeouts[rule.name] += 1
+        if self.timeouts[rule.name] == 1:
+            logger.warning(
+                "rule %r from %s took longer than %.3f s on a line of %d characters and "
+                "counts as not matching; its further timeouts are only counted",
+                rule.name,
+                rule.source or "<code>",
+                self.match_timeout,
+                len(line),
+            )
+
+
+def _to_float(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None

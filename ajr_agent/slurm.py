@@ -1,0 +1,321 @@
+"""The gateway to Slurm: read every job in one light call, and act on one job.
+
+The command backend reads the queue with one `squeue -O` per poll (0.1 s at 10,000
+jobs where `squeue --json` takes 1-2 s and 470 MB) and acts with `scontrol`, each
+call under a timeout. A pyslurm backend is used instead when an importable pyslurm
+matches the running Slurm's major.minor. Every command inherits the environment, so
+`SLURM_CONF` picks the cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from .config import Settings, SlurmBackend
+from .errors import AjrError
+
+log = logging.getLogger(__name__)
+
+# Unit separator: it cannot appear in job names, paths or JSON comments typed by users,
+# unlike '|' or spaces.
+SEP = "\x1f"
+# Comment goes last: whatever it holds, it ends the line.
+SQUEUE_FIELDS = (
+    "JobID", "State", "UserId", "UserName", "RestartCnt", "StartTime", "EndTime", "BatchFlag",
+    "Requeue", "NodeList", "Reason", "WorkDir", "STDOUT", "Name", "Comment",
+)  # fmt: skip
+SQUEUE_FORMAT = ",".join(f"{field}:{SEP}" for field in SQUEUE_FIELDS)
+
+# Job states in which the job's current attempt is over.
+ENDED_STATES = frozenset(
+    {"COMPLETED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "CANCELLED", "BOOT_FAIL", "DEADLINE",
+     "PREEMPTED", "REVOKED", "SPECIAL_EXIT"}
+)  # fmt: skip
+# Ends that mean the attempt failed on its own, as opposed to success or a user's scancel.
+FAILED_STATES = frozenset({"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"})
+
+# scontrol's answers that mean "try again later" rather than "Slurm said no".
+_TRANSIENT = re.compile(
+    r"Unable to contact slurm controller|Socket timed out|Connection refused|Transport endpoint|"
+    r"Resource temporarily unavailable|Zero Bytes were transmitted|Communication connection failure",
+    re.IGNORECASE,
+)
+
+
+class SlurmError(AjrError):
+    """A Slurm command failed. `transient` says whether trying again may help."""
+
+    def __init__(self, command: list[str], message: str, transient: bool) -> None:
+        super().__init__(f"`{' '.join(command)}` failed: {message}")
+        self.command = command
+        self.reason = message
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """One job as Slurm sees it at one poll."""
+
+    job_id: int
+    state: str
+    user_id: int
+    user: str
+    restart_count: int
+    start_time: float | None
+    end_time: float | None
+    batch: bool
+    requeueable: bool
+    nodes: str
+    reason: str
+    work_dir: str
+    stdout: str
+    name: str
+    comment: str
+
+    @property
+    def ended(self) -> bool:
+        """The current attempt is over."""
+        return self.state in ENDED_STATES
+
+    @property
+    def running(self) -> bool:
+        """The current attempt is running.
+
+        COMPLETING is not: a job AJR just requeued shows COMPLETING with the new restart
+        count and the old start time, and must not pass for a new attempt.
+        """
+        return self.state in ("RUNNING", "CONFIGURING")
+
+    @property
+    def stdout_dir(self) -> str:
+        """The directory of the job's standard output, where steps often write their logs too."""
+        path = expand_stdout(self.stdout, self) if self.stdout else ""
+        return str(Path(path).parent) if path else ""
+
+
+class SlurmGateway(Protocol):
+    """What the agent needs from Slurm, whatever the backend."""
+
+    backend: str
+
+    def list_jobs(self) -> list[JobSnapshot]:
+        """Every job slurmctld knows, in one call."""
+
+    def requeue_hold(self, job_id: int) -> None:
+        """Kill the job if it runs and requeue it held (`scontrol requeuehold`)."""
+
+    def release(self, job_id: int) -> None:
+        """Release a held job (`scontrol release`)."""
+
+    def requeue(self, job_id: int) -> None:
+        """Requeue the job without holding it (`scontrol requeue`)."""
+
+    def update(self, job_id: int, **fields: str) -> None:
+        """Change job fields (`scontrol update JobId=N Key=Value ...`)."""
+
+    def version(self) -> str:
+        """Slurm's version, e.g. `22.05.8`."""
+
+
+def parse_time(value: str) -> float | None:
+    """Slurm's local ISO time to an epoch; its placeholders (N/A, Unknown, None) to None."""
+    if not value or not value[0].isdigit():
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def parse_squeue(output: str) -> list[JobSnapshot]:
+    """Parse the output of `squeue -h -t all -O SQUEUE_FORMAT`; a malformed line is logged and skipped."""
+    jobs = []
+    width = len(SQUEUE_FIELDS)
+    for line in output.splitlines():
+        if not line:
+            continue
+        parts = line.split(SEP, width - 1)
+        if len(parts) != width:
+            log.warning("squeue line with %d fields instead of %d skipped: %.200r", len(parts), width, line)
+            continue
+        (job_id, state, uid, user, restarts, start, end, batch, requeue, nodes, reason, work_dir, stdout, name,
+         comment) = parts  # fmt: skip
+        # A trailing separator follows the last field too.
+        comment = comment[:-1] if comment.endswith(SEP) else comment
+        try:
+            jobs.append(
+                JobSnapshot(
+                    job_id=int(job_id),
+                    state=state.split()[0] if state else "",
+                    user_id=int(uid),
+                    user=user,
+                    restart_count=int(restarts or 0),
+                    start_time=parse_time(start),
+                    end_time=parse_time(end),
+                    batch=batch.strip() == "1",
+                    requeueable=requeue.strip() == "1",
+                    nodes=nodes if nodes not in ("(null)", "") else "",
+                    reason=reason,
+                    work_dir=work_dir,
+                    stdout=stdout,
+                    name=name,
+                    comment=comment if comment != "(null)" else "",
+                )
+            )
+        except ValueError:
+            # Array tasks ("12_3") and other ids that are not plain integers are not managed.
+            log.debug("squeue line with a non-numeric field skipped: %.200r", line)
+    return jobs
+
+
+def expand_stdout(pattern: str, job: JobSnapshot) -> str:
+    """Expand the filename patterns Slurm 22.05 leaves in STDOUT (newer Slurm expands them itself)."""
+    replacements = {"%j": str(job.job_id), "%A": str(job.job_id), "%x": job.name, "%u": job.user, "%%": "%"}
+    return re.sub(r"%[jAxu%]", lambda m: replacements[m.group(0)], pattern)
+
+
+class CommandGateway:
+    """Slurm through its own commands, each under a timeout."""
+
+    backend = "commands"
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def run(self, command: list[str]) -> str:
+        """Run one Slurm command; SlurmError (transient or not) when it fails or hangs."""
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise SlurmError(command, f"no answer within {self.timeout:g} s", transient=True) from exc
+        except FileNotFoundError as exc:
+            raise SlurmError(command, f"{command[0]} is not installed or not on PATH", transient=False) from exc
+        if done.returncode != 0:
+            message = (done.stderr or done.stdout).strip() or f"exit code {done.returncode}"
+            raise SlurmError(command, message, transient=bool(_TRANSIENT.search(message)))
+        return done.stdout
+
+    def list_jobs(self) -> list[JobSnapshot]:
+        """All jobs in slurmctld's memory (finished ones stay for MinJobAge), one squeue call."""
+        return parse_squeue(self.run(["squeue", "-h", "-t", "all", "-O", SQUEUE_FORMAT]))
+
+    def requeue_hold(self, job_id: int) -> None:
+        """Kill and requeue held."""
+        self.run(["scontrol", "requeuehold", str(job_id)])
+
+    def release(self, job_id: int) -> None:
+        """Release a held job."""
+        self.run(["scontrol", "release", str(job_id)])
+
+    def requeue(self, job_id: int) -> None:
+        """Requeue without a hold."""
+        self.run(["scontrol", "requeue", str(job_id)])
+
+    def update(self, job_id: int, **fields: str) -> None:
+        """Update job fields; values go as one argument each, so spaces are safe."""
+        self.run(["scontrol", "update", f"JobId={job_id}", *(f"{key}={value}" for key, value in fields.items())])
+
+    def version(self) -> str:
+        """The installed Slurm's version."""
+        return self.run(["scontrol", "--version"]).split()[-1]
+
+
+class PyslurmGateway(CommandGateway):
+    """pyslurm for reading and acting, where a build matching the running Slurm is importable.
+
+    Reads the queue through `pyslurm.Jobs.load()` (no subprocess, no text parsing) and
+    acts through the job object; anything pyslurm lacks falls back to the commands.
+    """
+
+    backend = "pyslurm"
+
+    def __init__(self, timeout: float, module: object) -> None:
+        super().__init__(timeout)
+        self.pyslurm = module
+
+    def list_jobs(self) -> list[JobSnapshot]:
+        """All jobs through pyslurm's job list."""
+        try:
+            jobs = self.pyslurm.Jobs.load()  # type: ignore[attr-defined]
+        except Exception as exc:  # pyslurm raises its own RPCError; its message is Slurm's
+            raise SlurmError(["pyslurm.Jobs.load()"], str(exc), transient=True) from exc
+        return [_snapshot_from_pyslurm(job) for job in jobs.values()]
+
+    def requeue_hold(self, job_id: int) -> None:
+        """Requeue held through pyslurm."""
+        self._call(job_id, "requeue", hold=True)
+
+    def release(self, job_id: int) -> None:
+        """Release through pyslurm."""
+        self._call(job_id, "release")
+
+    def requeue(self, job_id: int) -> None:
+        """Requeue through pyslurm."""
+        self._call(job_id, "requeue")
+
+    def _call(self, job_id: int, method: str, **kwargs: object) -> None:
+        try:
+            getattr(self.pyslurm.Job(job_id), method)(**kwargs)  # type: ignore[attr-defined]
+        except Exception as exc:  # pyslurm's RPCError carries Slurm's reason
+            message = str(exc)
+            raise SlurmError([f"pyslurm.Job({job_id}).{method}"], message, bool(_TRANSIENT.search(message))) from exc
+
+
+def _snapshot_from_pyslurm(job: object) -> JobSnapshot:
+    def get(name: str, default: object = "") -> object:
+        value = getattr(job, name, default)
+        return default if value is None else value
+
+    return JobSnapshot(
+        job_id=int(get("id", 0)),
+        state=str(get("state")),
+        user_id=int(get("user_id", -1)),
+        user=str(get("user_name")),
+        restart_count=int(get("requeue_count", 0) or get("restart_count", 0)),
+        start_time=float(get("start_time", 0)) or None,
+        end_time=float(get("end_time", 0)) or None,
+        batch=bool(get("is_batch", True)),
+        requeueable=bool(get("is_requeueable", True)),
+        nodes=str(get("nodes")),
+        reason=str(get("state_reason")),
+        work_dir=str(get("working_directory")),
+        stdout=str(get("standard_output")),
+        name=str(get("name")),
+        comment=str(get("comment")),
+    )
+
+
+def open_gateway(settings: Settings) -> SlurmGateway:
+    """The backend the settings ask for; with `auto`, pyslurm only when it matches the running Slurm."""
+    commands = CommandGateway(settings.slurm_command_timeout)
+    if settings.slurm_backend is SlurmBackend.COMMANDS:
+        return commands
+    try:
+        import pyslurm  # type: ignore[import-not-found]
+    except ImportError as exc:
+        if settings.slurm_backend is SlurmBackend.PYSLURM:
+            raise SlurmError(["import pyslurm"], f"pyslurm is not importable: {exc}", transient=False) from exc
+        return commands
+    slurm_version = commands.version() if shutil.which("scontrol") else ""
+    pyslurm_version = str(getattr(pyslurm, "__version__", ""))
+    if _major_minor(slurm_version) and _major_minor(slurm_version) == _major_minor(pyslurm_version):
+        return PyslurmGateway(settings.slurm_command_timeout, pyslurm)
+    if settings.slurm_backend is SlurmBackend.PYSLURM:
+        raise SlurmError(
+            ["import pyslurm"],
+            f"pyslurm {pyslurm_version} does not match Slurm {slurm_version}; install the pyslurm release built for it",
+            transient=False,
+        )
+    log.info("pyslurm %s does not match Slurm %s: using the Slurm commands", pyslurm_version, slurm_version)
+    return commands
+
+
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2]) if version.count(".") >= 1 else ()

@@ -1,0 +1,92 @@
+"""The job's opt-in spec: the JSON a user puts in `sbatch --comment`.
+
+`{"APS": {}}` is enough to be managed. A comment without an `APS` key is simply not
+ours; a comment that mentions APS but is broken leaves the job unmanaged with the
+reason kept, so an operator can tell the user what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+
+SPEC_KEY = "APS"
+EXAMPLE = '{"APS": {"auto_resume_mode": "requeue", "max_requeue_times": 10}}'
+
+
+class ResumeMode(str, Enum):
+    """How a failed job comes back."""
+
+    REQUEUE = "requeue"
+    SINGLETON = "singleton_dependency"
+
+
+class ApsSpec(BaseModel):
+    """The validated content of the `APS` object."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    auto_resume_mode: ResumeMode = ResumeMode.REQUEUE
+    # None means "as many as the site allows"; a job can only lower the site cap.
+    max_requeue_times: StrictInt | None = Field(default=None, ge=0)
+    # Seconds without a log line before the job counts as hung; None: site default.
+    heartbeat_timeout: StrictInt | None = Field(default=None, gt=0)
+
+
+@dataclass(frozen=True)
+class SpecVerdict:
+    """What a comment means for AJR: managed with a spec, or not, and why not."""
+
+    spec: ApsSpec | None
+    problem: str | None = None
+
+    @property
+    def managed(self) -> bool:
+        """True when the job opted in with a valid spec."""
+        return self.spec is not None
+
+
+NOT_MANAGED = SpecVerdict(spec=None, problem=None)
+
+
+def parse_comment(comment: str | None) -> SpecVerdict:
+    """Read a job comment. Never raises: a broken spec is a verdict with a problem."""
+    if not comment or SPEC_KEY not in comment:
+        return NOT_MANAGED
+    try:
+        document = json.loads(comment)
+    except json.JSONDecodeError as exc:
+        return SpecVerdict(
+            spec=None,
+            problem=f"comment mentions {SPEC_KEY} but is not valid JSON: {exc.msg} at position {exc.pos}. "
+            f"Example: {EXAMPLE}",
+        )
+    if not isinstance(document, dict) or SPEC_KEY not in document:
+        return NOT_MANAGED
+    body = document[SPEC_KEY]
+    if not isinstance(body, dict):
+        return SpecVerdict(
+            spec=None,
+            problem=f'"{SPEC_KEY}" must be a JSON object, got {type(body).__name__}. Example: {EXAMPLE}',
+        )
+    try:
+        return SpecVerdict(spec=ApsSpec.model_validate(body))
+    except ValidationError as exc:
+        return SpecVerdict(spec=None, problem=f"{describe_validation_error(exc)}. Example: {EXAMPLE}")
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One readable sentence per pydantic error: `key: what was expected (got value)`."""
+    parts = []
+    for error in exc.errors():
+        key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        got = error.get("input")
+        suffix = "" if error["type"] == "extra_forbidden" else f" (got {got!r})"
+        parts.append(f"{key}: {message}{suffix}")
+    return "; ".join(parts)

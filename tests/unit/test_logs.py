@@ -1,0 +1,582 @@
+"""Tests of ajr_agent.logs: log file naming, discovery, tailing and change notification, on real files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ajr_agent.logs import (
+    ChangeWatcher,
+    FilePosition,
+    LogLine,
+    LogTailer,
+    TailNotice,
+    TailResult,
+    find_job_logs,
+    is_job_log_name,
+    log_prefix,
+)
+
+EXAMPLE = "AJR-verification-test_42_date_26-11-27_time_00-44-51.log"
+
+
+def texts(lines: list[LogLine]) -> list[str]:
+    return [line.text for line in lines]
+
+
+def kinds(notices: list[TailNotice]) -> list[str]:
+    return [notice.kind for notice in notices]
+
+
+def append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+# --- naming -------------------------------------------------------------------------
+
+
+def test_log_prefix() -> None:
+    assert log_prefix("AJR-verification-test", 42) == "AJR-verification-test_42_date"
+
+
+def test_accepts_the_example_name() -> None:
+    assert is_job_log_name(EXAMPLE, "AJR-verification-test", 42)
+
+
+@pytest.mark.parametrize(
+    "file_name",
+    [
+        "AJR-verification-test_43_date_26-11-27_time_00-44-51.log",  # wrong id
+        "AJR-verification-test_421_date_26-11-27_time_00-44-51.log",  # id with a digit more
+        "other-test_42_date_26-11-27_time_00-44-51.log",  # wrong job name
+        "xAJR-verification-test_42_date_26-11-27_time_00-44-51.log",  # wrong prefix
+        "AJR-verification-test_42.log",  # no date part
+        "AJR-verification-test_42_date_26-11-27.log",  # no time part
+        "AJR-verification-test_42_date_26-11-27_time_00-44-51.log.1",  # rotated away
+        "AJR-verification-test_42_date_26-11-27_time_00-44-51.txt",
+        "AJR-verification-test_42_date_2026-11-27_time_00-44-51.log",
+        "AJR-verification-test_42_date_٢٦-11-27_time_00-44-51.log",  # non-ASCII digits
+    ],
+)
+def test_rejects_other_names(file_name: str) -> None:
+    assert not is_job_log_name(file_name, "AJR-verification-test", 42)
+
+
+def test_job_name_metacharacters_are_literal() -> None:
+    assert is_job_log_name("a.b+c_7_date_26-01-02_time_03-04-05.log", "a.b+c", 7)
+    # Unescaped, "." would match "X" and "b+" would match "bbb".
+    assert not is_job_log_name("aXb+c_7_date_26-01-02_time_03-04-05.log", "a.b+c", 7)
+    assert not is_job_log_name("a.bbbc_7_date_26-01-02_time_03-04-05.log", "a.b+c", 7)
+    assert is_job_log_name("x(y)[z]*?_1_date_26-01-02_time_03-04-05.log", "x(y)[z]*?", 1)
+
+
+# --- find_job_logs ---------------------------------------------------------------------
+
+
+def make_log(directory: Path, stamp: str, job_name: str = "train", job_id: int = 42) -> Path:
+    path = directory / f"{job_name}_{job_id}_date_{stamp}.log"
+    path.write_text("x\n")
+    return path
+
+
+def test_finds_every_step_log_sorted(tmp_path: Path) -> None:
+    second = make_log(tmp_path, "26-11-27_time_01-00-00")
+    first = make_log(tmp_path, "26-11-27_time_00-44-51")
+    make_log(tmp_path, "26-11-27_time_00-44-51", job_id=43)
+    make_log(tmp_path, "26-11-27_time_00-44-51", job_name="other")
+    (tmp_path / "train_42_date_notes.txt").write_text("not a log\n")
+    assert find_job_logs("train", 42, [tmp_path], owner_uid=None) == [first, second]
+
+
+def test_searches_several_dirs_once_each(tmp_path: Path) -> None:
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    (tmp_path / "alias").symlink_to(work)
+    in_work = make_log(work, "26-11-27_time_00-00-01")
+    in_out = make_log(out, "26-11-27_time_00-00-02")
+    found = find_job_logs("train", 42, [work, out, tmp_path / "alias", work], owner_uid=None)
+    assert found == [in_work, in_out]
+
+
+def test_skips_symlinks_and_non_regular_files(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.log"
+    target.write_text("secret\n")
+    (tmp_path / "train_42_date_26-11-27_time_00-00-01.log").symlink_to(target)
+    (tmp_path / "train_42_date_26-11-27_time_00-00-02.log").mkdir()
+    os.mkfifo(tmp_path / "train_42_date_26-11-27_time_00-00-03.log")
+    real = make_log(tmp_path, "26-11-27_time_00-00-04")
+    assert find_job_logs("train", 42, [tmp_path], owner_uid=None) == [real]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
+def test_skips_files_of_another_owner(tmp_path: Path) -> None:
+    path = make_log(tmp_path, "26-11-27_time_00-44-51")
+    os.chown(path, 12345, 12345)
+    assert find_job_logs("train", 42, [tmp_path], owner_uid=0) == []
+    assert find_job_logs("train", 42, [tmp_path], owner_uid=12345) == [path]
+    assert find_job_logs("train", 42, [tmp_path], owner_uid=None) == [path]
+
+
+def test_missing_and_non_directory_dirs_are_skipped(tmp_path: Path) -> None:
+    real = make_log(tmp_path, "26-11-27_time_00-44-51")
+    missing = tmp_path / "missing"
+    a_file = tmp_path / "plain"
+    a_file.write_text("")
+    assert find_job_logs("train", 42, [missing, a_file, tmp_path], owner_uid=None) == [real]
+    assert find_job_logs("train", 42, [missing], owner_uid=None) == []
+
+
+# --- LogTailer ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def log_file(tmp_path: Path) -> Path:
+    path = tmp_path / EXAMPLE
+    path.write_bytes(b"")
+    return path
+
+
+def test_lines_appear_incrementally(log_file: Path) -> None:
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    assert tailer.read(log_file).lines == []
+    append(log_file, b"one\ntwo\n")
+    result = tailer.read(log_file)
+    assert result.lines == [
+        LogLine(str(log_file), "one", 4, False),
+        LogLine(str(log_file), "two", 8, False),
+    ]
+    assert result.notices == []
+    assert tailer.read(log_file).lines == []
+    append(log_file, b"three\n")
+    assert texts(tailer.read(log_file).lines) == ["three"]
+    position = tailer.position(log_file)
+    info = log_file.stat()
+    assert position == FilePosition(str(log_file), info.st_ino, info.st_dev, 14)
+
+
+def test_existing_content_is_read_from_the_start(log_file: Path) -> None:
+    log_file.write_bytes(b"early\n")
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    assert texts(tailer.read(log_file).lines) == ["early"]
+
+
+def test_partial_line_waits_for_its_newline(log_file: Path) -> None:
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    append(log_file, b"done\npart")
+    assert texts(tailer.read(log_file).lines) == ["done"]
+    assert tailer.position(log_file).offset == 5
+    assert tailer.read(log_file).lines == []
+    append(log_file, b"ial")
+    assert tailer.read(log_file).lines == []
+    append(log_file, b" line\n")
+    assert tailer.read(log_file).lines == [LogLine(str(log_file), "partial line", 18, False)]
+
+
+def test_resume_from_saved_position_does_not_reread(log_file: Path) -> None:
+    first = LogTailer()
+    first.follow(log_file, key=42)
+    append(log_file, b"old 1\nold 2\n")
+    assert texts(first.read(log_file).lines) == ["old 1", "old 2"]
+    saved = first.position(log_file)
+
+    append(log_file, b"written while down\n")
+    second = LogTailer()
+    second.follow(log_file, key=42, position=saved)
+    result = second.read(log_file)
+    assert texts(result.lines) == ["written while down"]
+    assert result.notices == []
+
+
+def test_saved_position_of_another_inode_reads_from_start(log_file: Path) -> None:
+    first = LogTailer()
+    first.follow(log_file, key=42)
+    append(log_file, b"old file line\n")
+    first.read(log_file)
+    saved = first.position(log_file)
+
+    fresh = log_file.with_name("fresh")
+    fresh.write_bytes(b"new file line\nsecond\n")
+    os.replace(fresh, log_file)
+    second = LogTailer()
+    second.follow(log_file, key=42, position=saved)
+    result = second.read(log_file)
+    assert texts(result.lines) == ["new file line", "second"]
+    assert kinds(result.notices) == ["replaced"]
+
+
+def test_saved_offset_beyond_size_reads_from_start(log_file: Path) -> None:
+    log_file.write_bytes(b"a long first line\n")
+    info = log_file.stat()
+    log_file.write_bytes(b"short\n")  # same inode, truncated while the agent was down
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42, position=FilePosition(str(log_file), info.st_ino, info.st_dev, 18))
+    result = tailer.read(log_file)
+    assert texts(result.lines) == ["short"]
+    assert kinds(result.notices) == ["truncated"]
+
+
+def test_position_of_another_path_is_refused(log_file: Path) -> None:
+    tailer = LogTailer()
+    with pytest.raises(ValueError, match="position of"):
+        tailer.follow(log_file, key=42, position=FilePosition("/elsewhere.log", 1, 1, 10))
+
+
+def test_truncation_gives_notice_and_rereads(log_file: Path) -> None:
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    append(log_file, b"before truncation\n")
+    tailer.read(log_file)
+    inode = log_file.stat().st_ino
+    with open(log_file, "wb"):  # like `: > file`, or logrotate copytruncate
+        pass
+    append(log_file, b"after\n")
+    assert log_file.stat().st_ino == inode
+    result = tailer.read(log_file)
+    assert kinds(result.notices) == ["truncated"]
+    assert result.lines == [LogLine(str(log_file), "after", 6, False)]
+    assert tailer.read(log_file) == TailResult([], [])
+
+
+def test_replacement_gives_notice_and_reads_new_file(log_file: Path) -> None:
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    append(log_file, b"a line of the old file\n")
+    tailer.read(log_file)
+    fresh = log_file.with_name("fresh")
+    fresh.write_bytes(b"new 1\nnew 2\n")
+    os.replace(fresh, log_file)
+    result = tailer.read(log_file)
+    assert kinds(result.notices) == ["replaced"]
+    assert texts(result.lines) == ["new 1", "new 2"]
+    assert tailer.position(log_file).inode == log_file.stat().st_ino
+    append(log_file, b"new 3\n")
+    assert texts(tailer.read(log_file).lines) == ["new 3"]
+
+
+def test_replacement_by_a_longer_file_still_reads_from_start(log_file: Path) -> None:
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    append(log_file, b"x\n")
+    tailer.read(log_file)
+    fresh = log_file.with_name("fresh")
+    fresh.write_bytes(b"first of new\nsecond of new\n")
+    os.replace(fresh, log_file)
+    result = tailer.read(log_file)
+    assert texts(result.lines) == ["first of new", "second of new"]
+
+
+def test_vanished_then_recreated(log_file: Path) -> None:
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    append(log_file, b"before\n")
+    assert texts(tailer.read(log_file).lines) == ["before"]
+    log_file.unlink()
+    first = tailer.read(log_file)
+    assert kinds(first.notices) == ["vanished"] and first.lines == []
+    second = tailer.read(log_file)
+    assert second.notices == [] and second.lines == []
+    assert tailer.followed() == [str(log_file)]
+    log_file.write_bytes(b"reborn\n")
+    result = tailer.read(log_file)
+    assert texts(result.lines) == ["reborn"]
+    assert result.notices == []
+    # A second disappearance is a new occurrence and is reported again.
+    log_file.unlink()
+    assert kinds(tailer.read(log_file).notices) == ["vanished"]
+
+
+def test_non_regular_file_is_unreadable_once(tmp_path: Path) -> None:
+    path = tmp_path / EXAMPLE
+    os.mkfifo(path)  # a FIFO must neither be read nor block the agent
+    tailer = LogTailer()
+    tailer.follow(path, key=42)
+    assert kinds(tailer.read(path).notices) == ["unreadable"]
+    assert tailer.read(path).notices == []
+    path.unlink()
+    path.write_bytes(b"regular now\n")
+    result = tailer.read(path)
+    assert texts(result.lines) == ["regular now"]
+
+
+def test_symlink_swapped_in_is_not_followed(log_file: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "someone-elses.log"
+    secret.write_bytes(b"secret\n")
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    tailer.read(log_file)
+    log_file.unlink()
+    log_file.symlink_to(secret)
+    result = tailer.read(log_file)
+    assert result.lines == []
+    assert kinds(result.notices) == ["unreadable"]
+
+
+@contextlib.contextmanager
+def unprivileged() -> Iterator[None]:
+    """Drop root for a moment, since root reads files whatever their mode."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(12345)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+def test_permission_denied_is_unreadable_once(log_file: Path) -> None:
+    append(log_file, b"line\n")
+    log_file.chmod(0)
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    with unprivileged():
+        result = tailer.read(log_file)
+        assert kinds(result.notices) == ["unreadable"] and result.lines == []
+        assert tailer.read(log_file).notices == []
+    log_file.chmod(0o644)
+    assert texts(tailer.read(log_file).lines) == ["line"]
+
+
+def test_overlong_line_is_cut_and_following_line_intact(log_file: Path) -> None:
+    tailer = LogTailer(max_line_bytes=10, max_read_bytes=64)
+    tailer.follow(log_file, key=42)
+    append(log_file, b"0123456789ABCDEFGHIJ\nnext\n")
+    result = tailer.read(log_file)
+    assert result.lines == [
+        LogLine(str(log_file), "0123456789", 21, True),
+        LogLine(str(log_file), "next", 26, False),
+    ]
+
+
+def test_overlong_line_without_newline_is_not_held(log_file: Path) -> None:
+    tailer = LogTailer(max_line_bytes=10, max_read_bytes=64)
+    tailer.follow(log_file, key=42)
+    append(log_file, b"0123456789ABCDEF")
+    result = tailer.read(log_file)
+    assert result.lines == [LogLine(str(log_file), "0123456789", 16, True)]
+    # The cut head is not returned again, and the offset moved past what was read.
+    assert tailer.position(log_file).offset == 16
+    assert tailer.read(log_file).lines == []
+    append(log_file, b"still the same long line")
+    assert tailer.read(log_file).lines == []
+    assert tailer.position(log_file).offset == 40
+    append(log_file, b" end\nafter\n")
+    assert tailer.read(log_file).lines == [LogLine(str(log_file), "after", 51, False)]
+
+
+def test_overlong_line_longer_than_one_read_is_skipped_across_reads(log_file: Path) -> None:
+    tailer = LogTailer(max_line_bytes=10, max_read_bytes=32)
+    tailer.follow(log_file, key=42)
+    append(log_file, b"L" * 100 + b"\nok\n")
+    results = [tailer.read(log_file) for _ in range(5)]
+    lines = [line for result in results for line in result.lines]
+    assert lines == [
+        LogLine(str(log_file), "L" * 10, 32, True),
+        LogLine(str(log_file), "ok", 104, False),
+    ]
+
+
+def test_line_of_exactly_max_bytes_is_whole(log_file: Path) -> None:
+    tailer = LogTailer(max_line_bytes=10, max_read_bytes=11)
+    tailer.follow(log_file, key=42)
+    append(log_file, b"0123456789\nabc\n")
+    first = tailer.read(log_file)
+    assert first.lines == [LogLine(str(log_file), "0123456789", 11, False)]
+    assert texts(tailer.read(log_file).lines) == ["abc"]
+
+
+def test_max_read_bytes_bounds_one_read(log_file: Path) -> None:
+    tailer = LogTailer(max_line_bytes=8, max_read_bytes=16)
+    tailer.follow(log_file, key=42)
+    append(log_file, b"".join(b"line %02d\n" % i for i in range(6)))  # 8 bytes each, 48 in all
+    first = tailer.read(log_file)
+    assert texts(first.lines) == ["line 00", "line 01"]
+    assert tailer.position(log_file).offset == 16
+    second = tailer.read(log_file)
+    assert texts(second.lines) == ["line 02", "line 03"]
+    third = tailer.read(log_file)
+    assert texts(third.lines) == ["line 04", "line 05"]
+    assert tailer.read(log_file).lines == []
+
+
+def test_read_boundary_inside_a_line_loses_nothing(log_file: Path) -> None:
+    tailer = LogTailer(max_line_bytes=8, max_read_bytes=10)
+    tailer.follow(log_file, key=42)
+    append(log_file, b"abcdef\nghijkl\nmn\n")
+    lines = [line for _ in range(4) for line in tailer.read(log_file).lines]
+    assert [(line.text, line.end_offset) for line in lines] == [("abcdef", 7), ("ghijkl", 14), ("mn", 17)]
+
+
+def test_max_read_bytes_must_exceed_max_line_bytes() -> None:
+    with pytest.raises(ValueError, match="max_read_bytes"):
+        LogTailer(max_line_bytes=100, max_read_bytes=100)
+
+
+def test_crlf_is_stripped(log_file: Path) -> None:
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    append(log_file, b"windows\r\nunix\n")
+    result = tailer.read(log_file)
+    assert texts(result.lines) == ["windows", "unix"]
+    assert [line.end_offset for line in result.lines] == [9, 14]
+
+
+def test_invalid_utf8_is_replaced_per_line(log_file: Path) -> None:
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    append(log_file, b"bad \xff\xfe byte\n\xc3\xa9t\xc3\xa9\n")
+    assert texts(tailer.read(log_file).lines) == ["bad \ufffd\ufffd byte", "été"]
+
+
+def test_read_all_groups_by_key_and_omits_quiet_keys(tmp_path: Path) -> None:
+    a1, a2, b = tmp_path / "a1.log", tmp_path / "a2.log", tmp_path / "b.log"
+    for path in (a1, a2, b):
+        path.write_bytes(b"")
+    tailer = LogTailer()
+    tailer.follow(a1, key=1)
+    tailer.follow(a2, key=1)
+    tailer.follow(b, key=2)
+    tailer.follow(b, key=3)  # already followed: no-op
+    append(a1, b"a1\n")
+    append(a2, b"a2\n")
+    results = tailer.read_all()
+    assert list(results) == [1]
+    assert texts(results[1].lines) == ["a1", "a2"]
+    b.unlink()
+    results = tailer.read_all()
+    assert list(results) == [2]
+    assert results[2].lines == [] and kinds(results[2].notices) == ["vanished"]
+    assert tailer.read_all() == {}
+
+
+def test_unfollow_and_unfollow_key(tmp_path: Path) -> None:
+    paths = [tmp_path / f"{name}.log" for name in ("a1", "a2", "b")]
+    tailer = LogTailer()
+    for path, key in zip(paths, (1, 1, 2)):
+        path.write_bytes(b"")
+        tailer.follow(path, key=key)
+    assert tailer.followed() == [str(path) for path in paths]
+    tailer.unfollow_key(1)
+    assert tailer.followed() == [str(paths[2])]
+    tailer.unfollow(paths[2])
+    tailer.unfollow(paths[2])
+    assert tailer.followed() == []
+    with pytest.raises(KeyError):
+        tailer.read(paths[2])
+
+
+def test_position_before_first_read(log_file: Path) -> None:
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    assert tailer.position(log_file) == FilePosition(str(log_file), 0, 0, 0)
+    # Persisting that and resuming from it reads the file from the start, without notices.
+    append(log_file, b"first\n")
+    again = LogTailer()
+    again.follow(log_file, key=42, position=tailer.position(log_file))
+    result = again.read(log_file)
+    assert texts(result.lines) == ["first"] and result.notices == []
+
+
+def test_quiet_file_is_not_opened(log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    append(log_file, b"done\npartial")
+    tailer.read(log_file)
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path: str, *args: object, **kwargs: object) -> int:
+        opened.append(path)
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", counting_open)
+    for _ in range(3):
+        assert tailer.read(log_file).lines == []
+    assert opened == []
+    append(log_file, b"\n")
+    assert texts(tailer.read(log_file).lines) == ["partial"]
+    assert opened == [str(log_file)]
+
+
+def test_no_descriptor_is_left_open(log_file: Path) -> None:
+    fd_dir = Path("/proc/self/fd")
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    before = len(list(fd_dir.iterdir()))
+    for i in range(20):
+        append(log_file, b"line %d\n" % i)
+        tailer.read(log_file)
+    assert len(list(fd_dir.iterdir())) == before
+
+
+# --- ChangeWatcher -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def watcher() -> Iterator[ChangeWatcher]:
+    watcher = ChangeWatcher()
+    yield watcher
+    watcher.close()
+
+
+def test_watcher_wakes_on_write(tmp_path: Path, watcher: ChangeWatcher) -> None:
+    log_file = tmp_path / EXAMPLE
+    log_file.write_bytes(b"")
+    watcher.watch(tmp_path)
+    watcher.watch(tmp_path)  # idempotent
+    writer = threading.Timer(0.2, append, (log_file, b"progress\n"))
+    started = time.monotonic()
+    writer.start()
+    try:
+        assert watcher.wait(timeout=2.0) is True
+    finally:
+        writer.join()
+    assert time.monotonic() - started < 2.0
+
+
+def test_watcher_times_out_when_nothing_changes(tmp_path: Path, watcher: ChangeWatcher) -> None:
+    log_file = tmp_path / EXAMPLE
+    log_file.write_bytes(b"quiet\n")
+    watcher.watch(tmp_path)
+    # Reading, as the tailer does, is not a change.
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    assert texts(tailer.read(log_file).lines) == ["quiet"]
+    started = time.monotonic()
+    assert watcher.wait(timeout=0.5) is False
+    assert time.monotonic() - started >= 0.45
+
+
+def test_wait_clears_the_flag(tmp_path: Path, watcher: ChangeWatcher) -> None:
+    watcher.watch(tmp_path)
+    (tmp_path / "new.log").write_bytes(b"x\n")
+    assert watcher.wait(timeout=2.0) is True
+    time.sleep(0.2)  # let the creation's trailing events arrive
+    watcher.wait(timeout=0)
+    assert watcher.wait(timeout=0.3) is False
+
+
+def test_unwatch_stops_wakeups(tmp_path: Path, watcher: ChangeWatcher) -> None:
+    watcher.watch(tmp_path)
+    watcher.unwatch(tmp_path)
+    watcher.unwatch(tmp_path)
+    (tmp_path / "new.log").write_bytes(b"x\n")
+    assert watcher.wait(timeout=0.5) is False
+
+
+def test_watching_a_missing_dir_is_ignored(tmp_path: Path, watcher: ChangeWatcher) -> None:
+    watcher.watch(tmp_path / "missing")
+    watcher.watch(tmp_path)
+    (tmp_path / "new.log").write_bytes(b"x\n")
+    assert watcher.wait(timeout=2.0) is True

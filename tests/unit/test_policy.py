@@ -1,0 +1,334 @@
+"""The recovery policy over plain data: every phase meets every kind of event."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from ajr_agent import policy
+from ajr_agent.config import Settings
+from ajr_agent.model import (
+    Action,
+    ActionDone,
+    ActionFailed,
+    ActionKind,
+    AnomalyFound,
+    AttemptStarted,
+    CheckpointSaved,
+    Decision,
+    JobEnded,
+    JobHeld,
+    JobVanished,
+    ManagedJob,
+    Phase,
+)
+from ajr_agent.slurm import JobSnapshot
+from ajr_agent.spec import ApsSpec, ResumeMode
+
+SETTINGS = Settings(site_requeue_cap=50, crashloop_threshold=3)
+
+
+def snapshot(**changes: object) -> JobSnapshot:
+    base = JobSnapshot(
+        job_id=7, state="RUNNING", user_id=1000, user="alice", restart_count=0, start_time=1000.0, end_time=None,
+        batch=True, requeueable=True, nodes="node-1", reason="None", work_dir="/home/alice/run",
+        stdout="/home/alice/run/out/slurm-%j.out", name="train", comment='{"APS": {}}',
+    )  # fmt: skip
+    return replace(base, **changes)
+
+
+def adopt(snap: JobSnapshot | None = None, spec: ApsSpec | None = None, settings: Settings = SETTINGS,
+          watching_since: float = 0.0) -> ManagedJob:  # fmt: skip
+    return policy.adopt(snap or snapshot(), spec or ApsSpec(), settings, 1000.0, watching_since).job
+
+
+def running_job(limit: int | None = 2, **changes: object) -> ManagedJob:
+    job = adopt(spec=ApsSpec(max_requeue_times=limit))
+    job = policy.decide(job, AttemptStarted(7, 0, 1000.0, "node-1"), SETTINGS).job
+    return replace(job, **changes)
+
+
+def anomaly(attempt: int = 0, at: float = 1010.0) -> AnomalyFound:
+    return AnomalyFound(7, attempt, at, "segfault", "segfault", "application", "/x/train_7_date_1.log",
+                        "Rank0: (1) segmentation fault: artificial segfault")  # fmt: skip
+
+
+def test_effective_limit_is_the_smaller_of_job_and_site() -> None:
+    site = Settings(site_requeue_cap=5)
+    assert policy.effective_limit(ApsSpec(max_requeue_times=10), site) == 5
+    assert policy.effective_limit(ApsSpec(max_requeue_times=2), site) == 2
+    assert policy.effective_limit(ApsSpec(), site) == 5
+    assert policy.effective_limit(ApsSpec(max_requeue_times=0), site) == 0
+
+
+def test_new_job_stdout_directory_is_expanded() -> None:
+    job = adopt()
+    assert job.stdout_dir == "/home/alice/run/out"
+    assert job.limit == 50 and job.requested_limit is None and job.mode is ResumeMode.REQUEUE
+
+
+def test_observe_reports_start_then_end_once() -> None:
+    job = adopt()
+    job, events = policy.observe(job, snapshot(), 1001.0)
+    assert events == [AttemptStarted(7, 0, 1000.0, "node-1")]
+    job = policy.decide(job, events[0], SETTINGS).job
+    _, events = policy.observe(job, snapshot(), 1002.0)
+    assert events == []
+    ended = snapshot(state="FAILED", end_time=1050.0)
+    job, events = policy.observe(job, ended, 1051.0)
+    assert events == [JobEnded(7, 0, 1050.0, "FAILED", "None")]
+    job = policy.decide(job, events[0], SETTINGS).job
+    _, events = policy.observe(job, ended, 1052.0)
+    assert events == []
+
+
+def test_observe_short_job_seen_only_after_it_ended_gives_start_and_end() -> None:
+    job = adopt()
+    _, events = policy.observe(job, snapshot(state="FAILED", end_time=1003.0), 1004.0)
+    assert [type(e) for e in events] == [AttemptStarted, JobEnded]
+
+
+def test_observe_pending_job_gives_no_event() -> None:
+    job = adopt()
+    _, events = policy.observe(job, snapshot(state="PENDING", start_time=None), 2.0)
+    assert events == []
+
+
+def test_anomaly_requeues_held_and_counts_the_requeue() -> None:
+    decision = policy.decide(running_job(), anomaly(), SETTINGS)
+    assert decision.job.phase is Phase.HOLDING
+    assert decision.job.requeues_used == 1
+    assert decision.job.handled_attempt == 0
+    assert decision.actions == (Action(ActionKind.REQUEUE_HOLD, 7, 0, decision.actions[0].reason),)
+    assert "segfault" in decision.actions[0].reason
+    assert "(1/2)" in decision.notes[0].text
+
+
+def hold_then_release(job: ManagedJob) -> tuple[Decision, Decision]:
+    """Failure, requeuehold done, Slurm shows the job pending: the release decision."""
+    holding = policy.decide(job, anomaly(), SETTINGS)
+    held = policy.decide(holding.job, ActionDone(holding.actions[0], 1011.0), SETTINGS)
+    assert held.actions == () and held.job.phase is Phase.HELD
+    return holding, policy.decide(held.job, JobHeld(7, 1, 1012.0), SETTINGS)
+
+
+def test_held_job_is_released_only_once_slurm_shows_it_pending() -> None:
+    holding = policy.decide(running_job(), anomaly(), SETTINGS)
+    held = policy.decide(holding.job, ActionDone(holding.actions[0], 1011.0), SETTINGS).job
+    completing = snapshot(state="COMPLETING", restart_count=1)
+    assert policy.observe(held, completing, 1012.0)[1] == []
+    pending = snapshot(state="PENDING", restart_count=1, start_time=None, reason="JobHeldAdmin")
+    assert policy.observe(held, pending, 1013.0)[1] == [JobHeld(7, 1, 1013.0)]
+    # A job that is not held by AJR gives no such event.
+    assert policy.observe(running_job(), pending, 1013.0)[1] == []
+
+
+def test_hold_done_releases_and_release_done_waits_for_next_attempt() -> None:
+    _, releasing = hold_then_release(running_job())
+    assert releasing.job.phase is Phase.RELEASING
+    assert [a.kind for a in releasing.actions] == [ActionKind.RELEASE]
+    restarting = policy.decide(releasing.job, ActionDone(releasing.actions[0], 1012.0), SETTINGS)
+    assert restarting.job.phase is Phase.RESTARTING and restarting.actions == ()
+    watching = policy.decide(restarting.job, AttemptStarted(7, 1, 1015.0, "node-2"), SETTINGS)
+    assert watching.job.phase is Phase.WATCHING
+    assert watching.job.attempt == 1 and watching.job.nodes == "node-2"
+
+
+def test_one_failure_gives_one_requeue() -> None:
+    """The segfault line, the cancel line Slurm writes, then the non-zero exit: one requeue."""
+    held = policy.decide(running_job(), anomaly(), SETTINGS)
+    again = policy.decide(held.job, anomaly(at=1011.0), SETTINGS)
+    assert again.actions == () and again.job.requeues_used == 1
+    ended = policy.decide(again.job, JobEnded(7, 0, 1012.0, "FAILED"), SETTINGS)
+    assert ended.actions == () and ended.job.requeues_used == 1
+
+
+def test_two_anomalies_in_one_second_give_one_requeue() -> None:
+    first = policy.decide(running_job(), anomaly(at=1010.0), SETTINGS)
+    second = policy.decide(first.job, replace(anomaly(at=1010.0), rule="nccl_error", category="nccl"), SETTINGS)
+    assert len(first.actions) == 1 and second.actions == ()
+
+
+def test_failed_end_without_log_line_requeues() -> None:
+    decision = policy.decide(running_job(), JobEnded(7, 0, 1020.0, "NODE_FAIL"), SETTINGS)
+    assert [a.kind for a in decision.actions] == [ActionKind.REQUEUE_HOLD]
+    assert "NODE_FAIL" in decision.actions[0].reason
+
+
+@pytest.mark.parametrize("state", ["FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"])
+def test_every_failed_end_state_requeues(state: str) -> None:
+    assert policy.decide(running_job(), JobEnded(7, 0, 1020.0, state), SETTINGS).actions
+
+
+@pytest.mark.parametrize("state", ["COMPLETED", "CANCELLED"])
+def test_success_and_user_cancel_are_left_alone(state: str) -> None:
+    decision = policy.decide(running_job(), JobEnded(7, 0, 1020.0, state), SETTINGS)
+    assert decision.actions == () and decision.job.phase is Phase.FINISHED
+
+
+@pytest.mark.parametrize("state", ["PREEMPTED", "SPECIAL_EXIT", "REVOKED"])
+def test_slurm_driven_ends_are_left_to_slurm(state: str) -> None:
+    decision = policy.decide(running_job(), JobEnded(7, 0, 1020.0, state), SETTINGS)
+    assert decision.actions == () and decision.job.phase is Phase.WATCHING
+
+
+def test_limit_reached_stops_and_says_so() -> None:
+    job = running_job(limit=1, requeues_used=1, attempt=1)
+    decision = policy.decide(job, anomaly(attempt=1), SETTINGS)
+    assert decision.actions == ()
+    assert decision.job.phase is Phase.STOPPED
+    assert "limit reached (1/1)" in (decision.job.stop_reason or "")
+    # The job's own exit afterwards is the same failure.
+    assert policy.decide(decision.job, JobEnded(7, 1, 1030.0, "FAILED"), SETTINGS).actions == ()
+
+
+def test_site_cap_is_shown_beside_the_job_request() -> None:
+    decision = policy.adopt(snapshot(), ApsSpec(max_requeue_times=99), Settings(site_requeue_cap=3), 1.0, 0.0)
+    assert "requeue limit 3 (job asked 99, site cap 3)" in decision.notes[0].text
+
+
+def test_job_that_ended_before_ajr_watched_is_recorded_not_recovered() -> None:
+    old = snapshot(state="FAILED", end_time=900.0)
+    job = adopt(old, watching_since=950.0)
+    assert job.phase is Phase.FINISHED
+    _, events = policy.observe(job, old, 1000.0)
+    assert events == []
+
+
+def test_job_that_ended_while_a_restarted_agent_was_down_is_recovered() -> None:
+    failed = snapshot(state="FAILED", end_time=900.0)
+    job = adopt(failed, watching_since=100.0)
+    job, events = policy.observe(job, failed, 1000.0)
+    for event in events:
+        decision = policy.decide(job, event, SETTINGS)
+        job = decision.job
+    assert job.phase is Phase.HOLDING
+
+
+def test_limit_zero_never_requeues() -> None:
+    decision = policy.decide(running_job(limit=0), anomaly(), SETTINGS)
+    assert decision.actions == () and decision.job.phase is Phase.STOPPED
+
+
+def test_site_cap_bounds_the_job_limit() -> None:
+    job = adopt(spec=ApsSpec(max_requeue_times=99), settings=Settings(site_requeue_cap=3))
+    assert job.limit == 3 and job.requested_limit == 99
+
+
+def test_failure_line_from_an_earlier_attempt_is_ignored() -> None:
+    job = running_job(attempt=2)
+    decision = policy.decide(job, anomaly(attempt=1), SETTINGS)
+    assert decision.actions == () and decision.notes[0].kind == "ignored"
+
+
+def test_failure_line_after_the_job_completed_changes_nothing() -> None:
+    done = policy.decide(running_job(), JobEnded(7, 0, 1020.0, "COMPLETED"), SETTINGS).job
+    decision = policy.decide(done, anomaly(at=1021.0), SETTINGS)
+    assert decision.actions == () and decision.job.phase is Phase.FINISHED
+
+
+def test_failure_line_read_after_a_failed_end_is_the_same_failure() -> None:
+    ended = policy.decide(running_job(), JobEnded(7, 0, 1020.0, "FAILED"), SETTINGS)
+    late = policy.decide(ended.job, anomaly(at=1021.0), SETTINGS)
+    assert len(ended.actions) == 1 and late.actions == ()
+
+
+def test_user_cancels_while_held() -> None:
+    releasing = hold_then_release(running_job())[1].job
+    cancelled = policy.decide(releasing, JobEnded(7, 0, 1012.0, "CANCELLED"), SETTINGS)
+    assert cancelled.actions == ()
+    assert cancelled.job.phase is Phase.FINISHED
+    assert "while AJR was recovering it" in cancelled.notes[0].text
+    # The release that was already on its way then fails: recorded, nothing more.
+    late = policy.decide(cancelled.job, ActionFailed(Action(ActionKind.RELEASE, 7, 0, "r"), 1013.0, "gone"), SETTINGS)
+    assert late.job.phase is Phase.FINISHED and late.actions == ()
+
+
+def test_requeue_by_someone_else_is_a_new_attempt_not_ours() -> None:
+    job = running_job()
+    decision = policy.decide(job, AttemptStarted(7, 1, 1100.0, "node-3"), SETTINGS)
+    assert decision.job.attempt == 1 and decision.job.requeues_used == 0
+    assert decision.job.phase is Phase.WATCHING
+
+
+def test_slurm_refusal_stops_and_gives_the_requeue_back() -> None:
+    held = policy.decide(running_job(), anomaly(), SETTINGS)
+    refused = policy.decide(held.job, ActionFailed(held.actions[0], 1011.0, "Requested operation is presently disabled"), SETTINGS)
+    assert refused.job.phase is Phase.STOPPED
+    assert refused.job.requeues_used == 0
+    assert "presently disabled" in (refused.job.stop_reason or "")
+
+
+def test_failed_release_stops_and_tells_how_to_release() -> None:
+    releasing = hold_then_release(running_job())[1]
+    failed = policy.decide(releasing.job, ActionFailed(releasing.actions[0], 1012.0, "timeout"), SETTINGS)
+    assert failed.job.phase is Phase.STOPPED
+    assert "scontrol release 7" in (failed.job.stop_reason or "")
+
+
+def test_dry_run_releases_at_once_since_nothing_was_held() -> None:
+    held = policy.decide(running_job(), anomaly(), SETTINGS)
+    releasing = policy.decide(held.job, ActionDone(held.actions[0], 1011.0, dry_run=True), SETTINGS)
+    assert releasing.notes[0].text.startswith("dry run: would have")
+    assert releasing.actions[0].kind is ActionKind.RELEASE
+    done = policy.decide(releasing.job, ActionDone(releasing.actions[0], 1012.0, dry_run=True), SETTINGS)
+    assert done.job.phase is Phase.RESTARTING
+
+
+def test_stale_outcome_is_recorded_without_changing_phase() -> None:
+    job = running_job()
+    stale = Action(ActionKind.RELEASE, 7, 0, "old")
+    assert policy.decide(job, ActionDone(stale, 1.0), SETTINGS).job.phase is Phase.WATCHING
+    assert policy.decide(job, ActionFailed(stale, 1.0, "x"), SETTINGS).job.phase is Phase.WATCHING
+
+
+def test_vanished_job_is_gone_once() -> None:
+    job = running_job()
+    gone = policy.decide(job, JobVanished(7, 2000.0), SETTINGS).job
+    assert gone.phase is Phase.GONE
+    assert policy.vanished(gone, 2001.0) == []
+    assert policy.vanished(job, 2001.0) == [JobVanished(7, 2001.0)]
+
+
+def test_crash_loop_stops_after_threshold_failures_without_checkpoint() -> None:
+    settings = Settings(crashloop_threshold=2)
+    job = running_job(limit=10)
+    first = policy.decide(job, anomaly(attempt=0), settings)
+    assert first.actions and first.job.failure_streak == 1
+    job = policy.decide(replace(first.job, phase=Phase.RESTARTING), AttemptStarted(7, 1, 1100.0, "n"), settings).job
+    second = policy.decide(job, anomaly(attempt=1), settings)
+    assert second.actions == () and "crash-looping" in (second.job.stop_reason or "")
+
+
+def test_checkpoint_resets_the_crash_loop_count_and_marks_restart_success() -> None:
+    settings = Settings(crashloop_threshold=2)
+    job = running_job(limit=10, attempt=1, failure_streak=1)
+    saved = policy.decide(job, CheckpointSaved(7, 1, 1200.0, "saved_checkpoint_to", "/x", "Saved checkpoint to /c"), settings)
+    assert saved.job.failure_streak == 0 and saved.job.attempt_saved
+    assert "restart successful" in saved.notes[0].text
+    assert policy.decide(saved.job, anomaly(attempt=1), settings).actions
+
+
+def test_checkpoint_of_another_attempt_is_not_counted() -> None:
+    job = running_job(attempt=2)
+    decision = policy.decide(job, CheckpointSaved(7, 1, 1.0, "r", "/x", "l"), SETTINGS)
+    assert decision.job == job
+
+
+def test_every_phase_answers_every_event() -> None:
+    """Totality: no (phase, event) pair raises."""
+    action = Action(ActionKind.REQUEUE_HOLD, 7, 0, "r")
+    events = [
+        AttemptStarted(7, 0, 1.0, "n"), AttemptStarted(7, 1, 2.0, "n"), JobEnded(7, 0, 3.0, "FAILED"),
+        JobEnded(7, 0, 3.0, "COMPLETED"), JobEnded(7, 0, 3.0, "CANCELLED"), JobEnded(7, 0, 3.0, "PREEMPTED"),
+        JobVanished(7, 4.0), JobHeld(7, 1, 4.0), anomaly(), CheckpointSaved(7, 0, 5.0, "r", "/p", "l"), ActionDone(action, 6.0),
+        ActionFailed(action, 6.0, "no"), ActionDone(replace(action, kind=ActionKind.RELEASE), 6.0),
+        ActionFailed(replace(action, kind=ActionKind.RELEASE), 6.0, "no"),
+    ]  # fmt: skip
+    for mode in ResumeMode:
+        for phase in Phase:
+            for event in events:
+                job = running_job(phase=phase, mode=mode)
+                decision = policy.decide(job, event, SETTINGS)
+                assert decision.job.job_id == 7
