@@ -219,8 +219,10 @@ def _read_rule_file(path: Path) -> list[Rule | _RuleDisable]:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        # tomllib's message ends with "(at line N, column M)".
-        raise RuleFileError(f"{path}: invalid TOML: {exc}") from exc
+        # tomllib's message ends with "(at line N, column M)", or with "(at end
+        # of document)", where the last line's number still helps.
+        where = f" (line {len(text.splitlines())})" if str(exc).endswith("end of document)") else ""
+        raise RuleFileError(f"{path}: invalid TOML: {exc}{where}") from exc
 
     unknown = sorted(set(document) - {"rule"})
     if unknown:

@@ -1,0 +1,499 @@
+"""Unit tests of the rule engine (ajr_agent.rules) and the shipped default rules."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import regex
+
+from ajr_agent.errors import AjrError
+from ajr_agent.rules import (
+    Fault,
+    Rule,
+    RuleFileError,
+    RuleKind,
+    RuleMatch,
+    RuleSet,
+    default_rules_dir,
+    load_rule_files,
+    required_literals,
+)
+
+
+@pytest.fixture(scope="module")
+def defaults() -> RuleSet:
+    return RuleSet.load([default_rules_dir()])
+
+
+def names(matches: list[RuleMatch]) -> list[str]:
+    return [m.rule.name for m in matches]
+
+
+def write(directory: Path, filename: str, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / filename
+    path.write_text(text)
+    return path
+
+
+# --- The shipped defaults ----------------------------------------------------
+
+
+def test_defaults_load_from_default_rules_dir(defaults: RuleSet) -> None:
+    assert (default_rules_dir() / "00-defaults.toml").is_file()
+    assert [r.name for r in defaults.rules[:3]] == [
+        "save_checkpoint_dash",
+        "save_checkpoint_megatron",
+        "saved_checkpoint_to",
+    ]
+    assert all(r.source.endswith("00-defaults.toml") for r in defaults.rules)
+    kinds = {r.kind for r in defaults.rules}
+    assert kinds == {RuleKind.CHECKPOINT, RuleKind.ANOMALY, RuleKind.THROUGHPUT}
+    assert all(r.category for r in defaults.rules if r.kind is RuleKind.ANOMALY)
+
+
+def test_every_default_rule_has_a_literal_anchor(defaults: RuleSet) -> None:
+    # An unanchored default rule would run on every line of every log.
+    assert [r.name for r in defaults.rules if required_literals(r.pattern) is None] == []
+
+
+@pytest.mark.parametrize(
+    ("line", "rule"),
+    [
+        ("[rank0] save-checkpoint iteration=100", "save_checkpoint_dash"),
+        ("SAVE-CHECKPOINT done", "save_checkpoint_dash"),
+        (
+            "SAVE_CHECKPOINT: iteration: 2000, ckpt saving takes 12.5 seconds",
+            "save_checkpoint_megatron",
+        ),
+        ("save_checkpoint: iteration: 7, ckpt saving takes 0.1 seconds", "save_checkpoint_megatron"),
+        ("Epoch 3: Saved checkpoint to /lustre/ckpt/epoch3.ckpt", "saved_checkpoint_to"),
+    ],
+)
+def test_checkpoint_rules(defaults: RuleSet, line: str, rule: str) -> None:
+    matches = defaults.match(line)
+    assert names(matches) == [rule]
+    assert matches[0].rule.kind is RuleKind.CHECKPOINT
+    assert matches[0].value is None
+
+
+# One positive example per default anomaly rule: (line, rule, category, fault).
+ANOMALY_CASES = [
+    ("Rank0: (1) segmentation fault: artificial segfault", "segfault", "segfault", "application"),
+    ("/var/spool/slurm/job12/slurm_script: line 5: 123 Segmentation fault (core dumped) python train.py",
+     "segfault", "segfault", "application"),
+    ("srun: error: node3: task 1: Bus error", "bus_error", "signal", "unknown"),
+    ("    traceback : Signal 6 (SIGABRT) received by PID 4242", "fatal_signal", "signal", "unknown"),
+    ("NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, GPU has fallen off the bus.", "gpu_xid", "gpu_hardware", "node"),
+    ("node2 kernel: Xid 79 on GPU 3", "gpu_xid", "gpu_hardware", "node"),
+    ("Unable to determine the device handle for GPU 0000:3B:00.0: GPU is lost.",
+     "gpu_fallen_off_bus", "gpu_hardware", "node"),
+    ("RuntimeError: CUDA error: uncorrectable ECC error encountered", "gpu_ecc_error", "gpu_hardware", "node"),
+    ("RuntimeError: No CUDA GPUs are available", "gpu_unavailable", "gpu_hardware", "node"),
+    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "gpu_oom", "gpu_oom", "application"),
+    ("torch.cuda.OutOfMemoryError: boom", "gpu_oom", "gpu_oom", "application"),
+    ("RuntimeError: CUDA error: an illegal memory access was encountered",
+     "cuda_illegal_memory_access", "cuda_error", "unknown"),
+    ("RuntimeError: unspecified launch failure", "cuda_launch_failure", "cuda_error", "unknown"),
+    ("RuntimeError: CUDA error: device-side assert triggered", "cuda_error", "cuda_error", "unknown"),
+    ("NCCL WARN Call to connect returned Connection refused, ncclSystemError",
+     "nccl_system_error", "nccl", "infrastructure"),
+    ("failed: ncclRemoteError: A call failed possibly due to a network error or a remote process exiting",
+     "nccl_remote_error", "nccl", "infrastructure"),
+    ("ncclInternalError: Internal check failed.", "nccl_internal_error", "nccl", "unknown"),
+    ("torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, remote process exited",
+     "nccl_error", "nccl", "unknown"),
+    ("[Rank 3] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=42, OpType=ALLREDUCE) ran for 600000 ms",
+     "nccl_watchdog_timeout", "nccl", "unknown"),
+    ("[1] ib_mlx5_log.c:177 Transport retry count exceeded on mlx5_0:1/IB",
+     "ib_retry_exceeded", "fabric", "infrastructure"),
+    ("NET/IB : Got completion from peer 10.0.0.2 with status=IBV_WC_RETRY_EXC_ERR(12)",
+     "ib_retry_exceeded", "fabric", "infrastructure"),
+    ("NCCL WARN Call to ibv_create_qp failed with error Cannot allocate memory",
+     "ib_verbs_error", "fabric", "infrastructure"),
+    ("mlx5: node7: got completion with error:", "mlx5_error", "fabric", "node"),
+    ("kernel: Out of memory: Killed process 4242 (python)", "host_oom", "host_oom", "application"),
+    ("slurmstepd: error: Detected 1 oom_kill event in StepId=12.0. Some of your processes may have been killed",
+     "host_oom", "host_oom", "application"),
+    ("slurmstepd: error: Detected 2 oom-kill event(s) in step 12.batch cgroup.", "host_oom", "host_oom", "application"),
+    ("OSError: [Errno 5] Input/output error: '/lustre/ckpt/iter_1000'", "fs_io_error", "filesystem", "infrastructure"),
+    ("OSError: [Errno 116] Stale file handle", "fs_io_error", "filesystem", "infrastructure"),
+    ("OSError: [Errno 28] No space left on device", "fs_no_space", "filesystem", "infrastructure"),
+    ("OSError: [Errno 122] Disk quota exceeded", "fs_quota_exceeded", "filesystem", "application"),
+    ("slurmstepd: error: *** JOB 12 ON node1 CANCELLED AT 2026-01-01T00:00:00 DUE TO TIME LIMIT ***",
+     "slurm_time_limit", "slurm_time_limit", "application"),
+    ("slurmstepd: error: *** STEP 12.0 ON node1 CANCELLED AT 2026-01-01T00:00:00 DUE TO TIME LIMIT ***",
+     "slurm_time_limit", "slurm_time_limit", "application"),
+    ("slurmstepd: error: *** JOB 12 ON node1 CANCELLED AT 2026-01-01T00:00:00 DUE TO NODE FAILURE, "
+     "SEE SLURMCTLD LOG FOR DETAILS ***", "slurm_node_failure", "slurm_node_failure", "node"),
+    ("srun: error: Node failure on node4", "slurm_node_failure", "slurm_node_failure", "node"),
+    (" iteration      100/  1000 | lm loss: nan | loss scale: 1.0 |", "nan_loss", "nan_loss", "application"),
+    ("Epoch 1: 10%| loss=NaN", "nan_loss", "nan_loss", "application"),
+    ("Rank 3: found NaN in local grad norm in backward pass", "nan_found", "nan_loss", "application"),
+    ("Traceback (most recent call last):", "python_traceback", "python_exception", "application"),
+    ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError:",
+     "torchrun_child_failed", "python_exception", "unknown"),
+]
+
+
+@pytest.mark.parametrize(("line", "rule", "category", "fault"), ANOMALY_CASES)
+def test_anomaly_rules(defaults: RuleSet, line: str, rule: str, category: str, fault: str) -> None:
+    matches = {m.rule.name: m for m in defaults.match(line)}
+    assert rule in matches, f"{rule} did not match {line!r}; got {sorted(matches)}"
+    matched = matches[rule].rule
+    assert matched.kind is RuleKind.ANOMALY
+    assert matched.category == category
+    assert matched.fault is Fault(fault)
+
+
+def test_every_default_anomaly_rule_has_a_positive_example(defaults: RuleSet) -> None:
+    anomaly_rules = {r.name for r in defaults.rules if r.kind is RuleKind.ANOMALY}
+    assert anomaly_rules - {case[1] for case in ANOMALY_CASES} == set()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "slurmstepd: error: *** STEP 12.0 ON node1 CANCELLED AT 2026-01-01T00:00:00 ***",
+        "slurmstepd: error: *** JOB 12 ON node1 CANCELLED AT 2026-01-01T00:00:00 ***",
+        "slurmstepd: error: *** JOB 12 ON node1 CANCELLED AT 2026-01-01T00:00:00 DUE TO JOB REQUEUE ***",
+        "node1:123:456 [0] NCCL INFO NET/IB : Using [0]mlx5_0:1/IB [1]mlx5_1:1/IB ; OOB ib0:10.0.0.1<0>",
+        "node1:123:456 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via NET/IB/0/GDRDMA",
+        "Loading checkpoint from /lustre/ckpt/iter_0001000",
+        "resuming from checkpoint at iteration 1000",
+        "/torch/nn/utils/clip_grad.py:12: UserWarning: the default of error_if_nonfinite will change",
+        "validation done, errors=0 warnings=2",
+        " iteration 10/100 | lm loss: 2.3E+00 | number of nan iterations:   0 |",
+        "dataset: loaded 42 documents, loss_mask enabled",
+        "srun: error: node1: task 0: Terminated",
+        "srun: Force Terminated StepId=12.0",
+        "",
+    ],
+)
+def test_benign_lines_match_no_rule(defaults: RuleSet, line: str) -> None:
+    assert defaults.match(line) == []
+
+
+@pytest.mark.parametrize(
+    ("line", "value"),
+    [
+        (" iteration 10/100 | throughput per GPU (TFLOP/s/GPU): 402.1 | lm loss: 2.1E+00 |", 402.1),
+        ("step 5 TFLOPs: 123.4", 123.4),
+        ("tflops=98", 98.0),
+        ("model TFLOPS_per_GPU=1.5e2", 150.0),
+    ],
+)
+def test_throughput_value(defaults: RuleSet, line: str, value: float) -> None:
+    readings = [m for m in defaults.match(line) if m.rule.kind is RuleKind.THROUGHPUT]
+    assert [(m.rule.name, m.value) for m in readings] == [("tflops", pytest.approx(value))]
+
+
+def test_throughput_without_a_number_is_no_reading(defaults: RuleSet) -> None:
+    assert defaults.match("TFLOP/s/GPU: n/a") == []
+
+
+def test_unparseable_throughput_capture_is_no_match() -> None:
+    rule = Rule(name="loose", kind="throughput", pattern=r"speed: (?P<value>[0-9.]+)")
+    rules = RuleSet.from_rules([rule])
+    assert rules.match("speed: .") == []
+    assert [m.value for m in rules.match("speed: 1.5")] == [1.5]
+
+
+def test_matches_come_in_rule_order(defaults: RuleSet) -> None:
+    line = "RuntimeError: CUDA error: uncorrectable ECC error encountered"
+    assert names(defaults.match(line)) == ["gpu_ecc_error", "cuda_error"]
+
+
+# --- Loading and drop-in semantics -------------------------------------------
+
+
+def test_later_directory_overrides_by_name_in_place(tmp_path: Path) -> None:
+    shipped = tmp_path / "shipped"
+    site = tmp_path / "site"
+    write(shipped, "00-defaults.toml", """
+[[rule]]
+name = "first"
+kind = "checkpoint"
+pattern = 'first'
+
+[[rule]]
+name = "second"
+kind = "anomaly"
+pattern = 'second'
+category = "segfault"
+""")
+    site_file = write(site, "10-site.toml", """
+[[rule]]
+name = "first"
+kind = "anomaly"
+pattern = 'replaced'
+category = "nccl"
+fault = "node"
+""")
+    rules = load_rule_files([shipped, site])
+    assert [r.name for r in rules] == ["first", "second"]
+    assert rules[0].pattern == "replaced"
+    assert rules[0].fault is Fault.NODE
+    assert rules[0].source == str(site_file)
+    matcher = RuleSet.from_rules(rules)
+    assert matcher.match("first") == []
+    assert names(matcher.match("replaced")) == ["first"]
+
+
+def test_files_are_read_in_name_order(tmp_path: Path) -> None:
+    write(tmp_path, "20-b.toml", "[[rule]]\nname = 'x'\nkind = 'checkpoint'\npattern = 'from-20'\n")
+    write(tmp_path, "10-a.toml", "[[rule]]\nname = 'x'\nkind = 'checkpoint'\npattern = 'from-10'\n")
+    write(tmp_path, ".#30-lock.toml", "not toml at all [")
+    write(tmp_path, "README.md", "not a rule file")
+    assert [r.pattern for r in load_rule_files([tmp_path])] == ["from-20"]
+
+
+def test_disable_by_name(tmp_path: Path) -> None:
+    site = write(tmp_path / "site", "50-off.toml", """
+[[rule]]
+name = "python_traceback"
+enabled = false
+""")
+    rules = load_rule_files([default_rules_dir(), site.parent])
+    assert "python_traceback" not in {r.name for r in rules}
+    assert "segfault" in {r.name for r in rules}
+    assert RuleSet.from_rules(rules).match("Traceback (most recent call last):") == []
+
+
+def test_disabling_an_unknown_rule_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write(tmp_path, "50-off.toml", "[[rule]]\nname = 'no_such_rule'\nenabled = false\n")
+    with caplog.at_level(logging.WARNING, logger="ajr_agent.rules"):
+        assert load_rule_files([tmp_path]) == []
+    assert "no_such_rule" in caplog.text
+
+
+def test_full_rule_with_enabled_false_is_validated_and_dropped(tmp_path: Path) -> None:
+    write(tmp_path, "a.toml", "[[rule]]\nname = 'x'\nkind = 'checkpoint'\npattern = 'x'\nenabled = false\n")
+    assert load_rule_files([tmp_path]) == []
+
+
+def test_missing_directory_is_skipped(tmp_path: Path) -> None:
+    assert load_rule_files([tmp_path / "nope"]) == []
+
+
+def test_rule_set_load_uses_match_timeout() -> None:
+    rules = RuleSet.load([default_rules_dir()], match_timeout=0.2)
+    assert rules.match_timeout == 0.2
+    assert len(rules.rules) == len(load_rule_files([default_rules_dir()]))
+
+
+# --- Errors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("name = 'r'\nkind = 'checkpoint'\npattern = 'x'\ncolour = 'red'", "rule 'r': unknown key 'colour'"),
+        ("name = 'r'\nkind = 'checkpoint'\npattern = 'x'\nsource = '/tmp/x'", "rule 'r': unknown key 'source'"),
+        ("name = 'r'\nkind = 'checkpoint'\npattern = 'x'\nignore_case = 'yes'", "rule 'r': ignore_case: Input should be a valid boolean"),
+        ("name = 'r'\nkind = 'checkpoint'\npattern = 12", "rule 'r': pattern: Input should be a valid string"),
+        ("name = 'r'\nkind = 'nonsense'\npattern = 'x'", "rule 'r': kind: Input should be 'checkpoint', 'anomaly' or 'throughput'"),
+        ("name = 'r'\nkind = 'anomaly'\npattern = 'x'\ncategory = 'nccl'\nfault = 'gpu'", "rule 'r': fault: Input should be"),
+        ("name = 'r'\nkind = 'checkpoint'", "rule 'r': missing key 'pattern'"),
+        ("name = 'r'\nkind = 'checkpoint'\npattern = ''", "rule 'r': pattern: String should have at least 1 character"),
+        ("name = 'r'\nkind = 'checkpoint'\npattern = 'foo(bar'", "rule 'r': pattern does not compile: missing ) at position 7"),
+        ("name = 'r'\nkind = 'anomaly'\npattern = 'x'", "rule 'r': an anomaly rule needs a category"),
+        ("name = 'r'\nkind = 'anomaly'\npattern = 'x'\ncategory = 'Has Spaces'", "rule 'r': category: category 'Has Spaces' must be"),
+        ("name = 'r'\nkind = 'checkpoint'\npattern = 'x'\ncategory = 'nccl'", "rule 'r': category is only for anomaly rules"),
+        ("name = 'r'\nkind = 'checkpoint'\npattern = 'x'\nfault = 'node'", "rule 'r': fault is only for anomaly rules"),
+        ("name = 'r'\nkind = 'throughput'\npattern = 'TFLOPs: ([0-9.]+)'", "rule 'r': a throughput pattern needs a named group (?P<value>...)"),
+        ("kind = 'checkpoint'\npattern = 'x'", "rule #1: missing key 'name'"),
+        ("name = 'bad name'\nkind = 'checkpoint'\npattern = 'x'", "rule 'bad name': name: name 'bad name' must be"),
+        ("name = 'r'\nenabled = false\nkind = 'anomaly'", "rule 'r': unknown key 'kind' (an entry without a pattern only disables"),
+    ],
+)
+def test_invalid_rule_names_file_and_rule(tmp_path: Path, body: str, expected: str) -> None:
+    path = write(tmp_path, "10-site.toml", f"[[rule]]\n{body}\n")
+    with pytest.raises(RuleFileError) as caught:
+        load_rule_files([tmp_path])
+    assert str(caught.value).startswith(f"{path}: ")
+    assert expected in str(caught.value)
+    assert isinstance(caught.value, AjrError)
+
+
+def test_nameless_rule_is_named_by_index(tmp_path: Path) -> None:
+    path = write(tmp_path, "10-site.toml", """
+[[rule]]
+name = "ok"
+kind = "checkpoint"
+pattern = 'ok'
+
+[[rule]]
+kind = "checkpoint"
+pattern = 'foo(bar'
+""")
+    with pytest.raises(RuleFileError, match=r"rule #2: .*missing key 'name'") as caught:
+        load_rule_files([tmp_path])
+    assert str(caught.value).startswith(str(path))
+
+
+def test_duplicate_name_within_one_file(tmp_path: Path) -> None:
+    write(tmp_path, "a.toml", "[[rule]]\nname='x'\nkind='checkpoint'\npattern='a'\n"
+                              "[[rule]]\nname='x'\nkind='checkpoint'\npattern='b'\n")
+    with pytest.raises(RuleFileError, match=r"a\.toml: rule 'x': defined twice in this file"):
+        load_rule_files([tmp_path])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[[rule]]\nname = 'x'\npattern = = 'y'\nkind = 'checkpoint'\n",
+        "[[rule]]\nname = 'x'\npattern = 'unterminated\n",
+    ],
+)
+def test_toml_syntax_error_names_file_and_line(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, "10-site.toml", text)
+    with pytest.raises(RuleFileError) as caught:
+        load_rule_files([tmp_path])
+    message = str(caught.value)
+    assert message.startswith(f"{path}: invalid TOML")
+    assert "line 3" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("rules = []\n", "unknown top-level key 'rules'"),
+        ("[rule]\nname = 'x'\n", "'rule' must be an array of tables"),
+        ("rule = [1]\n", "rule #1: must be a table"),
+    ],
+)
+def test_malformed_file_structure(tmp_path: Path, text: str, expected: str) -> None:
+    write(tmp_path, "a.toml", text)
+    with pytest.raises(RuleFileError, match=expected):
+        load_rule_files([tmp_path])
+
+
+def test_non_utf8_file(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_bytes(b"[[rule]]\nname = '\xff'\n")
+    with pytest.raises(RuleFileError, match=r"a\.toml: not UTF-8"):
+        load_rule_files([tmp_path])
+
+
+def test_unreadable_file_as_broken_symlink(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").symlink_to(tmp_path / "missing-target")
+    with pytest.raises(RuleFileError, match=r"a\.toml: cannot read rule file"):
+        load_rule_files([tmp_path])
+
+
+def test_rules_dir_that_is_a_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "not-a-dir", "")
+    with pytest.raises(RuleFileError, match="cannot list rule directory"):
+        load_rule_files([path])
+
+
+def test_rule_set_rejects_duplicate_names_and_bad_timeout() -> None:
+    rule = Rule(name="x", kind="checkpoint", pattern="x")
+    with pytest.raises(ValueError, match="duplicate rule names: x"):
+        RuleSet.from_rules([rule, rule])
+    with pytest.raises(ValueError, match="match_timeout"):
+        RuleSet.from_rules([rule], match_timeout=0)
+
+
+# --- Timeouts ------------------------------------------------------------------
+
+
+def test_catastrophic_pattern_times_out_counts_and_does_not_raise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    evil = Rule(name="evil", kind="anomaly", category="segfault", pattern="(a+)+$", source="/etc/ajr/rules.d/99-evil.toml")
+    good = Rule(name="good", kind="anomaly", category="segfault", pattern="a{5}b")
+    rules = RuleSet.from_rules([evil, good], match_timeout=0.001)
+    line = "a" * 5000 + "!"
+    with caplog.at_level(logging.WARNING, logger="ajr_agent.rules"):
+        assert rules.match(line) == []
+        assert rules.match(line) == []
+    assert rules.timeouts["evil"] == 2
+    assert rules.timeouts["good"] == 0
+    warnings = [r for r in caplog.records if "evil" in r.getMessage()]
+    assert len(warnings) == 1, "warns once per rule"
+    assert "/etc/ajr/rules.d/99-evil.toml" in warnings[0].getMessage()
+    # The other rules still work on the lines they match.
+    assert names(rules.match("aaaaab")) == ["good"]
+
+
+# --- The literal prefilter -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "anchors"),
+    [
+        ("segmentation fault", {"segmentation fault"}),
+        (r"NVRM: Xid\b|\bXid \d+", {"nvrm: xid", "xid "}),
+        (r"ab?c", {"a"}),  # a character before a quantifier is never required
+        (r"abc{2}def", {"def"}),
+        (r"torch\.(?:cuda\.)?OutOfMemoryError", {"outofmemoryerror"}),
+        (r"\*\*\* JOB \S+ ON", {"*** job "}),
+        (r"TFLOP[^:]{0,20}:\s*(?P<value>[0-9.]+)", {"tflop"}),
+        (r"a|", None),  # the empty alternative matches every line
+        (r"(?:foo|bar)", None),  # literals inside groups are not taken
+        (r"\x41BCD", None),  # escapes with arguments are not followed
+        (r"(?x) s e g v", None),  # verbose mode changes what a space means
+        (r"(?:segfault){e<=1}", None),  # fuzzy matching
+        (r"foo(?#comment(", None),
+        (r"[[:alpha:]]+xyz", None),
+        (r"caf\u00e9 ok", None),
+        ("cafés are ok", {"s are ok"}),
+        (r"x\.y\|z", {"x.y|z"}),
+    ],
+)
+def test_required_literals(pattern: str, anchors: set[str] | None) -> None:
+    result = required_literals(pattern)
+    assert (None if result is None else set(result)) == anchors
+
+
+TRICKY_RULES = [
+    Rule(name="opt", kind="anomaly", category="x", pattern=r"ab?c"),
+    Rule(name="alt", kind="anomaly", category="x", pattern=r"(?:foo|bar)baz|qux"),
+    Rule(name="unanchored", kind="anomaly", category="x", pattern=r"(?:zz|yy)+"),
+    Rule(name="case", kind="anomaly", category="x", pattern=r"MiXeD", ignore_case=False),
+    Rule(name="kelvin", kind="anomaly", category="x", pattern=r"kelvin"),
+    Rule(name="value", kind="throughput", pattern=r"rate=(?P<value>\d+)"),
+    Rule(name="dup_value", kind="throughput", pattern=r"speed (?P<value>\d+)"),
+    Rule(name="lookbehind", kind="anomaly", category="x", pattern=r"(?<=\[)err\]"),
+]
+
+LINES = [
+    "", "ac", "abc", "abbc", "xx foobaz", "barbaz", "QUX!", "zzyy", "MiXeD", "mixed",
+    "\u212aelvin reading", "KELVIN", "rate=12 speed 7", "[err]", "err]", "plain line",
+    "Rank0: (1) segmentation fault: artificial segfault", "ümlaut abc", "TFLOPs: 1.5",
+]
+
+
+def test_prefilter_gives_the_same_results_as_trying_every_rule(defaults: RuleSet) -> None:
+    rules = list(defaults.rules) + TRICKY_RULES
+    matcher = RuleSet.from_rules(rules)
+    lines = LINES + [
+        "RuntimeError: CUDA error: an illegal memory access was encountered",
+        "slurmstepd: error: *** JOB 12 ON node1 CANCELLED AT 2026-01-01T00:00:00 DUE TO TIME LIMIT ***",
+        " iteration 1 | throughput per GPU (TFLOP/s/GPU): 400.0 | lm loss: nan |",
+        "node1 NCCL INFO NET/IB : Using [0]mlx5_0:1/IB",
+    ]
+    for line in lines:
+        expected = [rule.name for rule in rules if _compile_plain(rule).search(line)]
+        assert names(matcher.match(line)) == expected, line
+    # The Kelvin sign folds to "k" only through Unicode rules: the prefilter must not hide it.
+    assert "kelvin" in names(matcher.match("\u212aelvin reading"))
+    assert [(m.rule.name, m.value) for m in matcher.match("rate=12 speed 7")] == [
+        ("value", 12.0),
+        ("dup_value", 7.0),
+    ]
+
+
+def _compile_plain(rule: Rule) -> regex.Pattern[str]:
+    return regex.compile(rule.pattern, regex.IGNORECASE if rule.ignore_case else 0)
+
+
+def test_disabled_rules_are_left_out_of_a_rule_set() -> None:
+    on = Rule(name="on", kind="checkpoint", pattern="saved")
+    off = Rule(name="off", kind="checkpoint", pattern="saved", enabled=False)
+    matcher = RuleSet.from_rules([on, off])
+    assert [r.name for r in matcher.rules] == ["on"]
+    assert names(matcher.match("saved")) == ["on"]
