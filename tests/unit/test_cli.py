@@ -1,0 +1,134 @@
+"""The `ajr` CLI over a store written by the store's own code, and the rule tools."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ajr_agent.cli import main
+from ajr_agent.logs import FilePosition
+from ajr_agent.model import Action, ActionKind, ManagedJob, Note, Phase, UnmanagedJob
+from ajr_agent.spec import ResumeMode
+from ajr_agent.store import ActionStatus, FollowedFile, Store
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "ajr.toml"
+    path.write_text(f'state_db = "{tmp_path / "ajr.db"}"\nrules_dirs = ["{tmp_path / "rules.d"}"]\n')
+    return path
+
+
+@pytest.fixture
+def filled(config: Path, tmp_path: Path) -> Path:
+    store = Store(tmp_path / "ajr.db")
+    store.set_meta(backend="commands", dry_run=False, last_poll_at=1.0, jobs_in_queue=3, followed_files=1)
+    stopped = ManagedJob(
+        job_id=42, name="llama", user="alice", user_id=1000, mode=ResumeMode.REQUEUE, requested_limit=10, limit=1,
+        phase=Phase.STOPPED, requeues_used=1, attempt=1, stop_reason="segfault; requeue limit reached (1/1)",
+        slurm_state="FAILED", last_anomaly="segfault (segfault)", last_action="released", work_dir="/runs",
+    )  # fmt: skip
+    store.save_job(stopped)
+    store.add_note(42, 0, 100.0, Note("failure", "attempt 0 failed: segfault"), "/runs/x.log", "Rank0: segfault")
+    action = store.journal(Action(ActionKind.REQUEUE_HOLD, 42, 0, "segfault"), dry_run=False, now=100.0)
+    store.update_action(action, ActionStatus.DONE, 100.1)
+    store.save_files([FollowedFile(42, 0, FilePosition("/runs/llama_42_date_26-01-01_time_00-00-00.log", 1, 1, 10))])
+    store.save_unmanaged(UnmanagedJob(43, "bad", "bob", '{"APS": {"max_requeue_times": "3"}}',
+                                      "max_requeue_times: Input should be a valid integer", 100.0))  # fmt: skip
+    store.close()
+    return config
+
+
+def run(config: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["--config", str(config), *args])
+    return result.exit_code, result.output
+
+
+def test_status_lists_jobs_with_requeues_used_and_limit(filled: Path) -> None:
+    code, out = run(filled, "status")
+    assert code == 0
+    assert "backend commands, live" in out
+    line = next(l for l in out.splitlines() if l.startswith("42"))
+    for part in ("llama", "alice", "requeue", "FAILED", "stopped", "1/1", "segfault (segfault)", "released"):
+        assert part in line
+
+
+def test_status_json(filled: Path) -> None:
+    code, out = run(filled, "status", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["agent"]["backend"] == "commands"
+    assert data["jobs"][0]["job_id"] == 42 and data["jobs"][0]["requeues_used"] == 1
+
+
+def test_show_tells_the_story_and_both_limits(filled: Path) -> None:
+    code, out = run(filled, "show", "42")
+    assert code == 0
+    assert "requeues 1 of 1" in out
+    assert "not requeued: segfault; requeue limit reached (1/1)" in out
+    assert "attempt 0 failed: segfault" in out and "> Rank0: segfault" in out
+    assert "requeue_hold  done" in out
+    assert "llama_42_date_26-01-01_time_00-00-00.log" in out
+
+
+def test_show_json_has_events_actions_and_files(filled: Path) -> None:
+    data = json.loads(run(filled, "show", "42", "--json")[1])
+    assert data["managed"] and data["job"]["phase"] == "stopped"
+    assert data["events"][0]["kind"] == "failure"
+    assert data["actions"][0]["action"]["kind"] == "requeue_hold" and data["actions"][0]["status"] == "done"
+    assert data["log_files"][0]["attempt"] == 0
+
+
+def test_show_explains_an_unmanaged_job(filled: Path) -> None:
+    code, out = run(filled, "show", "43")
+    assert code == 0 and "NOT managed: max_requeue_times: Input should be a valid integer" in out
+    assert json.loads(run(filled, "show", "43", "--json")[1])["managed"] is False
+
+
+def test_show_unknown_job_says_why(filled: Path) -> None:
+    code, out = run(filled, "show", "777")
+    assert code == 1 and "job 777 is not known to AJR" in out
+
+
+def test_status_without_a_database_says_the_agent_has_not_run(config: Path) -> None:
+    code, out = run(config, "status")
+    assert code == 1 and "no state database" in out
+
+
+def test_bad_config_is_reported_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "ajr.toml"
+    path.write_text("poll_interval = -1\n")
+    code, out = run(path, "status")
+    assert code == 1 and "poll_interval" in out and "Traceback" not in out
+
+
+def test_rules_check_accepts_the_shipped_rules(config: Path) -> None:
+    code, out = run(config, "rules", "check")
+    assert code == 0 and out.startswith("ok: ") and "checkpoint" in out and "anomaly" in out
+
+
+def test_rules_check_names_file_rule_and_error(config: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.d"
+    bad.mkdir()
+    (bad / "10-site.toml").write_text('[[rule]]\nname = "mine"\nkind = "anomaly"\ncategory = "x"\npattern = "(unclosed"\n')
+    code, out = run(config, "rules", "check", str(bad))
+    assert code == 1
+    assert "10-site.toml" in out and "mine" in out and "pattern" in out
+
+
+def test_rules_check_missing_directory(config: Path, tmp_path: Path) -> None:
+    code, out = run(config, "rules", "check", str(tmp_path / "nope"))
+    assert code == 1 and "no such directory" in out
+
+
+def test_rules_test_shows_which_line_matches_which_rule(config: Path, tmp_path: Path) -> None:
+    log = tmp_path / "train_1_date_26-01-01_time_00-00-00.log"
+    log.write_text("step 1\nSaved checkpoint to /ckpt/step1\nRank0: (1) segmentation fault: artificial segfault\n")
+    code, out = run(config, "rules", "test", str(log))
+    assert code == 0
+    assert f"{log.name}:2: " in out and "[checkpoint]" in out
+    assert f"{log.name}:3: segfault [anomaly/segfault/application]" in out
+    assert ":1:" not in out
+    assert out.strip().endswith("2 match(es)")
