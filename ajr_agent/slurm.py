@@ -149,6 +149,10 @@ def parse_squeue(output: str) -> list[JobSnapshot]:
          comment) = parts  # fmt: skip
         # A trailing separator follows the last field too.
         comment = comment[:-1] if comment.endswith(SEP) else comment
+        if not (job_id.isdigit() and uid.isdigit()):
+            # Array tasks ("12_3") are not managed; int() would read "12_3" as 123.
+            log.debug("squeue line with a non-numeric id skipped: %.200r", line)
+            continue
         try:
             jobs.append(
                 JobSnapshot(
@@ -170,8 +174,7 @@ def parse_squeue(output: str) -> list[JobSnapshot]:
                 )
             )
         except ValueError:
-            # Array tasks ("12_3") and other ids that are not plain integers are not managed.
-            log.debug("squeue line with a non-numeric field skipped: %.200r", line)
+            log.warning("squeue line with a malformed number skipped: %.200r", line)
     return jobs
 
 
@@ -269,21 +272,24 @@ class PyslurmGateway(CommandGateway):
 
 
 def _snapshot_from_pyslurm(job: object) -> JobSnapshot:
+    """A JobSnapshot from a `pyslurm.Job` (attribute names of pyslurm 23.x-25.x)."""
+
     def get(name: str, default: object = "") -> object:
         value = getattr(job, name, default)
         return default if value is None else value
 
+    start, end = get("start_time", 0), get("end_time", 0)
     return JobSnapshot(
-        job_id=int(get("id", 0)),
+        job_id=int(get("id", 0)),  # type: ignore[call-overload]
         state=str(get("state")),
-        user_id=int(get("user_id", -1)),
+        user_id=int(get("user_id", -1)),  # type: ignore[call-overload]
         user=str(get("user_name")),
-        restart_count=int(get("requeue_count", 0) or get("restart_count", 0)),
-        start_time=float(get("start_time", 0)) or None,
-        end_time=float(get("end_time", 0)) or None,
-        batch=bool(get("is_batch", True)),
+        restart_count=int(get("requeue_count", 0)),  # type: ignore[call-overload]
+        start_time=float(start) or None,  # type: ignore[arg-type]
+        end_time=float(end) or None,  # type: ignore[arg-type]
+        batch=bool(get("is_batch_job", True)),
         requeueable=bool(get("is_requeueable", True)),
-        nodes=str(get("nodes")),
+        nodes=str(get("allocated_nodes")),
         reason=str(get("state_reason")),
         work_dir=str(get("working_directory")),
         stdout=str(get("standard_output")),

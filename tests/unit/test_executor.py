@@ -1,0 +1,177 @@
+"""The executor over a real store, with a scripted stand-in for Slurm's answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from ajr_agent.config import Settings
+from ajr_agent.executor import Executor
+from ajr_agent.model import Action, ActionDone, ActionFailed, ActionKind
+from ajr_agent.slurm import JobSnapshot, SlurmError
+from ajr_agent.store import ActionStatus, Store
+
+
+@dataclass
+class ScriptedSlurm:
+    """Answers each call with the next scripted error, or success when none is left; records the calls."""
+
+    errors: list[SlurmError] = field(default_factory=list)
+    calls: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)
+    backend: str = "scripted"
+
+    def _call(self, name: str, job_id: int, **fields: str) -> None:
+        self.calls.append((name, job_id, fields))
+        if self.errors:
+            raise self.errors.pop(0)
+
+    def requeue_hold(self, job_id: int) -> None:
+        self._call("requeue_hold", job_id)
+
+    def release(self, job_id: int) -> None:
+        self._call("release", job_id)
+
+    def requeue(self, job_id: int) -> None:
+        self._call("requeue", job_id)
+
+    def update(self, job_id: int, **fields: str) -> None:
+        self._call("update", job_id, **fields)
+
+    def list_jobs(self) -> list[JobSnapshot]:
+        return []
+
+    def version(self) -> str:
+        return "0.0"
+
+
+def transient() -> SlurmError:
+    return SlurmError(["scontrol"], "Socket timed out", transient=True)
+
+
+def refused() -> SlurmError:
+    return SlurmError(["scontrol"], "Requested operation is presently disabled", transient=False)
+
+
+SETTINGS = Settings(action_retry_delay=2, action_retry_max_delay=5, action_max_tries=3)
+HOLD = Action(ActionKind.REQUEUE_HOLD, 7, 0, "segfault")
+
+
+def setup(tmp_path: Path, slurm: ScriptedSlurm, settings: Settings = SETTINGS) -> tuple[Executor, Store, Action]:
+    store = Store(tmp_path / "ajr.db")
+    return Executor(slurm, store, settings), store, store.journal(HOLD, settings.dry_run, 0.0)
+
+
+def snapshot(restart_count: int) -> JobSnapshot:
+    return JobSnapshot(7, "PENDING", 0, "root", restart_count, None, None, True, True, "", "", "/", "", "j", "")
+
+
+def test_success_is_recorded_and_reported(tmp_path: Path) -> None:
+    slurm = ScriptedSlurm()
+    executor, store, action = setup(tmp_path, slurm)
+    assert executor.run(action, 1.0) == [ActionDone(action, 1.0)]
+    assert slurm.calls == [("requeue_hold", 7, {})]
+    assert store.actions(7)[0].status == ActionStatus.DONE
+
+
+def test_release_also_clears_the_requeue_wait(tmp_path: Path) -> None:
+    slurm = ScriptedSlurm()
+    executor, store, _ = setup(tmp_path, slurm)
+    release = store.journal(Action(ActionKind.RELEASE, 7, 0, "r"), False, 0.0)
+    executor.run(release, 1.0)
+    assert slurm.calls == [("release", 7, {}), ("update", 7, {"StartTime": "now"})]
+
+
+class UpdateRefused(ScriptedSlurm):
+    def update(self, job_id: int, **fields: str) -> None:
+        self._call("update", job_id, **fields)
+        raise refused()
+
+
+def test_failing_wait_clearing_does_not_fail_the_release(tmp_path: Path) -> None:
+    slurm = UpdateRefused()
+    executor, store, _ = setup(tmp_path, slurm)
+    release = store.journal(Action(ActionKind.RELEASE, 7, 0, "r"), False, 0.0)
+    assert executor.run(release, 1.0) == [ActionDone(release, 1.0)]
+    assert [c[0] for c in slurm.calls] == ["release", "update"]
+
+
+def test_clearing_the_wait_can_be_turned_off(tmp_path: Path) -> None:
+    slurm = ScriptedSlurm()
+    executor, store, _ = setup(tmp_path, slurm, SETTINGS.with_overrides(clear_begin_time=False))
+    release = store.journal(Action(ActionKind.RELEASE, 7, 0, "r"), False, 0.0)
+    executor.run(release, 1.0)
+    assert slurm.calls == [("release", 7, {})]
+
+
+def test_transient_failures_back_off_then_give_up(tmp_path: Path) -> None:
+    slurm = ScriptedSlurm(errors=[transient(), transient(), transient()])
+    executor, store, action = setup(tmp_path, slurm)
+    assert executor.run(action, 10.0) == []
+    [entry] = store.open_actions()
+    assert entry.status == ActionStatus.RETRY and entry.next_try_at == 12.0 and entry.tries == 1
+    assert executor.resume(entry, snapshot(0), 12.0) == []
+    [entry] = store.open_actions()
+    assert entry.next_try_at == 16.0 and entry.tries == 2  # doubled
+    [failed] = executor.resume(entry, snapshot(0), 16.0)
+    assert isinstance(failed, ActionFailed) and "gave up after 3 tries: Socket timed out" in failed.reason
+    assert store.open_actions() == [] and store.actions(7)[0].status == ActionStatus.FAILED
+
+
+def test_retry_delay_is_capped(tmp_path: Path) -> None:
+    settings = SETTINGS.with_overrides(action_max_tries=10)
+    slurm = ScriptedSlurm(errors=[transient()] * 5)
+    executor, store, action = setup(tmp_path, slurm, settings)
+    executor.run(action, 0.0)
+    for _ in range(4):
+        entry = store.open_actions()[0]
+        executor.resume(entry, snapshot(0), entry.next_try_at or 0.0)
+    entry = store.open_actions()[0]
+    assert entry.next_try_at is not None and entry.next_try_at - entry.updated_at == 5.0
+
+
+def test_refusal_fails_at_once_with_slurms_reason(tmp_path: Path) -> None:
+    slurm = ScriptedSlurm(errors=[refused()])
+    executor, store, action = setup(tmp_path, slurm)
+    [failed] = executor.run(action, 1.0)
+    assert isinstance(failed, ActionFailed) and failed.reason == "Requested operation is presently disabled"
+    assert store.actions(7)[0].error == "Requested operation is presently disabled"
+
+
+def test_dry_run_records_and_runs_nothing(tmp_path: Path) -> None:
+    slurm = ScriptedSlurm()
+    executor, store, action = setup(tmp_path, slurm, SETTINGS.with_overrides(dry_run=True))
+    assert executor.run(action, 1.0) == [ActionDone(action, 1.0, dry_run=True)]
+    assert slurm.calls == [] and store.actions(7)[0].status == ActionStatus.DRY_RUN
+    assert store.actions(7)[0].dry_run
+
+
+@pytest.mark.parametrize(("restart_count", "runs"), [(0, True), (1, False)])
+def test_resume_after_a_crash_checks_slurm_before_requeueing(tmp_path: Path, restart_count: int, runs: bool) -> None:
+    slurm = ScriptedSlurm()
+    executor, store, _ = setup(tmp_path, slurm)
+    [entry] = store.open_actions()
+    [outcome] = executor.resume(entry, snapshot(restart_count), 5.0)
+    assert isinstance(outcome, ActionDone)
+    assert (slurm.calls == [("requeue_hold", 7, {})]) is runs
+    assert store.open_actions() == []
+
+
+def test_resume_for_a_job_slurm_forgot_fails_it(tmp_path: Path) -> None:
+    slurm = ScriptedSlurm()
+    executor, store, _ = setup(tmp_path, slurm)
+    [entry] = store.open_actions()
+    [outcome] = executor.resume(entry, None, 5.0)
+    assert isinstance(outcome, ActionFailed) and outcome.reason == "job no longer in Slurm"
+    assert slurm.calls == []
+
+
+def test_action_decided_in_dry_run_never_runs_for_real_after_a_restart(tmp_path: Path) -> None:
+    slurm = ScriptedSlurm()
+    store = Store(tmp_path / "ajr.db")
+    store.journal(HOLD, dry_run=True, now=0.0)
+    executor = Executor(slurm, store, SETTINGS)  # the agent now runs live
+    [entry] = store.open_actions()
+    [outcome] = executor.resume(entry, snapshot(0), 1.0)
+    assert isinstance(outcome, ActionDone) and outcome.dry_run and slurm.calls == []
