@@ -1,0 +1,147 @@
+"""The agent's wiring, in-process, with real files and store and a scripted Slurm queue.
+
+The behaviour against the real Slurm is proven in tests/integration; these cases pin
+what is awkward to provoke there: a failing poll, vanishing jobs and files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+
+from ajr_agent.agent import Agent, load_rules
+from ajr_agent.config import Settings
+from ajr_agent.model import Phase
+from ajr_agent.slurm import JobSnapshot, SlurmError
+from ajr_agent.store import Store
+
+LOG_NAME = "train_7_date_26-01-01_time_00-00-00.log"
+
+
+@dataclass
+class ScriptedQueue:
+    """A Slurm queue held in memory: requeuehold and release change it as Slurm would."""
+
+    jobs: dict[int, JobSnapshot] = field(default_factory=dict)
+    fail_polls: int = 0
+    calls: list[str] = field(default_factory=list)
+    backend: str = "scripted"
+
+    def list_jobs(self) -> list[JobSnapshot]:
+        if self.fail_polls:
+            self.fail_polls -= 1
+            raise SlurmError(["squeue"], "Unable to contact slurm controller", transient=True)
+        return list(self.jobs.values())
+
+    def requeue_hold(self, job_id: int) -> None:
+        self.calls.append(f"requeue_hold {job_id}")
+        job = self.jobs[job_id]
+        self.jobs[job_id] = replace(job, state="PENDING", restart_count=job.restart_count + 1, reason="JobHeldAdmin")
+
+    def release(self, job_id: int) -> None:
+        self.calls.append(f"release {job_id}")
+
+    def requeue(self, job_id: int) -> None:
+        self.calls.append(f"requeue {job_id}")
+
+    def update(self, job_id: int, **fields: str) -> None:
+        self.calls.append(f"update {job_id} " + " ".join(f"{k}={v}" for k, v in fields.items()))
+
+    def version(self) -> str:
+        return "0.0"
+
+
+def running(tmp_path: Path, **changes: object) -> JobSnapshot:
+    base = JobSnapshot(
+        job_id=7, state="RUNNING", user_id=os.getuid(), user="me", restart_count=0, start_time=100.0, end_time=None,
+        batch=True, requeueable=True, nodes="node-1", reason="None", work_dir=str(tmp_path), stdout="",
+        name="train", comment='{"APS": {"max_requeue_times": 3}}',
+    )  # fmt: skip
+    return replace(base, **changes)
+
+
+@pytest.fixture
+def queue() -> ScriptedQueue:
+    return ScriptedQueue()
+
+
+@pytest.fixture
+def agent(tmp_path: Path, queue: ScriptedQueue) -> Agent:
+    settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), clear_begin_time=True)
+    store = Store(settings.state_db)
+    # Pretend the agent has watched this cluster for a while.
+    store.set_meta(watching_since=1.0)
+    return Agent(settings, store, queue, load_rules(settings))
+
+
+def test_segfault_line_requeues_held_then_releases_once_pending(agent: Agent, queue: ScriptedQueue,
+                                                                tmp_path: Path) -> None:  # fmt: skip
+    queue.jobs[7] = running(tmp_path)
+    log = tmp_path / LOG_NAME
+    log.write_text("step 1\n")
+    agent.poll(200.0)
+    assert [f.position.path for f in agent.store.files(7)] == [str(log)]
+    with log.open("a") as handle:
+        handle.write("Rank0: (1) segmentation fault: artificial segfault\n")
+    agent.read_logs(201.0)
+    assert queue.calls == ["requeue_hold 7"]
+    assert agent.jobs[7].phase is Phase.HELD
+    agent.poll(202.0)
+    assert queue.calls == ["requeue_hold 7", "release 7", "update 7 StartTime=now"]
+    assert agent.jobs[7].phase is Phase.RESTARTING
+
+
+def test_a_failed_poll_is_not_taken_for_vanished_jobs(agent: Agent, queue: ScriptedQueue, tmp_path: Path) -> None:
+    queue.jobs[7] = running(tmp_path)
+    agent.poll(200.0)
+    queue.fail_polls = 1
+    agent.poll(201.0)
+    assert agent.jobs[7].phase is Phase.WATCHING
+    assert "Unable to contact" in str(agent.store.meta()["last_poll_error"])
+    del queue.jobs[7]
+    agent.poll(202.0)
+    assert 7 not in agent.jobs and agent.store.job(7).phase is Phase.GONE  # type: ignore[union-attr]
+    assert agent.store.files(7) == []
+
+
+def test_a_vanished_log_file_is_noted_and_the_agent_goes_on(agent: Agent, queue: ScriptedQueue,
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    queue.jobs[7] = running(tmp_path)
+    log = tmp_path / LOG_NAME
+    log.write_text("step 1\n")
+    agent.poll(200.0)
+    agent.read_logs(201.0)
+    log.unlink()
+    agent.read_logs(202.0)
+    assert any("vanished" in e.text for e in agent.store.events(7))
+
+
+def test_an_unexpected_error_for_one_job_spares_the_others(agent: Agent, queue: ScriptedQueue, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    queue.jobs[7] = running(tmp_path)
+    queue.jobs[8] = running(tmp_path, job_id=8, name="other")
+    original = agent._observe
+
+    def explode_for_7(snapshot: JobSnapshot, now: float) -> None:
+        if snapshot.job_id == 7:
+            raise RuntimeError("boom")
+        original(snapshot, now)
+
+    monkeypatch.setattr(agent, "_observe", explode_for_7)
+    agent.poll(200.0)
+    assert 8 in agent.jobs and agent.jobs[8].attempt == 0
+
+
+def test_logs_of_another_user_or_symlinks_are_not_followed(agent: Agent, queue: ScriptedQueue,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    queue.jobs[7] = running(tmp_path)
+    foreign = tmp_path / LOG_NAME
+    foreign.write_text("Rank0: (1) segmentation fault\n")
+    os.chown(foreign, 12345, 12345)
+    (tmp_path / "train_7_date_26-01-01_time_00-00-01.log").symlink_to(foreign)
+    agent.poll(200.0)
+    agent.read_logs(201.0)
+    assert agent.store.files(7) == [] and queue.calls == []
