@@ -21,8 +21,8 @@ from . import __version__, policy
 from .config import ConfigError, Settings, load_settings
 from .errors import AjrError
 from .executor import Executor
-from .logs import ChangeWatcher, FilePosition, LogLine, LogTailer, TailNotice, find_job_logs
-from .model import AnomalyFound, CheckpointSaved, Event, ManagedJob, Note, UnmanagedJob
+from .logs import ChangeWatcher, FilePosition, LogLine, LogTailer, TailNotice, find_job_logs, line_time
+from .model import AnomalyFound, CheckpointSaved, Event, ManagedJob, Note, Phase, UnmanagedJob
 from .rules import RuleKind, RuleSet, default_rules_dir
 from .slurm import JobSnapshot, SlurmError, SlurmGateway, open_gateway
 from .spec import SPEC_KEY, parse_comment
@@ -113,7 +113,7 @@ class Agent:
         for entry in self.store.open_actions():
             action = entry.action
             log.info("job %s: reconciling open %s from %s", action.job_id, action.kind.value, entry.status)
-            events = self.executor.resume(entry, self.snapshots.get(action.job_id), now)
+            events = self.executor.resume(entry, self.snapshots.get(action.acts_on), now)
             self._guarded(action.job_id, self._handle_all, action.job_id, events, now)
 
     def run_due_actions(self, now: float) -> None:
@@ -121,7 +121,7 @@ class Agent:
         for entry in self.store.open_actions():
             if entry.next_try_at is None or entry.next_try_at > now:
                 continue
-            events = self.executor.resume(entry, self.snapshots.get(entry.action.job_id), now)
+            events = self.executor.resume(entry, self.snapshots.get(entry.action.acts_on), now)
             self._guarded(entry.action.job_id, self._handle_all, entry.action.job_id, events, now)
 
     # ---- Slurm's side -------------------------------------------------------------------
@@ -132,7 +132,7 @@ class Agent:
             job = self._adopt(snapshot, now)
             if job is None:
                 return
-        refreshed, events = policy.observe(job, snapshot, now)
+        refreshed, events = policy.observe(job, snapshot, now, self.settings)
         self.jobs[job.job_id] = refreshed
         if refreshed != job and not events:
             self.store.save_job(refreshed)
@@ -152,9 +152,13 @@ class Agent:
             self.unmanaged[snapshot.job_id] = snapshot.comment
             return None
         decision = policy.adopt(snapshot, verdict.spec, self.settings, now, self.watching_since)
+        job = decision.job
+        predecessor = next((j for j in self.jobs.values() if j.successor == job.job_id), None)
+        if predecessor is not None:
+            job = policy.inherit(job, predecessor)
         for note in decision.notes:
-            self._record(decision.job, note, now)
-        return decision.job
+            self._record(job, note, now)
+        return job
 
     def _vanish(self, job_id: int, now: float) -> None:
         job = self.jobs.pop(job_id)
@@ -215,11 +219,12 @@ class Agent:
             attempt = self.files[line.path].attempt
             for match in self.rules.match(line.text):
                 rule = match.rule
+                at = line_time(line.text, now)
                 if rule.kind is RuleKind.ANOMALY:
-                    events.append(AnomalyFound(job.job_id, attempt, now, rule.name, rule.category or "anomaly",
+                    events.append(AnomalyFound(job.job_id, attempt, at, rule.name, rule.category or "anomaly",
                                                rule.fault.value, line.path, line.text))  # fmt: skip
                 elif rule.kind is RuleKind.CHECKPOINT:
-                    events.append(CheckpointSaved(job.job_id, attempt, now, rule.name, line.path, line.text))
+                    events.append(CheckpointSaved(job.job_id, attempt, at, rule.name, line.path, line.text))
         self._handle_all(job.job_id, events, now)
         # Offsets are saved after the decisions: a crash in between re-reads lines whose
         # failure is then recognised as already handled, never lost.
@@ -237,7 +242,8 @@ class Agent:
             current = self.jobs.get(job_id, job)
             if current is None:
                 return
-            decision = policy.decide(current, event, self.settings)
+            successor = policy.next_in_chain(current, self.snapshots.values()) if current.chain else None
+            decision = policy.decide(current, event, self.settings, successor)
             with self.store.transaction():
                 self.store.save_job(decision.job)
                 for note in decision.notes:
@@ -245,8 +251,17 @@ class Agent:
                 journaled = [self.store.journal(a, self.settings.dry_run, now) for a in decision.actions]
             if job_id in self.jobs or job is None:
                 self.jobs[job_id] = decision.job
+            if decision.job.phase is Phase.HANDED_OVER and current.phase is not Phase.HANDED_OVER:
+                self._pass_on_chain(decision.job)
             for action in journaled:
                 queue.extend(self.executor.run(action, time.time()))
+
+    def _pass_on_chain(self, predecessor: ManagedJob) -> None:
+        """The released job of a singleton chain takes over the chain's counts."""
+        successor = self.jobs.get(predecessor.successor or -1)
+        if successor is not None:
+            self.jobs[successor.job_id] = policy.inherit(successor, predecessor)
+            self.store.save_job(self.jobs[successor.job_id])
 
     def _record(self, job: ManagedJob, note: Note, now: float) -> None:
         with self.store.transaction():

@@ -36,6 +36,13 @@ class SlurmBackend(str, Enum):
     PYSLURM = "pyslurm"
 
 
+class RestartSuccess(str, Enum):
+    """When a restarted attempt counts as successful (which resets the crash-loop count)."""
+
+    CHECKPOINT = "checkpoint"  # it saved its first checkpoint
+    RUNTIME = "runtime"  # it ran for restart_success_minutes
+
+
 class Settings(BaseModel):
     """Every setting of the agent and the CLI, with its default."""
 
@@ -57,6 +64,15 @@ class Settings(BaseModel):
     site_requeue_cap: int = Field(default=50, ge=0, description="no job is requeued more often than this")
     crashloop_threshold: int = Field(
         default=3, ge=1, description="failed attempts in a row without a new checkpoint that stop the requeues"
+    )
+    restart_success: RestartSuccess = Field(
+        default=RestartSuccess.CHECKPOINT, description="what makes a restart successful: checkpoint or runtime"
+    )
+    restart_success_minutes: float = Field(
+        default=30.0, gt=0, description="with restart_success = runtime: minutes an attempt must run"
+    )
+    annotate_jobs: bool = Field(
+        default=True, description="write each decision into the job's AdminComment, where users see it"
     )
     dry_run: bool = Field(default=False, description="decide and record, but run no changing Slurm command")
     clear_begin_time: bool = Field(

@@ -29,23 +29,31 @@ class Executor:
         """Run one journaled action; its outcome as events (none while a retry is pending)."""
         if self.settings.dry_run:
             self.store.update_action(action, ActionStatus.DRY_RUN, now, tried=False)
-            log.info("job %s: DRY_RUN: would %s (%s)", action.job_id, action.kind.value, action.reason)
+            log.info("job %s: DRY_RUN: would %s job %s (%s)", action.job_id, action.kind.value, action.acts_on,
+                     action.reason)  # fmt: skip
             return [ActionDone(action, now, dry_run=True)]
         try:
             self._perform(action)
         except SlurmError as exc:
             return self._failed(action, exc, now, tries_before + 1)
         self.store.update_action(action, ActionStatus.DONE, now)
-        log.info("job %s: %s done", action.job_id, action.kind.value)
+        log.info("job %s: %s of job %s done", action.job_id, action.kind.value, action.acts_on)
         return [ActionDone(action, now)]
 
     def _perform(self, action: Action) -> None:
+        job_id = action.acts_on
         if action.kind is ActionKind.REQUEUE_HOLD:
-            self.gateway.requeue_hold(action.job_id)
+            self.gateway.requeue_hold(job_id)
         elif action.kind is ActionKind.RELEASE:
-            self.gateway.release(action.job_id)
+            self.gateway.release(job_id)
             if self.settings.clear_begin_time:
-                self._clear_begin_time(action.job_id)
+                self._clear_begin_time(job_id)
+        elif action.kind is ActionKind.CANCEL:
+            self.gateway.cancel(job_id)
+        elif action.kind is ActionKind.ANNOTATE:
+            self.gateway.update(job_id, AdminComment=action.reason)
+        elif action.kind is ActionKind.REQUEUE:
+            self.gateway.requeue(job_id)
         else:  # pragma: no cover - ActionKind is closed
             raise ValueError(f"no executor for {action.kind}")
 

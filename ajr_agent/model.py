@@ -21,9 +21,36 @@ class Phase(str, Enum):
     HELD = "held"  # requeued held; Slurm is still finishing the failed attempt
     RELEASING = "releasing"  # held after a failure; release decided, not yet confirmed
     RESTARTING = "restarting"  # released; waiting for the next attempt to start
-    STOPPED = "stopped"  # AJR will not requeue it again (limit, refusal); the job is left as it is
-    FINISHED = "finished"  # ended well or cancelled by its user; nothing to do
+    HANDING_OVER = "handing_over"  # singleton chain: stopping this job and releasing the next one
+    HANDED_OVER = "handed_over"  # singleton chain: the next job of the chain carries on
+    STOPPED = "stopped"  # AJR will not recover it again (limit, crash-loop, refusal); left as it is
+    FINISHED = "finished"  # ended well, cancelled by its user, or its chain ended; nothing to do
     GONE = "gone"  # no longer in slurmctld's memory
+
+
+class Outcome(str, Enum):
+    """How an attempt ended, as far as training time is concerned."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ENDED = "ended"  # ended otherwise (preempted, ...): neither counted as lost nor as success
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One run of a job (one restart count); in a singleton chain, each job is an attempt of the chain."""
+
+    job_id: int
+    attempt: int
+    started: float
+    ended: float | None
+    outcome: Outcome
+    end_reason: str
+    first_checkpoint: float | None
+    last_checkpoint: float | None
+    nodes: str
 
 
 @dataclass(frozen=True)
@@ -38,12 +65,13 @@ class ManagedJob:
     requested_limit: int | None  # the job's max_requeue_times, None when it set none
     limit: int  # effective: min(requested, site cap)
     phase: Phase = Phase.WATCHING
-    requeues_used: int = 0
+    requeues_used: int = 0  # in a singleton chain: releases of chain jobs so far
     attempt: int = 0  # Slurm's restart count of the attempt last seen
     handled_attempt: int | None = None  # attempt whose failure has been dealt with
-    attempt_saved: bool = False  # the current attempt has saved a checkpoint: the restart succeeded
     failure_streak: int = 0  # failed attempts in a row that saved no checkpoint
     stop_reason: str | None = None
+    chain: str = ""  # singleton mode: "user/name", the jobs that succeed one another
+    successor: int | None = None  # singleton mode: the held job released after this one failed
     slurm_state: str = ""
     nodes: str = ""
     work_dir: str = ""
@@ -52,9 +80,35 @@ class ManagedJob:
     last_seen: float = 0.0
     attempt_started: float | None = None
     attempt_ended: float | None = None
+    attempt_outcome: Outcome = Outcome.RUNNING
+    attempt_end_reason: str = ""
+    attempt_first_checkpoint: float | None = None
+    attempt_last_checkpoint: float | None = None
+    attempt_succeeded: bool = False  # the restart criterion (first checkpoint, or run time) was met
     last_checkpoint: float | None = None
     last_anomaly: str | None = None
     last_action: str | None = None
+
+    @property
+    def attempt_saved(self) -> bool:
+        """The current attempt has saved a checkpoint."""
+        return self.attempt_first_checkpoint is not None
+
+    def current_attempt(self) -> Attempt | None:
+        """The current attempt as a record of its own, once it has started."""
+        if self.attempt < 0 or self.attempt_started is None:
+            return None
+        return Attempt(
+            job_id=self.job_id,
+            attempt=self.attempt,
+            started=self.attempt_started,
+            ended=self.attempt_ended,
+            outcome=self.attempt_outcome,
+            end_reason=self.attempt_end_reason,
+            first_checkpoint=self.attempt_first_checkpoint,
+            last_checkpoint=self.attempt_last_checkpoint,
+            nodes=self.nodes,
+        )
 
 
 @dataclass(frozen=True)
@@ -96,6 +150,15 @@ class JobEnded:
 @dataclass(frozen=True)
 class JobHeld:
     """A job AJR requeued held is pending again: Slurm has finished the failed attempt."""
+
+    job_id: int
+    attempt: int
+    at: float
+
+
+@dataclass(frozen=True)
+class AttemptSucceeded:
+    """The current attempt has run long enough to count as a successful restart (site criterion)."""
 
     job_id: int
     attempt: int
@@ -154,7 +217,7 @@ class ActionFailed:
     reason: str
 
 
-Event = AttemptStarted | JobEnded | JobHeld | JobVanished | AnomalyFound | CheckpointSaved | ActionDone | ActionFailed
+Event = AttemptStarted | AttemptSucceeded | JobEnded | JobHeld | JobVanished | AnomalyFound | CheckpointSaved | ActionDone | ActionFailed
 
 
 # ---- actions ------------------------------------------------------------------------
@@ -163,20 +226,33 @@ Event = AttemptStarted | JobEnded | JobHeld | JobVanished | AnomalyFound | Check
 class ActionKind(str, Enum):
     """The Slurm operations AJR performs."""
 
-    REQUEUE_HOLD = "requeue_hold"
-    RELEASE = "release"
+    REQUEUE_HOLD = "requeue_hold"  # scontrol requeuehold
+    RELEASE = "release"  # scontrol release (and StartTime=now)
+    CANCEL = "cancel"  # scancel: a failing singleton job must stop before its successor runs
+    ANNOTATE = "annotate"  # scontrol update AdminComment=: the decision trail users see
+    REQUEUE = "requeue"  # scontrol requeue: an operator's own request
 
 
 @dataclass(frozen=True)
 class Action:
-    """One Slurm operation on one job, for one failed attempt."""
+    """One Slurm operation decided for one job's attempt.
+
+    `target` is the job the command acts on when it is not the deciding job itself:
+    in a singleton chain the failing job releases its successor.
+    """
 
     kind: ActionKind
     job_id: int
     attempt: int
     reason: str
+    target: int | None = None
     # Set by the journal: the row that tracks this action from decision to outcome.
     journal_id: int | None = None
+
+    @property
+    def acts_on(self) -> int:
+        """The Slurm job the command is run for."""
+        return self.target if self.target is not None else self.job_id
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,15 @@
-"""The recovery policy: pure functions from (job, event, settings, time) to decisions.
+"""The recovery policy: pure functions from (job, event, settings) to decisions.
 
-No I/O and no clock: time comes in with the event. Every (phase, event) pair has an
+No I/O and no clock: time comes in with the events. Every (phase, event) pair has an
 answer, so the agent never meets a case it cannot decide.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Iterable
 
-from .config import Settings
+from .config import RestartSuccess, Settings
 from .model import (
     Action,
     ActionDone,
@@ -16,6 +17,7 @@ from .model import (
     ActionKind,
     AnomalyFound,
     AttemptStarted,
+    AttemptSucceeded,
     CheckpointSaved,
     Decision,
     Event,
@@ -24,13 +26,18 @@ from .model import (
     JobVanished,
     ManagedJob,
     Note,
+    Outcome,
     Phase,
 )
 from .slurm import FAILED_STATES, JobSnapshot
 from .spec import ApsSpec, ResumeMode
 
 # Phases in which AJR is between a failure and the next attempt.
-RECOVERING = frozenset({Phase.HOLDING, Phase.HELD, Phase.RELEASING, Phase.RESTARTING})
+RECOVERING = frozenset({Phase.HOLDING, Phase.HELD, Phase.RELEASING, Phase.RESTARTING, Phase.HANDING_OVER})
+# Phases in which a job's own story is over; late lines change nothing.
+OVER = frozenset({Phase.FINISHED, Phase.GONE, Phase.HANDED_OVER})
+# Slurm's reasons for a job that waits for a release.
+HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
 
 
 def effective_limit(spec: ApsSpec, settings: Settings) -> int:
@@ -38,6 +45,11 @@ def effective_limit(spec: ApsSpec, settings: Settings) -> int:
     if spec.max_requeue_times is None:
         return settings.site_requeue_cap
     return min(spec.max_requeue_times, settings.site_requeue_cap)
+
+
+def chain_key(user_id: int, name: str) -> str:
+    """A singleton chain: the jobs of one user with one name (Slurm's own singleton rule)."""
+    return f"{user_id}/{name}"
 
 
 def adopt(snapshot: JobSnapshot, spec: ApsSpec, settings: Settings, now: float, watching_since: float) -> Decision:
@@ -50,6 +62,7 @@ def adopt(snapshot: JobSnapshot, spec: ApsSpec, settings: Settings, now: float, 
     state database began, not when this process started.
     """
     limit = effective_limit(spec, settings)
+    singleton = spec.auto_resume_mode is ResumeMode.SINGLETON
     job = ManagedJob(
         job_id=snapshot.job_id,
         name=snapshot.name,
@@ -59,6 +72,7 @@ def adopt(snapshot: JobSnapshot, spec: ApsSpec, settings: Settings, now: float, 
         requested_limit=spec.max_requeue_times,
         limit=limit,
         attempt=-1,
+        chain=chain_key(snapshot.user_id, snapshot.name) if singleton else "",
         work_dir=snapshot.work_dir,
         stdout_dir=snapshot.stdout_dir,
         first_seen=now,
@@ -74,13 +88,39 @@ def adopt(snapshot: JobSnapshot, spec: ApsSpec, settings: Settings, now: float, 
             attempt=snapshot.restart_count,
             attempt_started=snapshot.start_time,
             attempt_ended=snapshot.end_time,
+            attempt_outcome=Outcome.ENDED,
+            attempt_end_reason=f"{snapshot.state} before AJR watched",
             slurm_state=snapshot.state,
         )
         note = Note("managed", f"ended {snapshot.state} before AJR started watching; not recovered")
     return Decision(job, notes=(note,))
 
 
-def observe(job: ManagedJob, snapshot: JobSnapshot, now: float) -> tuple[ManagedJob, list[Event]]:
+def inherit(successor: ManagedJob, predecessor: ManagedJob) -> ManagedJob:
+    """The next job of a singleton chain carries the chain's count of releases and failures."""
+    return replace(
+        successor,
+        requeues_used=max(successor.requeues_used, predecessor.requeues_used),
+        failure_streak=predecessor.failure_streak,
+        limit=min(successor.limit, predecessor.limit),
+    )
+
+
+def next_in_chain(job: ManagedJob, candidates: Iterable[JobSnapshot]) -> int | None:
+    """The oldest held job of the same chain (same user, same name), if any.
+
+    Jobs of another user never count, even with the same name.
+    """
+    held = [
+        c.job_id
+        for c in candidates
+        if c.job_id != job.job_id and c.user_id == job.user_id and c.name == job.name
+        and c.state == "PENDING" and c.reason in HELD_REASONS
+    ]  # fmt: skip
+    return min(held) if held else None
+
+
+def observe(job: ManagedJob, snapshot: JobSnapshot, now: float, settings: Settings) -> tuple[ManagedJob, list[Event]]:
     """Compare a poll's view of the job with what AJR knew; return the refreshed job and the events."""
     events: list[Event] = []
     attempt = snapshot.restart_count
@@ -90,6 +130,14 @@ def observe(job: ManagedJob, snapshot: JobSnapshot, now: float) -> tuple[Managed
         events.append(AttemptStarted(job.job_id, attempt, started, snapshot.nodes))
     if job.phase is Phase.HELD and snapshot.state == "PENDING":
         events.append(JobHeld(job.job_id, attempt, now))
+    if (
+        settings.restart_success is RestartSuccess.RUNTIME
+        and snapshot.running
+        and not is_new_attempt
+        and not job.attempt_succeeded
+        and now - started >= settings.restart_success_minutes * 60
+    ):
+        events.append(AttemptSucceeded(job.job_id, attempt, now))
     if snapshot.ended:
         ended_at = snapshot.end_time or now
         already_seen = attempt == job.attempt and job.attempt_ended == ended_at and not is_new_attempt
@@ -111,19 +159,24 @@ def vanished(job: ManagedJob, now: float) -> list[Event]:
     return [] if job.phase is Phase.GONE else [JobVanished(job.job_id, now)]
 
 
-def decide(job: ManagedJob, event: Event, settings: Settings) -> Decision:
-    """The policy's answer to one event for one job."""
+def decide(job: ManagedJob, event: Event, settings: Settings, successor: int | None = None) -> Decision:
+    """The policy's answer to one event for one job.
+
+    `successor` is, for a singleton job, the held job of its chain that would carry on.
+    """
     match event:
         case AttemptStarted():
             return _attempt_started(job, event)
+        case AttemptSucceeded():
+            return _succeeded(job, event.attempt, f"ran {settings.restart_success_minutes:g} min")
         case JobEnded():
-            return _job_ended(job, event, settings)
+            return _job_ended(job, event, settings, successor)
         case AnomalyFound():
             job = replace(job, last_anomaly=f"{event.category} ({event.rule})")
-            cause = f"{event.category} ({event.rule}) in {event.path.rsplit('/', 1)[-1]}"
-            return _failure(job, event.attempt, cause, settings)
+            cause = f"{event.category} ({event.rule})"
+            return _failure(job, event.attempt, event.at, cause, settings, successor)
         case CheckpointSaved():
-            return _checkpoint(job, event)
+            return _checkpoint(job, event, settings)
         case ActionDone():
             return _action_done(job, event)
         case ActionFailed():
@@ -148,7 +201,11 @@ def _attempt_started(job: ManagedJob, event: AttemptStarted) -> Decision:
         attempt=event.attempt,
         attempt_started=event.at,
         attempt_ended=None,
-        attempt_saved=False,
+        attempt_outcome=Outcome.RUNNING,
+        attempt_end_reason="",
+        attempt_first_checkpoint=None,
+        attempt_last_checkpoint=None,
+        attempt_succeeded=False,
         nodes=event.nodes or job.nodes,
         stop_reason=None if phase is Phase.WATCHING else job.stop_reason,
     )
@@ -156,77 +213,153 @@ def _attempt_started(job: ManagedJob, event: AttemptStarted) -> Decision:
     return Decision(started, notes=(Note("attempt", f"attempt {event.attempt} started{where}"),))
 
 
-def _job_ended(job: ManagedJob, event: JobEnded, settings: Settings) -> Decision:
-    job = replace(job, attempt_ended=event.at, slurm_state=event.slurm_state)
+def _end_attempt(job: ManagedJob, at: float, outcome: Outcome, reason: str) -> ManagedJob:
+    """Close the current attempt; what was already known of its end (an exit, a cause) is kept."""
+    return replace(
+        job,
+        attempt_ended=job.attempt_ended or at,
+        attempt_outcome=outcome if job.attempt_outcome is Outcome.RUNNING else job.attempt_outcome,
+        attempt_end_reason=job.attempt_end_reason or reason,
+    )
+
+
+def _job_ended(job: ManagedJob, event: JobEnded, settings: Settings, successor: int | None) -> Decision:
     state = event.slurm_state
+    job = replace(job, attempt_ended=event.at, slurm_state=state)
     if state in FAILED_STATES:
-        return _failure(job, event.attempt, f"job ended {state}", settings, ended=True)
+        job = replace(job, attempt_outcome=Outcome.FAILED, attempt_end_reason=job.attempt_end_reason or state)
+        return _failure(job, event.attempt, event.at, f"job ended {state}", settings, successor)
     if state == "CANCELLED":
         # scancel is the user's word, even while AJR is between a failure and the next attempt.
+        job = _keep_failed(job, Outcome.CANCELLED, state)
+        if job.phase in (Phase.HANDING_OVER, Phase.HANDED_OVER):
+            # AJR's own scancel of a failed singleton job: the chain goes on.
+            return Decision(job, notes=(Note("ended", f"attempt {event.attempt} cancelled for the hand-over"),))
         held = " while AJR was recovering it" if job.phase in RECOVERING else ""
         return Decision(
             replace(job, phase=Phase.FINISHED), notes=(Note("ended", f"job cancelled{held}; not requeued"),)
         )
     if job.handled_attempt == event.attempt:
+        job = _keep_failed(job, Outcome.FAILED, state)
         return Decision(job, notes=(Note("ended", f"attempt {event.attempt} ended {state} (failure already handled)"),))
     if state == "COMPLETED":
-        return Decision(replace(job, phase=Phase.FINISHED), notes=(Note("ended", "job completed successfully"),))
+        job = replace(job, phase=Phase.FINISHED, attempt_outcome=Outcome.COMPLETED, attempt_end_reason=state)
+        return Decision(job, notes=(Note("ended", "job completed successfully"),))
     # PREEMPTED, REVOKED, SPECIAL_EXIT: Slurm or the user's own logic decides what comes next.
+    job = replace(job, attempt_outcome=Outcome.ENDED, attempt_end_reason=state)
     return Decision(job, notes=(Note("ended", f"attempt {event.attempt} ended {state}; left to Slurm"),))
 
 
-def _failure(job: ManagedJob, attempt: int, cause: str, settings: Settings, ended: bool = False) -> Decision:
-    """A failure of `attempt`: requeue, or say why not. One failure gives at most one requeue."""
+def _keep_failed(job: ManagedJob, outcome: Outcome, state: str) -> ManagedJob:
+    """An attempt whose failure AJR handled stays failed whatever Slurm's last word is."""
+    if job.handled_attempt == job.attempt and job.attempt_outcome is Outcome.FAILED:
+        return job
+    return replace(job, attempt_outcome=outcome, attempt_end_reason=state)
+
+
+def _failure(job: ManagedJob, attempt: int, at: float, cause: str, settings: Settings,
+             successor: int | None) -> Decision:  # fmt: skip
+    """A failure of `attempt`: recover, or say why not. One failure gives at most one recovery."""
     if attempt != job.attempt:
         return Decision(job, notes=(Note("ignored", f"{cause} in attempt {attempt}, which is over; ignored"),))
     if job.handled_attempt == attempt:
         return Decision(job, notes=(Note("duplicate", f"{cause}: same failure of attempt {attempt}, already handled"),))
-    if job.phase in (Phase.FINISHED, Phase.GONE):
+    if job.phase in OVER:
         return Decision(job, notes=(Note("ignored", f"{cause} after the job had {job.slurm_state or 'ended'}"),))
-    streak = job.failure_streak + (0 if job.attempt_saved else 1)
-    failed = replace(job, handled_attempt=attempt, failure_streak=streak)
+    streak = job.failure_streak + (0 if job.attempt_succeeded else 1)
+    failed = replace(job, handled_attempt=attempt, failure_streak=streak, attempt_outcome=Outcome.FAILED,
+                     attempt_end_reason=job.attempt_end_reason or cause)  # fmt: skip
     used, limit = job.requeues_used, job.limit
-    if job.mode is ResumeMode.SINGLETON:
-        reason = "singleton_dependency mode: recovery releases the chain's next job (not in this version)"
-        return _stop(failed, f"{cause}; {reason}")
     if streak >= settings.crashloop_threshold:
         return _stop(
             failed,
             f"{cause}; crash-looping: {streak} failed attempts in a row without a new checkpoint "
             f"(threshold {settings.crashloop_threshold})",
+            settings,
         )
     if used >= limit:
-        return _stop(failed, f"{cause}; requeue limit reached ({used}/{limit})")
+        return _stop(failed, f"{cause}; requeue limit reached ({used}/{limit})", settings)
+    if job.mode is ResumeMode.SINGLETON:
+        return _hand_over(failed, attempt, cause, successor, settings)
     action = Action(ActionKind.REQUEUE_HOLD, job.job_id, attempt, cause)
     requeued = replace(failed, phase=Phase.HOLDING, requeues_used=used + 1, last_action=f"requeue_hold ({cause})")
-    verb = "ended" if ended else "failed"
     return Decision(
         requeued,
-        actions=(action,),
-        notes=(Note("failure", f"attempt {attempt} {verb}: {cause}; requeueing held ({used + 1}/{limit})"),),
+        actions=(action, *_annotate(requeued, f"requeued after {cause}{_on(job)} ({used + 1}/{limit})", settings)),
+        notes=(Note("failure", f"attempt {attempt} failed: {cause}; requeueing held ({used + 1}/{limit})"),),
     )
 
 
-def _stop(job: ManagedJob, reason: str) -> Decision:
+def _hand_over(job: ManagedJob, attempt: int, cause: str, successor: int | None, settings: Settings) -> Decision:
+    """Singleton mode: stop the failing job and release the oldest held job of its chain."""
+    if successor is None:
+        return Decision(
+            replace(job, phase=Phase.FINISHED, stop_reason=f"{cause}; chain ended: no held job left"),
+            actions=_annotate(job, f"{cause}{_on(job)}; chain ended: no held job left", settings),
+            notes=(Note("chain_ended", f"attempt failed: {cause}; chain ended: no held job of {job.name} left"),),
+        )
+    used = job.requeues_used + 1
+    actions: list[Action] = []
+    if job.attempt_ended is None:
+        actions.append(Action(ActionKind.CANCEL, job.job_id, attempt, f"{cause}; hand over to job {successor}"))
+    actions.append(Action(ActionKind.RELEASE, job.job_id, attempt, f"next job of the chain after {cause}", successor))
+    handing = replace(job, phase=Phase.HANDING_OVER, successor=successor, requeues_used=used,
+                      last_action=f"release job {successor}")  # fmt: skip
+    text = f"failed: {cause}{_on(job)}; released job {successor} of the chain ({used}/{job.limit})"
     return Decision(
-        replace(job, phase=Phase.STOPPED, stop_reason=reason),
+        handing,
+        actions=(*actions, *_annotate(handing, text, settings)),
+        notes=(Note("failure", f"attempt failed: {cause}; releasing job {successor} ({used}/{job.limit})"),),
+    )
+
+
+def _stop(job: ManagedJob, reason: str, settings: Settings) -> Decision:
+    stopped = replace(job, phase=Phase.STOPPED, stop_reason=reason)
+    return Decision(
+        stopped,
+        actions=_annotate(stopped, f"not requeued: {reason}", settings),
         notes=(Note("not_requeued", f"not requeued: {reason}"),),
     )
 
 
-def _checkpoint(job: ManagedJob, event: CheckpointSaved) -> Decision:
+def _annotate(job: ManagedJob, text: str, settings: Settings) -> tuple[Action, ...]:
+    """The one-line summary users see in `scontrol show job` (AdminComment)."""
+    if not settings.annotate_jobs:
+        return ()
+    return (Action(ActionKind.ANNOTATE, job.job_id, job.attempt, f"ajr: {text}"),)
+
+
+def _on(job: ManagedJob) -> str:
+    return f" on {job.nodes}" if job.nodes else ""
+
+
+def _succeeded(job: ManagedJob, attempt: int, how: str) -> Decision:
+    if attempt != job.attempt or job.attempt_succeeded:
+        return Decision(job)
+    succeeded = replace(job, attempt_succeeded=True, failure_streak=0)
+    text = f"restart successful ({how})" if job.attempt > 0 or job.chain else f"attempt {attempt} healthy ({how})"
+    return Decision(succeeded, notes=(Note("success", text),))
+
+
+def _checkpoint(job: ManagedJob, event: CheckpointSaved, settings: Settings) -> Decision:
     if event.attempt != job.attempt:
         return Decision(job)
-    first = not job.attempt_saved
-    saved = replace(job, last_checkpoint=event.at, attempt_saved=True, failure_streak=0)
-    text = f"checkpoint saved ({event.rule})" + ("; restart successful" if first and job.attempt > 0 else "")
-    return Decision(saved, notes=(Note("checkpoint", text),))
+    first = job.attempt_first_checkpoint or event.at
+    saved = replace(job, last_checkpoint=event.at, attempt_first_checkpoint=first, attempt_last_checkpoint=event.at)
+    notes = [Note("checkpoint", f"checkpoint saved ({event.rule})")]
+    if settings.restart_success is RestartSuccess.CHECKPOINT and not job.attempt_succeeded:
+        success = _succeeded(saved, event.attempt, "first checkpoint saved")
+        return Decision(success.job, notes=(*notes, *success.notes))
+    return Decision(saved, notes=tuple(notes))
 
 
 def _action_done(job: ManagedJob, event: ActionDone) -> Decision:
     action = event.action
     prefix = "dry run: would have " if event.dry_run else ""
+    if action.kind is ActionKind.ANNOTATE:
+        return Decision(job)
     if action.kind is ActionKind.REQUEUE_HOLD and job.phase is Phase.HOLDING and action.attempt == job.handled_attempt:
+        job = _end_attempt(job, event.at, Outcome.FAILED, f"requeued by AJR after {action.reason}")
         note = Note("action", f"{prefix}requeued held ({job.requeues_used}/{job.limit})")
         if event.dry_run:
             # Nothing was held, so Slurm will never show the job pending again: go on at once.
@@ -239,6 +372,13 @@ def _action_done(job: ManagedJob, event: ActionDone) -> Decision:
             replace(job, phase=Phase.RESTARTING, last_action="released"),
             notes=(Note("action", f"{prefix}released; next attempt may start"),),
         )
+    if action.kind is ActionKind.RELEASE and job.phase is Phase.HANDING_OVER and action.target is not None:
+        return Decision(
+            replace(job, phase=Phase.HANDED_OVER, last_action=f"released job {action.target}"),
+            notes=(Note("action", f"{prefix}released job {action.target}, the next of the chain"),),
+        )
+    if action.kind is ActionKind.CANCEL:
+        return Decision(job, notes=(Note("action", f"{prefix}cancelled the failing job"),))
     return Decision(job, notes=(Note("action", f"{prefix}{action.kind.value} done"),))
 
 
@@ -256,14 +396,19 @@ def _release(job: ManagedJob, notes: tuple[Note, ...]) -> Decision:
 
 def _action_failed(job: ManagedJob, event: ActionFailed) -> Decision:
     action = event.action
+    if action.kind is ActionKind.ANNOTATE:
+        return Decision(job, notes=(Note("action", f"AdminComment not written: {event.reason}"),))
     if action.kind is ActionKind.REQUEUE_HOLD and job.phase is Phase.HOLDING:
-        return _stop(
-            replace(job, requeues_used=max(job.requeues_used - 1, 0), last_action="requeue refused"),
-            f"Slurm refused to requeue: {event.reason}",
-        )
+        stopped = replace(job, requeues_used=max(job.requeues_used - 1, 0), last_action="requeue refused",
+                          phase=Phase.STOPPED, stop_reason=f"Slurm refused to requeue: {event.reason}")  # fmt: skip
+        return Decision(stopped, notes=(Note("not_requeued", f"not requeued: {stopped.stop_reason}"),))
     if action.kind is ActionKind.RELEASE and job.phase is Phase.RELEASING:
-        return _stop(
-            replace(job, last_action="release failed"),
-            f"release failed: {event.reason}; the job may still be held: `scontrol release {job.job_id}`",
-        )
+        reason = f"release failed: {event.reason}; the job may still be held: `scontrol release {job.job_id}`"
+        return Decision(replace(job, phase=Phase.STOPPED, stop_reason=reason, last_action="release failed"),
+                        notes=(Note("not_requeued", f"not requeued: {reason}"),))  # fmt: skip
+    if action.kind is ActionKind.RELEASE and job.phase is Phase.HANDING_OVER:
+        reason = (f"release of job {action.target} failed: {event.reason}; release it by hand: "
+                  f"`scontrol release {action.target}`")  # fmt: skip
+        return Decision(replace(job, phase=Phase.STOPPED, stop_reason=reason, last_action="release failed"),
+                        notes=(Note("not_requeued", reason),))  # fmt: skip
     return Decision(job, notes=(Note("action", f"{action.kind.value} failed: {event.reason}"),))

@@ -117,6 +117,9 @@ class SlurmGateway(Protocol):
     def requeue(self, job_id: int) -> None:
         """Requeue the job without holding it (`scontrol requeue`)."""
 
+    def cancel(self, job_id: int) -> None:
+        """Cancel the job (`scancel`); a job already over is not an error."""
+
     def update(self, job_id: int, **fields: str) -> None:
         """Change job fields (`scontrol update JobId=N Key=Value ...`)."""
 
@@ -220,6 +223,10 @@ class CommandGateway:
     def requeue(self, job_id: int) -> None:
         """Requeue without a hold."""
         self.run(["scontrol", "requeue", str(job_id)])
+
+    def cancel(self, job_id: int) -> None:
+        """scancel; it answers 0 for a job that is already over, which is what AJR wants."""
+        self.run(["scancel", str(job_id)])
 
     def update(self, job_id: int, **fields: str) -> None:
         """Update job fields; values go as one argument each, so spaces are safe."""

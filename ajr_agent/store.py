@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from enum import Enum
 from pathlib import Path
 from typing import Iterator
 
@@ -18,7 +19,7 @@ import sqlite_utils
 
 from .errors import AjrError
 from .logs import FilePosition
-from .model import Action, ActionKind, ManagedJob, Note, Phase, UnmanagedJob
+from .model import Action, ActionKind, Attempt, ManagedJob, Note, Outcome, Phase, UnmanagedJob
 from .spec import ResumeMode
 
 SCHEMA_VERSION = 1
@@ -54,6 +55,7 @@ class JournalEntry:
     next_try_at: float | None
     error: str | None
     dry_run: bool
+    origin: str
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,12 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
     db["jobs"].create(
         {f.name: _column_type(f.type) for f in fields(ManagedJob)}, pk="job_id", not_null={"name", "user"}
     )
+    db["jobs"].create_index(["chain"])
     db["unmanaged"].create(
         {"job_id": int, "name": str, "user": str, "comment": str, "problem": str, "first_seen": float}, pk="job_id"
+    )
+    db["attempts"].create(
+        {f.name: _column_type(f.type) for f in fields(Attempt)}, pk=("job_id", "attempt")
     )
     db["events"].create(
         {"id": int, "job_id": int, "attempt": int, "at": float, "kind": str, "text": str, "path": str, "line": str},
@@ -92,7 +98,8 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
     db["events"].create_index(["job_id", "at"])
     db["actions"].create(
         {
-            "id": int, "job_id": int, "attempt": int, "kind": str, "reason": str, "status": str, "dry_run": int,
+            "id": int, "job_id": int, "attempt": int, "kind": str, "target": int, "reason": str, "status": str,
+            "origin": str, "dry_run": int,
             "tries": int, "created_at": float, "updated_at": float, "next_try_at": float, "error": str,
         },
         pk="id",
@@ -160,12 +167,28 @@ class Store:
     # ---- jobs -------------------------------------------------------------------
 
     def save_job(self, job: ManagedJob) -> None:
-        """Insert or replace a managed job."""
-        row = asdict(job)
-        row["mode"] = job.mode.value
-        row["phase"] = job.phase.value
-        row["attempt_saved"] = int(job.attempt_saved)
-        self.db["jobs"].upsert(row, pk="job_id")
+        """Insert or replace a managed job, and the row of its current attempt."""
+        with self.db.atomic():
+            self.db["jobs"].upsert(_row(job), pk="job_id")
+            attempt = job.current_attempt()
+            if attempt is not None:
+                self.db["attempts"].upsert(_row(attempt), pk=("job_id", "attempt"))
+
+    def attempts(self, job_ids: list[int] | None = None, since: float | None = None) -> list[Attempt]:
+        """Attempts (of some jobs, or all; those still running or ended after `since`), in start order."""
+        clauses, args = [], []
+        if job_ids is not None:
+            clauses.append(f"job_id in ({','.join('?' * len(job_ids))})")
+            args += job_ids
+        if since is not None:
+            clauses.append("(ended is null or ended >= ?)")
+            args.append(since)
+        where = " and ".join(clauses) or None
+        return [_attempt_from_row(r) for r in self.db["attempts"].rows_where(where, args, order_by="started, job_id")]
+
+    def chain_jobs(self, chain: str) -> list[ManagedJob]:
+        """Every job of a singleton chain, oldest first."""
+        return [_job_from_row(r) for r in self.db["jobs"].rows_where("chain = ?", [chain], order_by="job_id")]
 
     def load_jobs(self, include_gone: bool = False) -> dict[int, ManagedJob]:
         """Managed jobs by id; those that left Slurm only when asked."""
@@ -205,16 +228,20 @@ class Store:
 
     # ---- the action journal -------------------------------------------------------
 
-    def journal(self, action: Action, dry_run: bool, now: float) -> Action:
-        """Record an action before it runs; the returned copy carries its journal id."""
+    def journal(self, action: Action, dry_run: bool, now: float, origin: str = "agent") -> Action:
+        """Record an action before it runs; the returned copy carries its journal id.
+
+        `origin` says who decided it: the agent, or `operator:<user>` for the CLI's commands.
+        """
         row_id = self.db["actions"].insert(
             {
                 "job_id": action.job_id, "attempt": action.attempt, "kind": action.kind.value,
-                "reason": action.reason, "status": ActionStatus.PENDING, "dry_run": int(dry_run), "tries": 0,
-                "created_at": now, "updated_at": now, "next_try_at": None, "error": None,
+                "target": action.target, "reason": action.reason, "status": ActionStatus.PENDING, "origin": origin,
+                "dry_run": int(dry_run), "tries": 0, "created_at": now, "updated_at": now, "next_try_at": None,
+                "error": None,
             }  # fmt: skip
         ).last_pk
-        return Action(action.kind, action.job_id, action.attempt, action.reason, journal_id=int(row_id))
+        return replace(action, journal_id=int(row_id))
 
     def update_action(self, action: Action, status: str, now: float, error: str | None = None,
                       next_try_at: float | None = None, tried: bool = True) -> None:  # fmt: skip
@@ -227,11 +254,12 @@ class Store:
             [status, now, error, next_try_at, int(tried), action.journal_id],
         )
 
-    def open_actions(self) -> list[JournalEntry]:
-        """Actions journaled but not finished: after a crash, these are reconciled with Slurm."""
+    def open_actions(self, origin: str = "agent") -> list[JournalEntry]:
+        """The agent's actions journaled but not finished: after a crash, these are reconciled with Slurm."""
         marks = ",".join("?" * len(OPEN_STATUSES))
-        return [_entry(row) for row in self.db["actions"].rows_where(f"status in ({marks})", OPEN_STATUSES,
-                                                                      order_by="id")]  # fmt: skip
+        rows = self.db["actions"].rows_where(f"status in ({marks}) and origin = ?", [*OPEN_STATUSES, origin],
+                                             order_by="id")  # fmt: skip
+        return [_entry(row) for row in rows]
 
     def actions(self, job_id: int) -> list[JournalEntry]:
         """A job's actions in the order they were decided."""
@@ -274,17 +302,36 @@ class Store:
         return {row["key"]: json.loads(row["value"]) for row in self.db["meta"].rows if row["key"] != "schema_version"}
 
 
+def _row(record: ManagedJob | Attempt) -> dict[str, object]:
+    """A dataclass as a row: enums by value, booleans as integers."""
+    row: dict[str, object] = {}
+    for key, value in asdict(record).items():
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, bool):
+            value = int(value)
+        row[key] = value
+    return row
+
+
 def _job_from_row(row: dict) -> ManagedJob:
     values = dict(row)
     values["mode"] = ResumeMode(values["mode"])
     values["phase"] = Phase(values["phase"])
-    values["attempt_saved"] = bool(values["attempt_saved"])
+    values["attempt_outcome"] = Outcome(values["attempt_outcome"])
+    values["attempt_succeeded"] = bool(values["attempt_succeeded"])
     return ManagedJob(**values)
 
 
+def _attempt_from_row(row: dict) -> Attempt:
+    return Attempt(**{**row, "outcome": Outcome(row["outcome"])})
+
+
 def _entry(row: dict) -> JournalEntry:
-    action = Action(ActionKind(row["kind"]), row["job_id"], row["attempt"], row["reason"], journal_id=row["id"])
+    action = Action(ActionKind(row["kind"]), row["job_id"], row["attempt"], row["reason"], target=row["target"],
+                    journal_id=row["id"])  # fmt: skip
     return JournalEntry(
         id=row["id"], action=action, status=row["status"], tries=row["tries"], created_at=row["created_at"],
         updated_at=row["updated_at"], next_try_at=row["next_try_at"], error=row["error"], dry_run=bool(row["dry_run"]),
+        origin=row["origin"],
     )  # fmt: skip

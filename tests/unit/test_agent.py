@@ -47,6 +47,9 @@ class ScriptedQueue:
     def requeue(self, job_id: int) -> None:
         self.calls.append(f"requeue {job_id}")
 
+    def cancel(self, job_id: int) -> None:
+        self.calls.append(f"cancel {job_id}")
+
     def update(self, job_id: int, **fields: str) -> None:
         self.calls.append(f"update {job_id} " + " ".join(f"{k}={v}" for k, v in fields.items()))
 
@@ -87,10 +90,11 @@ def test_segfault_line_requeues_held_then_releases_once_pending(agent: Agent, qu
     with log.open("a") as handle:
         handle.write("Rank0: (1) segmentation fault: artificial segfault\n")
     agent.read_logs(201.0)
-    assert queue.calls == ["requeue_hold 7"]
+    annotate = "update 7 AdminComment=ajr: requeued after segfault (segfault) on node-1 (1/3)"
+    assert queue.calls == ["requeue_hold 7", annotate]
     assert agent.jobs[7].phase is Phase.HELD
     agent.poll(202.0)
-    assert queue.calls == ["requeue_hold 7", "release 7", "update 7 StartTime=now"]
+    assert queue.calls == ["requeue_hold 7", annotate, "release 7", "update 7 StartTime=now"]
     assert agent.jobs[7].phase is Phase.RESTARTING
 
 

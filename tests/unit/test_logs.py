@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from ajr_agent.logs import (
     TailResult,
     find_job_logs,
     is_job_log_name,
+    line_time,
     log_prefix,
 )
 
@@ -580,3 +582,31 @@ def test_watching_a_missing_dir_is_ignored(tmp_path: Path, watcher: ChangeWatche
     watcher.watch(tmp_path)
     (tmp_path / "new.log").write_bytes(b"x\n")
     assert watcher.wait(timeout=2.0) is True
+
+
+class TestLineTime:
+    """A line's own timestamp, where it has one, dates the event."""
+
+    NOW = datetime(2026, 11, 27, 1, 0, 0).timestamp()
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("2026-11-27 00:35:03.012 | INFO | saved", datetime(2026, 11, 27, 0, 35, 3, 12000).timestamp()),
+            ("[2026-11-27 00:35:03] iteration 100", datetime(2026, 11, 27, 0, 35, 3).timestamp()),
+            ("[2026-11-27 00:35:03,500] INFO x", datetime(2026, 11, 27, 0, 35, 3, 500000).timestamp()),
+            ("2026-11-27T00:35:03Z step", datetime(2026, 11, 27, 0, 35, 3, tzinfo=timezone.utc).timestamp()),
+            ("2026-11-27T00:35:03+02:00 step",
+             datetime(2026, 11, 27, 0, 35, 3, tzinfo=timezone(timedelta(hours=2))).timestamp()),
+        ],
+    )
+    def test_timestamps_at_the_start_are_used(self, text: str, expected: float) -> None:
+        assert line_time(text, self.NOW) == expected
+
+    @pytest.mark.parametrize(
+        "text",
+        ["Saved checkpoint to /ckpt", "step 2026-11-27 00:35:03 later in the line", "2026-13-45 25:61:00 bad",
+         "2020-01-01 00:00:00 an old replayed log"],  # fmt: skip
+    )
+    def test_otherwise_the_read_time(self, text: str) -> None:
+        assert line_time(text, self.NOW) == self.NOW

@@ -15,18 +15,21 @@ from ajr_agent.model import (
     ActionKind,
     AnomalyFound,
     AttemptStarted,
+    AttemptSucceeded,
     CheckpointSaved,
     Decision,
     JobEnded,
     JobHeld,
     JobVanished,
     ManagedJob,
+    Outcome,
     Phase,
 )
 from ajr_agent.slurm import JobSnapshot
 from ajr_agent.spec import ApsSpec, ResumeMode
 
-SETTINGS = Settings(site_requeue_cap=50, crashloop_threshold=3)
+# AdminComment actions are covered by their own tests; elsewhere they would only add noise.
+SETTINGS = Settings(site_requeue_cap=50, crashloop_threshold=3, annotate_jobs=False)
 
 
 def snapshot(**changes: object) -> JobSnapshot:
@@ -70,28 +73,28 @@ def test_new_job_stdout_directory_is_expanded() -> None:
 
 def test_observe_reports_start_then_end_once() -> None:
     job = adopt()
-    job, events = policy.observe(job, snapshot(), 1001.0)
+    job, events = policy.observe(job, snapshot(), 1001.0, SETTINGS)
     assert events == [AttemptStarted(7, 0, 1000.0, "node-1")]
     job = policy.decide(job, events[0], SETTINGS).job
-    _, events = policy.observe(job, snapshot(), 1002.0)
+    _, events = policy.observe(job, snapshot(), 1002.0, SETTINGS)
     assert events == []
     ended = snapshot(state="FAILED", end_time=1050.0)
-    job, events = policy.observe(job, ended, 1051.0)
+    job, events = policy.observe(job, ended, 1051.0, SETTINGS)
     assert events == [JobEnded(7, 0, 1050.0, "FAILED", "None")]
     job = policy.decide(job, events[0], SETTINGS).job
-    _, events = policy.observe(job, ended, 1052.0)
+    _, events = policy.observe(job, ended, 1052.0, SETTINGS)
     assert events == []
 
 
 def test_observe_short_job_seen_only_after_it_ended_gives_start_and_end() -> None:
     job = adopt()
-    _, events = policy.observe(job, snapshot(state="FAILED", end_time=1003.0), 1004.0)
+    _, events = policy.observe(job, snapshot(state="FAILED", end_time=1003.0), 1004.0, SETTINGS)
     assert [type(e) for e in events] == [AttemptStarted, JobEnded]
 
 
 def test_observe_pending_job_gives_no_event() -> None:
     job = adopt()
-    _, events = policy.observe(job, snapshot(state="PENDING", start_time=None), 2.0)
+    _, events = policy.observe(job, snapshot(state="PENDING", start_time=None), 2.0, SETTINGS)
     assert events == []
 
 
@@ -117,11 +120,11 @@ def test_held_job_is_released_only_once_slurm_shows_it_pending() -> None:
     holding = policy.decide(running_job(), anomaly(), SETTINGS)
     held = policy.decide(holding.job, ActionDone(holding.actions[0], 1011.0), SETTINGS).job
     completing = snapshot(state="COMPLETING", restart_count=1)
-    assert policy.observe(held, completing, 1012.0)[1] == []
+    assert policy.observe(held, completing, 1012.0, SETTINGS)[1] == []
     pending = snapshot(state="PENDING", restart_count=1, start_time=None, reason="JobHeldAdmin")
-    assert policy.observe(held, pending, 1013.0)[1] == [JobHeld(7, 1, 1013.0)]
+    assert policy.observe(held, pending, 1013.0, SETTINGS)[1] == [JobHeld(7, 1, 1013.0)]
     # A job that is not held by AJR gives no such event.
-    assert policy.observe(running_job(), pending, 1013.0)[1] == []
+    assert policy.observe(running_job(), pending, 1013.0, SETTINGS)[1] == []
 
 
 def test_hold_done_releases_and_release_done_waits_for_next_attempt() -> None:
@@ -192,14 +195,14 @@ def test_job_that_ended_before_ajr_watched_is_recorded_not_recovered() -> None:
     old = snapshot(state="FAILED", end_time=900.0)
     job = adopt(old, watching_since=950.0)
     assert job.phase is Phase.FINISHED
-    _, events = policy.observe(job, old, 1000.0)
+    _, events = policy.observe(job, old, 1000.0, SETTINGS)
     assert events == []
 
 
 def test_job_that_ended_while_a_restarted_agent_was_down_is_recovered() -> None:
     failed = snapshot(state="FAILED", end_time=900.0)
     job = adopt(failed, watching_since=100.0)
-    job, events = policy.observe(job, failed, 1000.0)
+    job, events = policy.observe(job, failed, 1000.0, SETTINGS)
     for event in events:
         decision = policy.decide(job, event, SETTINGS)
         job = decision.job
@@ -212,7 +215,7 @@ def test_limit_zero_never_requeues() -> None:
 
 
 def test_site_cap_bounds_the_job_limit() -> None:
-    job = adopt(spec=ApsSpec(max_requeue_times=99), settings=Settings(site_requeue_cap=3))
+    job = adopt(spec=ApsSpec(max_requeue_times=99), settings=Settings(site_requeue_cap=3, annotate_jobs=False))
     assert job.limit == 3 and job.requested_limit == 99
 
 
@@ -292,7 +295,7 @@ def test_vanished_job_is_gone_once() -> None:
 
 
 def test_crash_loop_stops_after_threshold_failures_without_checkpoint() -> None:
-    settings = Settings(crashloop_threshold=2)
+    settings = Settings(crashloop_threshold=2, annotate_jobs=False)
     job = running_job(limit=10)
     first = policy.decide(job, anomaly(attempt=0), settings)
     assert first.actions and first.job.failure_streak == 1
@@ -302,11 +305,11 @@ def test_crash_loop_stops_after_threshold_failures_without_checkpoint() -> None:
 
 
 def test_checkpoint_resets_the_crash_loop_count_and_marks_restart_success() -> None:
-    settings = Settings(crashloop_threshold=2)
+    settings = Settings(crashloop_threshold=2, annotate_jobs=False)
     job = running_job(limit=10, attempt=1, failure_streak=1)
     saved = policy.decide(job, CheckpointSaved(7, 1, 1200.0, "saved_checkpoint_to", "/x", "Saved checkpoint to /c"), settings)
-    assert saved.job.failure_streak == 0 and saved.job.attempt_saved
-    assert "restart successful" in saved.notes[0].text
+    assert saved.job.failure_streak == 0 and saved.job.attempt_saved and saved.job.attempt_succeeded
+    assert "restart successful (first checkpoint saved)" in saved.notes[-1].text
     assert policy.decide(saved.job, anomaly(attempt=1), settings).actions
 
 
@@ -322,13 +325,169 @@ def test_every_phase_answers_every_event() -> None:
     events = [
         AttemptStarted(7, 0, 1.0, "n"), AttemptStarted(7, 1, 2.0, "n"), JobEnded(7, 0, 3.0, "FAILED"),
         JobEnded(7, 0, 3.0, "COMPLETED"), JobEnded(7, 0, 3.0, "CANCELLED"), JobEnded(7, 0, 3.0, "PREEMPTED"),
-        JobVanished(7, 4.0), JobHeld(7, 1, 4.0), anomaly(), CheckpointSaved(7, 0, 5.0, "r", "/p", "l"), ActionDone(action, 6.0),
+        JobVanished(7, 4.0), JobHeld(7, 1, 4.0), AttemptSucceeded(7, 0, 4.5), anomaly(), CheckpointSaved(7, 0, 5.0, "r", "/p", "l"), ActionDone(action, 6.0),
         ActionFailed(action, 6.0, "no"), ActionDone(replace(action, kind=ActionKind.RELEASE), 6.0),
         ActionFailed(replace(action, kind=ActionKind.RELEASE), 6.0, "no"),
     ]  # fmt: skip
     for mode in ResumeMode:
         for phase in Phase:
             for event in events:
-                job = running_job(phase=phase, mode=mode)
-                decision = policy.decide(job, event, SETTINGS)
-                assert decision.job.job_id == 7
+                for successor in (None, 9):
+                    job = running_job(phase=phase, mode=mode, chain="1000/train" if mode is ResumeMode.SINGLETON else "")
+                    decision = policy.decide(job, event, SETTINGS, successor)
+                    assert decision.job.job_id == 7
+
+
+# ---- the decision trail in AdminComment ----------------------------------------------------
+
+
+def test_each_decision_is_summarised_in_the_admin_comment() -> None:
+    settings = Settings(annotate_jobs=True)
+    requeued = policy.decide(running_job(limit=10), anomaly(), settings)
+    assert [a.kind for a in requeued.actions] == [ActionKind.REQUEUE_HOLD, ActionKind.ANNOTATE]
+    assert requeued.actions[1].reason == "ajr: requeued after segfault (segfault) on node-1 (1/10)"
+    stopped = policy.decide(running_job(limit=0), anomaly(), settings)
+    assert [a.reason for a in stopped.actions] == ["ajr: not requeued: segfault (segfault); requeue limit reached (0/0)"]
+    # Writing the comment is bookkeeping: its outcome changes nothing, its failure is only noted.
+    annotate = requeued.actions[1]
+    assert policy.decide(requeued.job, ActionDone(annotate, 1.0), settings).job == requeued.job
+    failed = policy.decide(requeued.job, ActionFailed(annotate, 1.0, "Access denied"), settings)
+    assert failed.job == requeued.job and "AdminComment not written" in failed.notes[0].text
+
+
+# ---- attempts ------------------------------------------------------------------------------
+
+
+def test_requeued_attempt_is_recorded_as_failed_at_the_requeue() -> None:
+    holding = policy.decide(running_job(), anomaly(at=1010.0), SETTINGS)
+    held = policy.decide(holding.job, ActionDone(holding.actions[0], 1011.0), SETTINGS).job
+    attempt = held.current_attempt()
+    assert attempt is not None
+    assert (attempt.started, attempt.ended, attempt.outcome) == (1000.0, 1011.0, Outcome.FAILED)
+    assert attempt.end_reason == "segfault (segfault)"
+    nxt = policy.decide(held, AttemptStarted(7, 1, 1015.0, "node-2"), SETTINGS).job.current_attempt()
+    assert nxt is not None and nxt.attempt == 1 and nxt.outcome is Outcome.RUNNING and nxt.ended is None
+
+
+def test_checkpoint_times_of_the_attempt() -> None:
+    job = running_job()
+    for at in (1100.0, 1200.0):
+        job = policy.decide(job, CheckpointSaved(7, 0, at, "r", "/p", "l"), SETTINGS).job
+    attempt = job.current_attempt()
+    assert attempt is not None and (attempt.first_checkpoint, attempt.last_checkpoint) == (1100.0, 1200.0)
+
+
+@pytest.mark.parametrize(("state", "outcome"), [("COMPLETED", Outcome.COMPLETED), ("CANCELLED", Outcome.CANCELLED),
+                                                ("FAILED", Outcome.FAILED), ("PREEMPTED", Outcome.ENDED)])  # fmt: skip
+def test_attempt_outcome_follows_how_it_ended(state: str, outcome: Outcome) -> None:
+    ended = policy.decide(running_job(), JobEnded(7, 0, 1020.0, state), SETTINGS).job
+    assert ended.attempt_outcome is outcome and ended.attempt_ended == 1020.0
+
+
+def test_limit_reached_attempt_stays_failed_when_it_exits() -> None:
+    stopped = policy.decide(running_job(limit=0), anomaly(), SETTINGS).job
+    ended = policy.decide(stopped, JobEnded(7, 0, 1030.0, "FAILED"), SETTINGS).job
+    assert ended.attempt_outcome is Outcome.FAILED and ended.attempt_end_reason == "segfault (segfault)"
+
+
+# ---- restart success -----------------------------------------------------------------------
+
+
+def test_runtime_criterion_marks_success_after_n_minutes() -> None:
+    settings = Settings(restart_success="runtime", restart_success_minutes=10, annotate_jobs=False)
+    job = replace(running_job(), attempt=1, failure_streak=2)
+    assert policy.observe(job, snapshot(restart_count=1), 1000.0 + 599, settings)[1] == []
+    events = policy.observe(job, snapshot(restart_count=1), 1000.0 + 600, settings)[1]
+    assert events == [AttemptSucceeded(7, 1, 1600.0)]
+    succeeded = policy.decide(job, events[0], settings)
+    assert succeeded.job.attempt_succeeded and succeeded.job.failure_streak == 0
+    assert "restart successful (ran 10 min)" in succeeded.notes[0].text
+    # With this criterion a checkpoint is recorded but is not what counts.
+    saved = policy.decide(job, CheckpointSaved(7, 1, 1100.0, "r", "/p", "l"), settings).job
+    assert saved.attempt_saved and not saved.attempt_succeeded and saved.failure_streak == 2
+
+
+def test_checkpoint_criterion_gives_no_runtime_event() -> None:
+    job = replace(running_job(), attempt=1)
+    assert policy.observe(job, snapshot(restart_count=1), 1000.0 + 10**6, SETTINGS)[1] == []
+
+
+def test_crash_loop_counts_only_attempts_without_success() -> None:
+    settings = Settings(crashloop_threshold=2, annotate_jobs=False)
+    job = running_job(limit=10)
+    job = policy.decide(job, CheckpointSaved(7, 0, 1005.0, "r", "/p", "l"), settings).job
+    first = policy.decide(job, anomaly(), settings)  # failed after saving: not part of a crash-loop
+    assert first.actions and first.job.failure_streak == 0
+
+
+# ---- singleton chains ----------------------------------------------------------------------
+
+
+def singleton_job(**changes: object) -> ManagedJob:
+    spec = ApsSpec(auto_resume_mode=ResumeMode.SINGLETON, max_requeue_times=3)
+    job = adopt(snapshot(comment='{"APS": {"auto_resume_mode": "singleton_dependency"}}'), spec=spec)
+    job = policy.decide(job, AttemptStarted(7, 0, 1000.0, "node-1"), SETTINGS).job
+    return replace(job, **changes)
+
+
+def held_snapshot(job_id: int, user_id: int = 1000, name: str = "train", reason: str = "JobHeldUser") -> JobSnapshot:
+    return snapshot(job_id=job_id, user_id=user_id, name=name, state="PENDING", start_time=None, reason=reason)
+
+
+def test_chain_key_is_user_and_name() -> None:
+    assert singleton_job().chain == "1000/train"
+    assert running_job().chain == ""
+
+
+def test_next_in_chain_is_the_oldest_held_job_of_the_same_user_and_name() -> None:
+    job = singleton_job()
+    candidates = [
+        held_snapshot(12), held_snapshot(9), held_snapshot(8, user_id=2000), held_snapshot(5, name="other"),
+        held_snapshot(6, reason="Dependency"), snapshot(job_id=4, state="RUNNING"), held_snapshot(7),
+    ]  # fmt: skip
+    assert policy.next_in_chain(job, candidates) == 9
+    assert policy.next_in_chain(job, [held_snapshot(8, user_id=2000)]) is None
+
+
+def test_singleton_failure_stops_the_job_and_releases_the_next() -> None:
+    decision = policy.decide(singleton_job(), anomaly(), SETTINGS, successor=9)
+    assert [(a.kind, a.acts_on) for a in decision.actions] == [(ActionKind.CANCEL, 7), (ActionKind.RELEASE, 9)]
+    assert decision.job.phase is Phase.HANDING_OVER and decision.job.successor == 9
+    assert decision.job.requeues_used == 1
+    cancelled = policy.decide(decision.job, ActionDone(decision.actions[0], 1011.0), SETTINGS)
+    done = policy.decide(cancelled.job, ActionDone(decision.actions[1], 1012.0), SETTINGS)
+    assert done.job.phase is Phase.HANDED_OVER
+    # The cancel AJR itself made is no user's scancel and no new failure.
+    after = policy.decide(done.job, JobEnded(7, 0, 1013.0, "CANCELLED"), SETTINGS)
+    assert after.job.phase is Phase.HANDED_OVER and after.actions == ()
+    assert after.job.attempt_outcome is Outcome.FAILED
+
+
+def test_singleton_job_that_already_ended_is_not_cancelled() -> None:
+    decision = policy.decide(singleton_job(), JobEnded(7, 0, 1020.0, "FAILED"), SETTINGS, successor=9)
+    assert [(a.kind, a.acts_on) for a in decision.actions] == [(ActionKind.RELEASE, 9)]
+
+
+def test_singleton_chain_without_held_job_ends() -> None:
+    decision = policy.decide(singleton_job(), anomaly(), SETTINGS, successor=None)
+    assert decision.actions == () and decision.job.phase is Phase.FINISHED
+    assert "chain ended: no held job left" in (decision.job.stop_reason or "")
+
+
+def test_singleton_success_releases_nothing() -> None:
+    decision = policy.decide(singleton_job(), JobEnded(7, 0, 1020.0, "COMPLETED"), SETTINGS, successor=9)
+    assert decision.actions == () and decision.job.phase is Phase.FINISHED
+
+
+def test_singleton_limit_and_crash_loop_count_across_the_chain() -> None:
+    predecessor = singleton_job(requeues_used=3, failure_streak=1)
+    successor = policy.inherit(singleton_job(job_id=9, requeues_used=0), predecessor)
+    assert successor.requeues_used == 3 and successor.failure_streak == 1
+    stopped = policy.decide(successor, replace(anomaly(), job_id=9), SETTINGS, successor=12)
+    assert stopped.actions == () and "requeue limit reached (3/3)" in (stopped.job.stop_reason or "")
+
+
+def test_failed_release_of_the_next_job_says_how_to_release_it() -> None:
+    decision = policy.decide(singleton_job(), anomaly(), SETTINGS, successor=9)
+    failed = policy.decide(decision.job, ActionFailed(decision.actions[1], 1012.0, "Invalid job id"), SETTINGS)
+    assert failed.job.phase is Phase.STOPPED and "scontrol release 9" in (failed.job.stop_reason or "")

@@ -21,7 +21,7 @@ def job(**changes: object) -> ManagedJob:
 
 def test_jobs_round_trip_and_gone_jobs_are_hidden_by_default(tmp_path: Path) -> None:
     store = Store(tmp_path / "ajr.db")
-    saved = job(phase=Phase.HELD, requeues_used=2, attempt_saved=True, last_checkpoint=12.5)
+    saved = job(phase=Phase.HELD, requeues_used=2, attempt_first_checkpoint=10.0, last_checkpoint=12.5)
     store.save_job(saved)
     store.save_job(job(job_id=43, phase=Phase.GONE))
     assert store.job(42) == saved
