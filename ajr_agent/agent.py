@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -48,7 +49,10 @@ class Agent:
         self.watcher = watcher
         self.executor = Executor(gateway, store, settings)
         self.tailer = LogTailer(max_line_bytes=settings.max_line_bytes)
-        self.jobs: dict[int, ManagedJob] = store.load_jobs()
+        self.forgotten: dict[int, str] = store.forgotten()
+        self.jobs: dict[int, ManagedJob] = {
+            job_id: job for job_id, job in store.load_jobs().items() if job.phase is not Phase.FORGOTTEN
+        }
         self.unmanaged: dict[int, str] = {job.job_id: job.comment for job in store.unmanaged()}
         self.files: dict[str, FollowedFile] = {}
         self.snapshots: dict[int, JobSnapshot] = {}
@@ -96,6 +100,7 @@ class Agent:
         self.snapshots = {s.job_id: s for s in snapshots if SPEC_KEY in s.comment}
         if not self.reconciled:
             self.reconcile(now)
+        self._drop_forgotten(now)
         for snapshot in self.snapshots.values():
             self._guarded(snapshot.job_id, self._observe, snapshot, now)
         for job_id in [j for j, job in self.jobs.items() if j not in self.snapshots]:
@@ -127,6 +132,8 @@ class Agent:
     # ---- Slurm's side -------------------------------------------------------------------
 
     def _observe(self, snapshot: JobSnapshot, now: float) -> None:
+        if snapshot.job_id in self.forgotten:
+            return
         job = self.jobs.get(snapshot.job_id)
         if job is None:
             job = self._adopt(snapshot, now)
@@ -160,13 +167,26 @@ class Agent:
             self._record(job, note, now)
         return job
 
-    def _vanish(self, job_id: int, now: float) -> None:
-        job = self.jobs.pop(job_id)
-        self._handle_all(job_id, policy.vanished(job, now), now, job=job)
+    def _drop_forgotten(self, now: float) -> None:
+        """Leave alone the jobs an operator told AJR to forget (`ajr forget`)."""
+        self.forgotten = self.store.forgotten()
+        for job_id in [j for j in self.jobs if j in self.forgotten]:
+            job = replace(self.jobs[job_id], phase=Phase.FORGOTTEN, stop_reason=f"forgotten by {self.forgotten[job_id]}")
+            self._record(job, Note("forgotten", f"an operator ({self.forgotten[job_id]}) told AJR to leave it alone"), now)
+            self._drop(job_id)
+
+    def _drop(self, job_id: int) -> None:
+        """Stop following a job and its log files."""
+        self.jobs.pop(job_id, None)
         for path in [p for p, f in self.files.items() if f.job_id == job_id]:
             self.tailer.unfollow(path)
             del self.files[path]
         self.store.forget_files(job_id)
+
+    def _vanish(self, job_id: int, now: float) -> None:
+        job = self.jobs.pop(job_id)
+        self._handle_all(job_id, policy.vanished(job, now), now, job=job)
+        self._drop(job_id)
 
     # ---- the logs' side -------------------------------------------------------------------
 

@@ -7,6 +7,9 @@ never decides anything itself.
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -16,13 +19,17 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, efficiency
 from .config import Settings, load_settings
 from .errors import AjrError
+from .executor import Executor
+from .explain import Facts, explain
 from .logs import log_prefix
-from .model import ManagedJob
+from .model import Action, ActionKind, Attempt, ManagedJob
+from .policy import RECOVERING
 from .rules import RuleFileError, RuleSet, default_rules_dir
-from .store import Store
+from .slurm import CommandGateway, SlurmError, open_gateway
+from .store import ActionStatus, Store
 
 
 def _when(epoch: float | None) -> str:
@@ -151,27 +158,37 @@ def show(ctx: Context, job_id: int, as_json: bool) -> None:
             f"job {job_id} is not known to AJR: its comment has no APS spec, or the agent has not seen it yet"
         )
     events, actions, files = store.events(job_id), store.actions(job_id), store.files(job_id)
+    attempts, figures = _attempts_and_figures(store, job)
     if as_json:
         click.echo(json.dumps({
             "job": _job_summary(job), "managed": True,
+            "attempts": [_attempt_summary(a) for a in attempts],
+            "efficiency": _figures_summary(figures),
             "events": [asdict(e) for e in events],
             "actions": [{**asdict(a), "action": {**asdict(a.action), "kind": a.action.kind.value}} for a in actions],
             "log_files": [{"attempt": f.attempt, **asdict(f.position)} for f in files],
         }, indent=2))  # fmt: skip
         return
     limit = f"{job.limit}" + (f" (job asked {job.requested_limit})" if job.requested_limit not in (None, job.limit) else "")
-    click.echo(f"job {job.job_id} {job.name} (user {job.user}), {job.mode.value} mode")
+    click.echo(f"job {job.job_id} {job.name} (user {job.user}), {job.mode.value} mode"
+               + (f", chain {job.chain}" if job.chain else ""))  # fmt: skip
     click.echo(f"  Slurm state {job.slurm_state or '-'}, AJR {job.phase.value}, attempt {job.attempt}, "
                f"requeues {job.requeues_used} of {limit}")  # fmt: skip
     if job.stop_reason:
         click.echo(f"  not requeued: {job.stop_reason}")
     click.echo(f"  last checkpoint {_when(job.last_checkpoint)}, nodes {job.nodes or '-'}")
+    click.echo(f"  training efficiency {_figures_line(figures)}")
     if files:
         for f in files:
             click.echo(f"  log (attempt {f.attempt}): {f.position.path}")
     else:
         click.echo(f"  no log file found yet: looking for '{log_prefix(job.name, job.job_id)}_..._time_....log' "
                    f"in {', '.join(filter(None, (job.work_dir, job.stdout_dir))) or 'the configured log_dirs'}")  # fmt: skip
+    click.echo("attempts:")
+    for a in attempts:
+        ckpts = f"checkpoints {_when(a.first_checkpoint)} .. {_when(a.last_checkpoint)}" if a.first_checkpoint else "no checkpoint"
+        click.echo(f"  {_attempt_name(a, job)}  {_when(a.started)} -> {_when(a.ended) if a.ended else 'now':19}  "
+                   f"{a.outcome.value:<9} {ckpts}  {a.end_reason}")  # fmt: skip
     click.echo("events:")
     for event in events:
         attempt = "" if event.attempt is None or event.attempt < 0 else f"[{event.attempt}] "
@@ -182,8 +199,184 @@ def show(ctx: Context, job_id: int, as_json: bool) -> None:
     for entry in actions:
         tag = " (dry run)" if entry.dry_run else ""
         error = f": {entry.error}" if entry.error else ""
-        click.echo(f"  {_when(entry.created_at)}  [{entry.action.attempt}] {entry.action.kind.value:<13} "
-                   f"{entry.status}{tag}{error} - {entry.action.reason}")  # fmt: skip
+        who = "" if entry.origin == "agent" else f" by {entry.origin}"
+        target = f" job {entry.action.target}" if entry.action.target is not None else ""
+        click.echo(f"  {_when(entry.created_at)}  [{entry.action.attempt}] {entry.action.kind.value:<13}{target} "
+                   f"{entry.status}{tag}{who}{error} - {entry.action.reason}")  # fmt: skip
+
+
+def _attempt_name(attempt: Attempt, job: ManagedJob) -> str:
+    # In a chain every job is an attempt: name it by job id as users do ("1778(0)").
+    return f"{attempt.job_id}({attempt.attempt})" if job.chain else f"attempt {attempt.attempt}"
+
+
+def _attempts_and_figures(store: Store, job: ManagedJob,
+                          since: float | None = None) -> tuple[list[Attempt], efficiency.Efficiency]:  # fmt: skip
+    """A job's attempts (its chain's, in singleton mode) and their efficiency figures."""
+    members = store.chain_jobs(job.chain) if job.chain else [job]
+    attempts = store.attempts([m.job_id for m in members])
+    recovering = any(m.phase in RECOVERING for m in members)
+    return attempts, efficiency.of_attempts(attempts, time.time(), recovering, since)
+
+
+def _attempt_summary(attempt: Attempt) -> dict[str, Any]:
+    return {**asdict(attempt), "outcome": attempt.outcome.value}
+
+
+def _figures_summary(figures: efficiency.Efficiency) -> dict[str, Any]:
+    return {**asdict(figures), "lost": figures.lost, "efficiency": figures.efficiency}
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h"
+
+
+def _figures_line(figures: efficiency.Efficiency) -> str:
+    ratio = "-" if figures.efficiency is None else f"{figures.efficiency:.1%}"
+    risk = f", {_hours(figures.at_risk)} not yet saved" if figures.at_risk else ""
+    return (f"{ratio}: {_hours(figures.productive)} productive of {_hours(figures.elapsed - figures.at_risk)}; "
+            f"lost {_hours(figures.lost_unsaved)} unsaved work + {_hours(figures.lost_restart)} restarts{risk}")  # fmt: skip
+
+
+def _parse_since(value: str | None) -> float | None:
+    """`24h`, `7d`, `90m` back from now, or a date/time `2026-11-01[T10:00]`."""
+    if not value:
+        return None
+    relative = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
+    if relative:
+        seconds = float(relative.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[relative.group(2)]
+        return time.time() - seconds
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: give a duration such as 24h or 7d, or a date such as 2026-11-01") from exc
+
+
+@main.command()
+@click.option("--since", help="window start: a duration back from now (24h, 7d) or a date (2026-11-01)")
+@click.option("--user", "user", help="only this user's jobs")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_obj
+@_fail_on_ajr_errors
+def kpi(ctx: Context, since: str | None, user: str | None, as_json: bool) -> None:
+    """Training-time efficiency per job (per chain in singleton mode) and in total."""
+    store = ctx.store()
+    start = _parse_since(since)
+    rows: list[tuple[str, str, efficiency.Efficiency]] = []
+    seen_chains: set[str] = set()
+    for job in store.load_jobs(include_gone=True).values():
+        if user and job.user != user or job.chain in seen_chains:
+            continue
+        if job.chain:
+            seen_chains.add(job.chain)
+        attempts, figures = _attempts_and_figures(store, job, start)
+        if not attempts or figures.elapsed == 0:
+            continue
+        label = f"chain {job.name} ({', '.join(str(i) for i in sorted({a.job_id for a in attempts}))})" if job.chain else str(job.job_id)
+        rows.append((label, job.user, figures))
+    total = sum((r[2] for r in rows), efficiency.NOTHING)
+    if as_json:
+        click.echo(json.dumps({"since": start, "user": user,
+                               "jobs": [{"job": label, "user": who, **_figures_summary(f)} for label, who, f in rows],
+                               "total": _figures_summary(total)}, indent=2))  # fmt: skip
+        return
+    if not rows:
+        click.echo("no training time recorded" + (f" since {_when(start)}" if start else ""))
+        return
+    click.echo(f"{'JOB':<24} {'USER':<10} {'EFFICIENCY':>10} {'ELAPSED':>10} {'PRODUCTIVE':>11} {'LOST':>10}")
+    for label, who, figures in [*rows, ("TOTAL", "", total)]:
+        ratio = "-" if figures.efficiency is None else f"{figures.efficiency:.1%}"
+        click.echo(f"{label:<24} {who:<10} {ratio:>10} {_hours(figures.elapsed):>10} {_hours(figures.productive):>11} "
+                   f"{_hours(figures.lost):>10}")  # fmt: skip
+
+
+@main.command("explain")
+@click.argument("job_id", type=int)
+@click.pass_obj
+@_fail_on_ajr_errors
+def explain_job(ctx: Context, job_id: int) -> None:
+    """Why a job is or is not managed, and what the agent will do next."""
+    store = ctx.store()
+    job = store.job(job_id)
+    refused = store.unmanaged(job_id)
+    try:
+        live = CommandGateway(ctx.settings.slurm_command_timeout).job(job_id)
+    except SlurmError as exc:
+        click.echo(f"(Slurm not reachable, explaining from AJR's records only: {exc})", err=True)
+        live = None
+    searched: list[Path] = []
+    if job is not None:
+        searched = [Path(d) for d in (job.work_dir, job.stdout_dir) if d] + list(ctx.settings.log_dirs)
+    last_poll = store.meta().get("last_poll_at")
+    facts = Facts(
+        job_id=job_id, managed=job, unmanaged=refused[0] if refused else None, live=live,
+        log_files=[f.position.path for f in store.files(job_id)], searched_dirs=searched,
+        attempts=_attempts_and_figures(store, job)[0] if job else [],
+        crashloop_threshold=ctx.settings.crashloop_threshold,
+        agent_seen_recently=isinstance(last_poll, (int, float)) and time.time() - last_poll < 60,
+    )  # fmt: skip
+    for line in explain(facts):
+        click.echo(line)
+
+
+def _operator(ctx: Context, verb: str) -> str:
+    """The caller's name, when they may act on jobs: root or the cluster's SlurmUser."""
+    name = pwd.getpwuid(os.geteuid()).pw_name
+    if os.geteuid() == 0:
+        return name
+    try:
+        allowed = CommandGateway(ctx.settings.slurm_command_timeout).slurm_user()
+    except SlurmError as exc:
+        raise click.ClickException(f"cannot check who may {verb} jobs: {exc}") from exc
+    if name != allowed:
+        raise click.ClickException(f"only root or the Slurm user ({allowed}) may {verb} jobs through AJR; you are {name}")
+    return name
+
+
+def _run_operator_action(ctx: Context, kind: ActionKind, job_id: int, verb: str) -> None:
+    who = _operator(ctx, verb)
+    store = ctx.store()
+    job = store.job(job_id)
+    # Operators act for real even when the agent runs in dry run: they asked explicitly.
+    # One try: the operator is there to see a failure and decide.
+    settings = ctx.settings.with_overrides(dry_run=False, action_max_tries=1)
+    action = store.journal(Action(kind, job_id, job.attempt if job else 0, f"operator request by {who}"),
+                           dry_run=False, now=time.time(), origin=f"operator:{who}")  # fmt: skip
+    Executor(open_gateway(settings), store, settings).run(action, time.time())
+    entry = next(e for e in store.actions(job_id) if e.id == action.journal_id)
+    if entry.status != ActionStatus.DONE:
+        raise click.ClickException(f"{verb} of job {job_id} failed: {entry.error}")
+    click.echo(f"job {job_id}: {verb} done (journal entry {action.journal_id})")
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.pass_obj
+@_fail_on_ajr_errors
+def requeue(ctx: Context, job_id: int) -> None:
+    """Requeue a job now (scontrol requeue), journaled like the agent's own actions."""
+    _run_operator_action(ctx, ActionKind.REQUEUE, job_id, "requeue")
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.pass_obj
+@_fail_on_ajr_errors
+def release(ctx: Context, job_id: int) -> None:
+    """Release a held job now (scontrol release, StartTime=now), journaled."""
+    _run_operator_action(ctx, ActionKind.RELEASE, job_id, "release")
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.pass_obj
+@_fail_on_ajr_errors
+def forget(ctx: Context, job_id: int) -> None:
+    """Stop managing a job: the agent leaves it alone from its next poll on."""
+    who = _operator(ctx, "forget")
+    store = ctx.store()
+    store.forget(job_id, who, time.time())
+    click.echo(f"job {job_id}: the agent stops managing it at its next poll")
 
 
 @main.group()

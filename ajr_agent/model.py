@@ -26,6 +26,7 @@ class Phase(str, Enum):
     STOPPED = "stopped"  # AJR will not recover it again (limit, crash-loop, refusal); left as it is
     FINISHED = "finished"  # ended well, cancelled by its user, or its chain ended; nothing to do
     GONE = "gone"  # no longer in slurmctld's memory
+    FORGOTTEN = "forgotten"  # an operator told AJR to leave it alone
 
 
 class Outcome(str, Enum):

@@ -212,6 +212,24 @@ class CommandGateway:
         """All jobs in slurmctld's memory (finished ones stay for MinJobAge), one squeue call."""
         return parse_squeue(self.run(["squeue", "-h", "-t", "all", "-O", SQUEUE_FORMAT]))
 
+    def job(self, job_id: int) -> JobSnapshot | None:
+        """One job (for the CLI; the agent reads all jobs at once); None when Slurm does not know it."""
+        try:
+            jobs = parse_squeue(self.run(["squeue", "-h", "-t", "all", "-j", str(job_id), "-O", SQUEUE_FORMAT]))
+        except SlurmError as exc:
+            if "Invalid job id" in exc.reason:
+                return None
+            raise
+        return next((j for j in jobs if j.job_id == job_id), None)
+
+    def slurm_user(self) -> str:
+        """The SlurmUser of the cluster: besides root, the one allowed AJR's operator commands."""
+        for line in self.run(["scontrol", "show", "config"]).splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "SlurmUser":
+                return value.strip().split("(")[0]
+        return "root"
+
     def requeue_hold(self, job_id: int) -> None:
         """Kill and requeue held."""
         self.run(["scontrol", "requeuehold", str(job_id)])

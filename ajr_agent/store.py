@@ -110,6 +110,7 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
         {"path": str, "job_id": int, "attempt": int, "inode": int, "device": int, "offset": int}, pk="path"
     )
     db["files"].create_index(["job_id"])
+    db["forgotten"].create({"job_id": int, "by": str, "at": float}, pk="job_id")
     db["meta"].create({"key": str, "value": str}, pk="key")
 
 
@@ -290,6 +291,16 @@ class Store:
     def forget_files(self, job_id: int) -> None:
         """Drop the read positions of a job that left Slurm."""
         self.db.execute("delete from files where job_id = ?", [job_id])
+
+    # ---- operators' requests ------------------------------------------------------
+
+    def forget(self, job_id: int, by: str, now: float) -> None:
+        """Ask the agent to stop managing a job (it acts at its next poll)."""
+        self.db["forgotten"].upsert({"job_id": job_id, "by": by, "at": now}, pk="job_id")
+
+    def forgotten(self) -> dict[int, str]:
+        """Jobs operators told AJR to leave alone, with who did."""
+        return {row["job_id"]: row["by"] for row in self.db["forgotten"].rows}
 
     # ---- agent status -------------------------------------------------------------
 

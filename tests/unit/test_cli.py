@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 
 from ajr_agent.cli import main
 from ajr_agent.logs import FilePosition
-from ajr_agent.model import Action, ActionKind, ManagedJob, Note, Phase, UnmanagedJob
+from ajr_agent.model import Action, ActionKind, ManagedJob, Note, Outcome, Phase, UnmanagedJob
 from ajr_agent.spec import ResumeMode
 from ajr_agent.store import ActionStatus, FollowedFile, Store
 
@@ -132,3 +133,66 @@ def test_rules_test_shows_which_line_matches_which_rule(config: Path, tmp_path: 
     assert f"{log.name}:3: segfault [anomaly/segfault/application]" in out
     assert ":1:" not in out
     assert out.strip().endswith("2 match(es)")
+
+
+def test_show_lists_attempts_and_efficiency(filled: Path, tmp_path: Path) -> None:
+    store = Store(tmp_path / "ajr.db")
+    job = store.job(42)
+    assert job is not None
+    store.save_job(replace(job, attempt=0, attempt_started=1000.0, attempt_ended=1600.0,
+                           attempt_outcome=Outcome.FAILED, attempt_end_reason="segfault",
+                           attempt_first_checkpoint=1200.0, attempt_last_checkpoint=1500.0))  # fmt: skip
+    store.save_job(replace(job, attempt=1, attempt_started=1660.0, attempt_ended=1800.0,
+                           attempt_outcome=Outcome.COMPLETED, attempt_end_reason="COMPLETED"))  # fmt: skip
+    store.close()
+    code, out = run(filled, "show", "42")
+    assert code == 0
+    assert "attempt 0" in out and "failed" in out and "segfault" in out and "attempt 1" in out
+    # 500 s saved + 140 s completed of 800 s: 100 s unsaved and 60 s restart lost.
+    assert "training efficiency 80.0%" in out
+    data = json.loads(run(filled, "show", "42", "--json")[1])
+    assert [a["outcome"] for a in data["attempts"]] == ["failed", "completed"]
+    assert data["efficiency"]["efficiency"] == pytest.approx(0.8)
+
+
+def test_kpi_per_job_and_total(filled: Path, tmp_path: Path) -> None:
+    store = Store(tmp_path / "ajr.db")
+    job = store.job(42)
+    assert job is not None
+    store.save_job(replace(job, attempt=0, attempt_started=1000.0, attempt_ended=2000.0,
+                           attempt_outcome=Outcome.COMPLETED))  # fmt: skip
+    other = replace(job, job_id=50, user="bob", attempt=0, attempt_started=1000.0, attempt_ended=2000.0,
+                    attempt_outcome=Outcome.FAILED, attempt_last_checkpoint=1500.0)  # fmt: skip
+    store.save_job(other)
+    store.close()
+    code, out = run(filled, "kpi")
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "100.0%" in lines["42"] and "50.0%" in lines["50"] and "75.0%" in lines["TOTAL"]
+    data = json.loads(run(filled, "kpi", "--user", "bob", "--json")[1])
+    assert [j["job"] for j in data["jobs"]] == ["50"] and data["total"]["efficiency"] == 0.5
+    assert "no training time recorded" in run(filled, "kpi", "--user", "nobody")[1]
+
+
+def test_kpi_since_accepts_durations_and_dates_and_refuses_the_rest(filled: Path) -> None:
+    assert run(filled, "kpi", "--since", "24h")[0] == 0
+    assert run(filled, "kpi", "--since", "2026-11-01")[0] == 0
+    code, out = run(filled, "kpi", "--since", "yesterday")
+    assert code == 2 and "give a duration such as 24h" in out
+
+
+@pytest.mark.parametrize("command", ["requeue", "release", "forget"])
+def test_operator_commands_are_refused_to_other_users(filled: Path, command: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setattr("os.geteuid", lambda: 65534)
+    monkeypatch.setattr("ajr_agent.cli.CommandGateway.slurm_user", lambda self: "slurm")
+    code, out = run(filled, command, "42")
+    assert code == 1 and "only root or the Slurm user (slurm) may" in out and "you are nobody" in out
+    store = Store(filled.parent / "ajr.db")
+    assert [e.origin for e in store.actions(42)] == ["agent"] and store.forgotten() == {}
+
+
+def test_forget_is_recorded_for_the_agent(filled: Path, tmp_path: Path) -> None:
+    code, out = run(filled, "forget", "42")
+    assert code == 0 and "stops managing it" in out
+    assert Store(tmp_path / "ajr.db").forgotten() == {42: "root"}
