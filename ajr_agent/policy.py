@@ -178,7 +178,7 @@ def decide(job: ManagedJob, event: Event, settings: Settings, successor: int | N
         case CheckpointSaved():
             return _checkpoint(job, event, settings)
         case ActionDone():
-            return _action_done(job, event)
+            return _action_done(job, event, settings)
         case ActionFailed():
             return _action_failed(job, event)
         case JobHeld():
@@ -285,7 +285,7 @@ def _failure(job: ManagedJob, attempt: int, at: float, cause: str, settings: Set
     requeued = replace(failed, phase=Phase.HOLDING, requeues_used=used + 1, last_action=f"requeue_hold ({cause})")
     return Decision(
         requeued,
-        actions=(action, *_annotate(requeued, f"requeued after {cause}{_on(job)} ({used + 1}/{limit})", settings)),
+        actions=(action,),
         notes=(Note("failure", f"attempt {attempt} failed: {cause}; requeueing held ({used + 1}/{limit})"),),
     )
 
@@ -299,18 +299,23 @@ def _hand_over(job: ManagedJob, attempt: int, cause: str, successor: int | None,
             notes=(Note("chain_ended", f"attempt failed: {cause}; chain ended: no held job of {job.name} left"),),
         )
     used = job.requeues_used + 1
-    actions: list[Action] = []
-    if job.attempt_ended is None:
-        actions.append(Action(ActionKind.CANCEL, job.job_id, attempt, f"{cause}; hand over to job {successor}"))
-    actions.append(Action(ActionKind.RELEASE, job.job_id, attempt, f"next job of the chain after {cause}", successor))
-    handing = replace(job, phase=Phase.HANDING_OVER, successor=successor, requeues_used=used,
-                      last_action=f"release job {successor}")  # fmt: skip
-    text = f"failed: {cause}{_on(job)}; released job {successor} of the chain ({used}/{job.limit})"
+    handing = replace(job, phase=Phase.HANDING_OVER, successor=successor, requeues_used=used)
+    # The successor is released only once this job is stopped: two jobs of one chain
+    # must never run at once, and a cancel that fails must not be overtaken.
+    first = (
+        Action(ActionKind.CANCEL, job.job_id, attempt, f"{cause}; hand over to job {successor}")
+        if job.attempt_ended is None
+        else _release_successor(handing, cause)
+    )
     return Decision(
-        handing,
-        actions=(*actions, *_annotate(handing, text, settings)),
+        replace(handing, last_action=f"{first.kind.value} ({cause})"),
+        actions=(first,),
         notes=(Note("failure", f"attempt failed: {cause}; releasing job {successor} ({used}/{job.limit})"),),
     )
+
+
+def _release_successor(job: ManagedJob, cause: str) -> Action:
+    return Action(ActionKind.RELEASE, job.job_id, job.attempt, f"next job of the chain after {cause}", job.successor)
 
 
 def _stop(job: ManagedJob, reason: str, settings: Settings) -> Decision:
@@ -353,7 +358,7 @@ def _checkpoint(job: ManagedJob, event: CheckpointSaved, settings: Settings) -> 
     return Decision(saved, notes=tuple(notes))
 
 
-def _action_done(job: ManagedJob, event: ActionDone) -> Decision:
+def _action_done(job: ManagedJob, event: ActionDone, settings: Settings) -> Decision:
     action = event.action
     prefix = "dry run: would have " if event.dry_run else ""
     if action.kind is ActionKind.ANNOTATE:
@@ -361,24 +366,33 @@ def _action_done(job: ManagedJob, event: ActionDone) -> Decision:
     if action.kind is ActionKind.REQUEUE_HOLD and job.phase is Phase.HOLDING and action.attempt == job.handled_attempt:
         job = _end_attempt(job, event.at, Outcome.FAILED, f"requeued by AJR after {action.reason}")
         note = Note("action", f"{prefix}requeued held ({job.requeues_used}/{job.limit})")
+        trail = _annotate(job, f"requeued after {action.reason}{_on(job)} ({job.requeues_used}/{job.limit})", settings)
         if event.dry_run:
             # Nothing was held, so Slurm will never show the job pending again: go on at once.
-            return _release(job, notes=(note,))
+            release = _release(job, notes=(note,))
+            return replace(release, actions=(*release.actions, *trail))
         # Released only once Slurm shows the job pending: a release while the failed attempt
         # is still COMPLETING lets Slurm set its ~120 s requeue wait after our StartTime=now.
-        return Decision(replace(job, phase=Phase.HELD, last_action="requeue_hold"), notes=(note,))
+        return Decision(replace(job, phase=Phase.HELD, last_action="requeue_hold"), actions=trail, notes=(note,))
     if action.kind is ActionKind.RELEASE and job.phase is Phase.RELEASING:
         return Decision(
             replace(job, phase=Phase.RESTARTING, last_action="released"),
             notes=(Note("action", f"{prefix}released; next attempt may start"),),
         )
     if action.kind is ActionKind.RELEASE and job.phase is Phase.HANDING_OVER and action.target is not None:
+        text = (f"failed: {job.attempt_end_reason}{_on(job)}; released job {action.target} of the chain "
+                f"({job.requeues_used}/{job.limit})")  # fmt: skip
         return Decision(
             replace(job, phase=Phase.HANDED_OVER, last_action=f"released job {action.target}"),
+            actions=_annotate(job, text, settings),
             notes=(Note("action", f"{prefix}released job {action.target}, the next of the chain"),),
         )
-    if action.kind is ActionKind.CANCEL:
-        return Decision(job, notes=(Note("action", f"{prefix}cancelled the failing job"),))
+    if action.kind is ActionKind.CANCEL and job.phase is Phase.HANDING_OVER:
+        return Decision(
+            replace(job, last_action=f"release job {job.successor}"),
+            actions=(_release_successor(job, job.attempt_end_reason or "the failure"),),
+            notes=(Note("action", f"{prefix}cancelled the failing job"),),
+        )
     return Decision(job, notes=(Note("action", f"{prefix}{action.kind.value} done"),))
 
 
@@ -406,6 +420,10 @@ def _action_failed(job: ManagedJob, event: ActionFailed) -> Decision:
         reason = f"release failed: {event.reason}; the job may still be held: `scontrol release {job.job_id}`"
         return Decision(replace(job, phase=Phase.STOPPED, stop_reason=reason, last_action="release failed"),
                         notes=(Note("not_requeued", f"not requeued: {reason}"),))  # fmt: skip
+    if action.kind is ActionKind.CANCEL and job.phase is Phase.HANDING_OVER:
+        reason = f"could not stop the failing job: {event.reason}; job {job.successor} stays held"
+        return Decision(replace(job, phase=Phase.STOPPED, stop_reason=reason, last_action="cancel failed"),
+                        notes=(Note("not_requeued", reason),))  # fmt: skip
     if action.kind is ActionKind.RELEASE and job.phase is Phase.HANDING_OVER:
         reason = (f"release of job {action.target} failed: {event.reason}; release it by hand: "
                   f"`scontrol release {action.target}`")  # fmt: skip

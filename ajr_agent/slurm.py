@@ -44,7 +44,9 @@ FAILED_STATES = frozenset({"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "B
 # scontrol's answers that mean "try again later" rather than "Slurm said no".
 _TRANSIENT = re.compile(
     r"Unable to contact slurm controller|Socket timed out|Connection refused|Transport endpoint|"
-    r"Resource temporarily unavailable|Zero Bytes were transmitted|Communication connection failure",
+    r"Resource temporarily unavailable|Zero Bytes were transmitted|Communication connection failure|"
+    # What a controller that is restarting answers.
+    r"Unexpected message received|Slurm backup controller in standby mode",
     re.IGNORECASE,
 )
 

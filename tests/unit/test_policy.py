@@ -343,13 +343,15 @@ def test_every_phase_answers_every_event() -> None:
 
 def test_each_decision_is_summarised_in_the_admin_comment() -> None:
     settings = Settings(annotate_jobs=True)
-    requeued = policy.decide(running_job(limit=10), anomaly(), settings)
-    assert [a.kind for a in requeued.actions] == [ActionKind.REQUEUE_HOLD, ActionKind.ANNOTATE]
-    assert requeued.actions[1].reason == "ajr: requeued after segfault (segfault) on node-1 (1/10)"
+    holding = policy.decide(running_job(limit=10), anomaly(), settings)
+    assert [a.kind for a in holding.actions] == [ActionKind.REQUEUE_HOLD]
+    # Written once Slurm has done it, never before.
+    requeued = policy.decide(holding.job, ActionDone(holding.actions[0], 1011.0), settings)
+    assert [a.reason for a in requeued.actions] == ["ajr: requeued after segfault (segfault) on node-1 (1/10)"]
     stopped = policy.decide(running_job(limit=0), anomaly(), settings)
     assert [a.reason for a in stopped.actions] == ["ajr: not requeued: segfault (segfault); requeue limit reached (0/0)"]
     # Writing the comment is bookkeeping: its outcome changes nothing, its failure is only noted.
-    annotate = requeued.actions[1]
+    annotate = requeued.actions[0]
     assert policy.decide(requeued.job, ActionDone(annotate, 1.0), settings).job == requeued.job
     failed = policy.decide(requeued.job, ActionFailed(annotate, 1.0, "Access denied"), settings)
     assert failed.job == requeued.job and "AdminComment not written" in failed.notes[0].text
@@ -451,11 +453,12 @@ def test_next_in_chain_is_the_oldest_held_job_of_the_same_user_and_name() -> Non
 
 def test_singleton_failure_stops_the_job_and_releases_the_next() -> None:
     decision = policy.decide(singleton_job(), anomaly(), SETTINGS, successor=9)
-    assert [(a.kind, a.acts_on) for a in decision.actions] == [(ActionKind.CANCEL, 7), (ActionKind.RELEASE, 9)]
+    assert [(a.kind, a.acts_on) for a in decision.actions] == [(ActionKind.CANCEL, 7)]
     assert decision.job.phase is Phase.HANDING_OVER and decision.job.successor == 9
     assert decision.job.requeues_used == 1
     cancelled = policy.decide(decision.job, ActionDone(decision.actions[0], 1011.0), SETTINGS)
-    done = policy.decide(cancelled.job, ActionDone(decision.actions[1], 1012.0), SETTINGS)
+    assert [(a.kind, a.acts_on) for a in cancelled.actions] == [(ActionKind.RELEASE, 9)]
+    done = policy.decide(cancelled.job, ActionDone(cancelled.actions[0], 1012.0), SETTINGS)
     assert done.job.phase is Phase.HANDED_OVER
     # The cancel AJR itself made is no user's scancel and no new failure.
     after = policy.decide(done.job, JobEnded(7, 0, 1013.0, "CANCELLED"), SETTINGS)
@@ -487,7 +490,14 @@ def test_singleton_limit_and_crash_loop_count_across_the_chain() -> None:
     assert stopped.actions == () and "requeue limit reached (3/3)" in (stopped.job.stop_reason or "")
 
 
-def test_failed_release_of_the_next_job_says_how_to_release_it() -> None:
+def test_failed_cancel_keeps_the_successor_held() -> None:
     decision = policy.decide(singleton_job(), anomaly(), SETTINGS, successor=9)
-    failed = policy.decide(decision.job, ActionFailed(decision.actions[1], 1012.0, "Invalid job id"), SETTINGS)
+    failed = policy.decide(decision.job, ActionFailed(decision.actions[0], 1011.0, "gave up after 10 tries"), SETTINGS)
+    assert failed.actions == () and failed.job.phase is Phase.STOPPED
+    assert "job 9 stays held" in (failed.job.stop_reason or "")
+
+
+def test_failed_release_of_the_next_job_says_how_to_release_it() -> None:
+    decision = policy.decide(singleton_job(), JobEnded(7, 0, 1010.0, "FAILED"), SETTINGS, successor=9)
+    failed = policy.decide(decision.job, ActionFailed(decision.actions[0], 1012.0, "Invalid job id"), SETTINGS)
     assert failed.job.phase is Phase.STOPPED and "scontrol release 9" in (failed.job.stop_reason or "")
