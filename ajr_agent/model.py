@@ -71,7 +71,7 @@ class ManagedJob:
     handled_attempt: int | None = None  # attempt whose failure has been dealt with
     failure_streak: int = 0  # failed attempts in a row that saved no checkpoint
     stop_reason: str | None = None
-    chain: str = ""  # singleton mode: "user/name", the jobs that succeed one another
+    chain: str = ""  # singleton mode: "name@first_job_id", the jobs that took over from one another
     successor: int | None = None  # singleton mode: the held job released after this one failed
     slurm_state: str = ""
     nodes: str = ""

@@ -47,9 +47,13 @@ def effective_limit(spec: ApsSpec, settings: Settings) -> int:
     return min(spec.max_requeue_times, settings.site_requeue_cap)
 
 
-def chain_key(user_id: int, name: str) -> str:
-    """A singleton chain: the jobs of one user with one name (Slurm's own singleton rule)."""
-    return f"{user_id}/{name}"
+def chain_key(name: str, root_job_id: int) -> str:
+    """A singleton chain's id: its name and its first job.
+
+    Slurm chains the jobs of one user and one name; but users reuse names for new
+    experiments, so AJR's chain is what it saw hand over from one job to the next.
+    """
+    return f"{name}@{root_job_id}"
 
 
 def adopt(snapshot: JobSnapshot, spec: ApsSpec, settings: Settings, now: float, watching_since: float) -> Decision:
@@ -72,7 +76,7 @@ def adopt(snapshot: JobSnapshot, spec: ApsSpec, settings: Settings, now: float, 
         requested_limit=spec.max_requeue_times,
         limit=limit,
         attempt=-1,
-        chain=chain_key(snapshot.user_id, snapshot.name) if singleton else "",
+        chain=chain_key(snapshot.name, snapshot.job_id) if singleton else "",
         work_dir=snapshot.work_dir,
         stdout_dir=snapshot.stdout_dir,
         first_seen=now,
@@ -97,9 +101,10 @@ def adopt(snapshot: JobSnapshot, spec: ApsSpec, settings: Settings, now: float, 
 
 
 def inherit(successor: ManagedJob, predecessor: ManagedJob) -> ManagedJob:
-    """The next job of a singleton chain carries the chain's count of releases and failures."""
+    """The next job of a singleton chain joins its chain and carries its count of releases and failures."""
     return replace(
         successor,
+        chain=predecessor.chain,
         requeues_used=max(successor.requeues_used, predecessor.requeues_used),
         failure_streak=predecessor.failure_streak,
         limit=min(successor.limit, predecessor.limit),
@@ -307,9 +312,11 @@ def _hand_over(job: ManagedJob, attempt: int, cause: str, successor: int | None,
         if job.attempt_ended is None
         else _release_successor(handing, cause)
     )
+    # Written before the cancel: Slurm takes no AdminComment once the job has finished.
+    text = f"failed: {cause}{_on(job)}; releasing job {successor} of the chain ({used}/{job.limit})"
     return Decision(
         replace(handing, last_action=f"{first.kind.value} ({cause})"),
-        actions=(first,),
+        actions=(*_annotate(handing, text, settings), first),
         notes=(Note("failure", f"attempt failed: {cause}; releasing job {successor} ({used}/{job.limit})"),),
     )
 
@@ -328,8 +335,12 @@ def _stop(job: ManagedJob, reason: str, settings: Settings) -> Decision:
 
 
 def _annotate(job: ManagedJob, text: str, settings: Settings) -> tuple[Action, ...]:
-    """The one-line summary users see in `scontrol show job` (AdminComment)."""
-    if not settings.annotate_jobs:
+    """The one-line summary users see in `scontrol show job` (AdminComment).
+
+    Slurm refuses updates to a job that has finished, so a job whose attempt is over
+    (and that AJR did not requeue) gets none.
+    """
+    if not settings.annotate_jobs or (job.attempt_ended is not None and job.phase is not Phase.HELD):
         return ()
     return (Action(ActionKind.ANNOTATE, job.job_id, job.attempt, f"ajr: {text}"),)
 
@@ -366,25 +377,23 @@ def _action_done(job: ManagedJob, event: ActionDone, settings: Settings) -> Deci
     if action.kind is ActionKind.REQUEUE_HOLD and job.phase is Phase.HOLDING and action.attempt == job.handled_attempt:
         job = _end_attempt(job, event.at, Outcome.FAILED, f"requeued by AJR after {action.reason}")
         note = Note("action", f"{prefix}requeued held ({job.requeues_used}/{job.limit})")
-        trail = _annotate(job, f"requeued after {action.reason}{_on(job)} ({job.requeues_used}/{job.limit})", settings)
+        held = replace(job, phase=Phase.HELD, last_action="requeue_hold")
+        trail = _annotate(held, f"requeued after {action.reason}{_on(job)} ({job.requeues_used}/{job.limit})", settings)
         if event.dry_run:
             # Nothing was held, so Slurm will never show the job pending again: go on at once.
             release = _release(job, notes=(note,))
             return replace(release, actions=(*release.actions, *trail))
         # Released only once Slurm shows the job pending: a release while the failed attempt
         # is still COMPLETING lets Slurm set its ~120 s requeue wait after our StartTime=now.
-        return Decision(replace(job, phase=Phase.HELD, last_action="requeue_hold"), actions=trail, notes=(note,))
+        return Decision(held, actions=trail, notes=(note,))
     if action.kind is ActionKind.RELEASE and job.phase is Phase.RELEASING:
         return Decision(
             replace(job, phase=Phase.RESTARTING, last_action="released"),
             notes=(Note("action", f"{prefix}released; next attempt may start"),),
         )
     if action.kind is ActionKind.RELEASE and job.phase is Phase.HANDING_OVER and action.target is not None:
-        text = (f"failed: {job.attempt_end_reason}{_on(job)}; released job {action.target} of the chain "
-                f"({job.requeues_used}/{job.limit})")  # fmt: skip
         return Decision(
             replace(job, phase=Phase.HANDED_OVER, last_action=f"released job {action.target}"),
-            actions=_annotate(job, text, settings),
             notes=(Note("action", f"{prefix}released job {action.target}, the next of the chain"),),
         )
     if action.kind is ActionKind.CANCEL and job.phase is Phase.HANDING_OVER:

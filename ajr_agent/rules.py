@@ -5,14 +5,25 @@ shipped ``rules/00-defaults.toml`` first, then the site's ``/etc/ajr/rules.d``.
 A later rule with the same name replaces an earlier one, and ``enabled = false``
 turns a shipped rule off. ``rules/README.md`` documents the format for admins.
 
+One failure usually prints several matching lines: a GPU that falls off the
+bus makes its own rank print a CUDA error and every other rank a collective
+timeout. Anomaly rules therefore carry a ``priority`` and may be marked
+``cascade`` (usually a consequence of something else), and :func:`root_cause`
+picks the match that best explains a set of matches.
+
 Matching is the hot path of the agent: every line of every watched log goes
-through :meth:`RuleSet.match`, and nearly all of them match nothing. A single
-regex alternation of all patterns is no faster than trying them one by one (the
-``regex`` engine tries every branch at every position), so the prefilter is
-literal instead: for each pattern, the loader works out a literal that any
-match must contain (its "anchor"), and a line is only handed to the patterns
-whose anchor it contains. A substring test runs at memory speed in C; a
-pattern the scanner cannot see through simply has no anchor and is always run.
+through it, and nearly all lines match nothing. A single regex alternation of
+all patterns is no faster than trying them one by one (the ``regex`` engine
+tries every branch at every position), so the prefilter is literal instead:
+for each pattern the loader works out literals of which any match must contain
+one (its "anchors"), and a line is only handed to the patterns whose anchor it
+contains. The anchor test runs on a *key* of the line: its UTF-8 bytes with
+ASCII letters lower-cased and digits turned into ``0``. Training logs repeat a
+few line shapes that differ only in their numbers (iteration lines, NCCL INFO
+lines, progress bars), so keys repeat, and the candidate rules of a key are
+cached: most lines cost one dictionary lookup. :meth:`RuleSet.match_lines`
+computes the keys of a whole batch of lines with a few C-level passes. A
+pattern the scanner cannot see through has no anchor and is always run.
 Admin patterns are untrusted: every regex call carries a timeout, and a
 pattern that hits it counts as not matching.
 """
@@ -35,6 +46,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     StrictStr,
     ValidationError,
     field_validator,
@@ -48,6 +60,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MATCH_TIMEOUT = 0.05
 """Seconds one pattern may spend on one line before it counts as no match."""
+
+DEFAULT_PRIORITY = 50
+"""Priority of an anomaly rule that does not set one: the middle of the 0-1000 scale."""
 
 _NAME_RE = regex.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _CATEGORY_RE = regex.compile(r"[a-z][a-z0-9_]*")
@@ -84,6 +99,8 @@ class Rule(BaseModel):
     pattern: StrictStr = Field(min_length=1)
     category: StrictStr | None = None
     fault: Fault = Fault.UNKNOWN
+    priority: StrictInt = Field(default=DEFAULT_PRIORITY, ge=0, le=1000)
+    cascade: StrictBool = False
     ignore_case: StrictBool = True
     enabled: StrictBool = True
     description: StrictStr = ""
@@ -113,8 +130,9 @@ class Rule(BaseModel):
             # Silently ignoring these would hide a rule whose kind is a typo.
             if self.category is not None:
                 raise ValueError(f"category is only for anomaly rules, not {self.kind.value}")
-            if "fault" in self.model_fields_set:
-                raise ValueError(f"fault is only for anomaly rules, not {self.kind.value}")
+            for key in ("fault", "priority", "cascade"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"{key} is only for anomaly rules, not {self.kind.value}")
         try:
             compiled = _compile(self)
         except regex.error as exc:
@@ -147,6 +165,27 @@ class RuleMatch:
 
     rule: Rule
     value: float | None = None
+
+
+def root_cause(matches: Iterable[RuleMatch]) -> RuleMatch | None:
+    """Return the anomaly match that best explains ``matches``, or None if there is none.
+
+    ``matches`` may come from one line or from all the anomaly lines of an
+    attempt, in the order they were seen. A match of a rule that is not a
+    cascade beats every cascade match; among those left the highest
+    ``priority`` wins, and on a tie the earliest. Checkpoint and throughput
+    matches are ignored.
+    """
+    best: RuleMatch | None = None
+    best_rank = (False, -1)
+    for match in matches:
+        rule = match.rule
+        if rule.kind is not RuleKind.ANOMALY:
+            continue
+        rank = (not rule.cascade, rule.priority)
+        if rank > best_rank:  # strictly greater: the earliest of equals stays
+            best, best_rank = match, rank
+    return best
 
 
 def _check_rule_name(name: str) -> str:
@@ -289,7 +328,9 @@ def _describe(exc: ValidationError) -> str:
 # scanner give up on the pattern rather than guess how much it consumes.
 _PLAIN_ESCAPES = frozenset("abdfhmnrstvwzABDGKMRSWXZ")
 _QUANTIFIER_RE = regex.compile(r"\{(?:\d+|\d+,\d*|,\d+)\}")
-_VERBOSE_FLAG_RE = regex.compile(r"\(\?[a-zA-Z-]*x[a-zA-Z-]*[:)]")
+# Inline flags that change what a literal matches: verbose mode (x) makes spaces
+# mean nothing, and full case folding (f, or V1 with IGNORECASE) lets "ss" match "ß".
+_UNSCANNABLE_FLAGS_RE = regex.compile(r"\(\?[a-zA-Z01-]*(?:[xf]|V1)[a-zA-Z01-]*[:)]")
 
 
 def _skip_class(pattern: str, start: int) -> int | None:
@@ -347,7 +388,7 @@ def required_literals(pattern: str) -> frozenset[str] | None:
     classes, and a character followed by a quantifier is never part of one, so
     the answer errs on the side of "no anchor", never of a wrong one.
     """
-    if "(?#" in pattern or _VERBOSE_FLAG_RE.search(pattern):
+    if "(?#" in pattern or _UNSCANNABLE_FLAGS_RE.search(pattern):
         return None
     anchors: set[str] = set()
     best = ""  # longest run of the current alternative so far
@@ -405,6 +446,36 @@ def required_literals(pattern: str) -> frozenset[str] | None:
 
 # --- Matching ----------------------------------------------------------------
 
+# The key of a line (see the module docstring). Mapping digits to "0" keeps
+# substring containment: if an anchor is in a line, the anchor's key is in the
+# line's key. The three non-ASCII letters are the only characters that
+# `regex` matches to an ASCII letter under IGNORECASE (KELVIN SIGN ~ k, LATIN
+# SMALL LETTER LONG S ~ s, LATIN CAPITAL LETTER I WITH DOT ABOVE ~ i); a unit
+# test checks the whole Unicode range, so a case-insensitive pattern cannot be
+# hidden by them.
+_KEY_TABLE = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ123456789", b"abcdefghijklmnopqrstuvwxyz000000000"
+)
+_ASCII_LOOKALIKES = ((b"\xe2\x84\xaa", b"k"), (b"\xc5\xbf", b"s"), (b"\xc4\xb0", b"i"))
+
+# The candidate cache holds keys of ordinary lines only, so that it stays small
+# (at most about 16 MiB) whatever the logs hold.
+_CACHE_MAX_KEY_BYTES = 1024
+_CACHE_MAX_ENTRIES = 16384
+
+
+def _key(data: bytes) -> bytes:
+    """Return the prefilter key of UTF-8 ``data`` (one line, or lines joined by newlines)."""
+    if not data.isascii():
+        for char, ascii_char in _ASCII_LOOKALIKES:
+            data = data.replace(char, ascii_char)
+    return data.translate(_KEY_TABLE)
+
+
+def _encode(text: str) -> bytes:
+    # surrogatepass: a line decoded with surrogateescape must not make matching raise.
+    return text.encode("utf-8", "surrogatepass")
+
 
 class RuleSet:
     """Compiled rules, ready to match log lines.
@@ -427,20 +498,19 @@ class RuleSet:
         self.timeouts: Counter[str] = Counter()
         self._compiled = tuple(_compile(rule) for rule in active)
 
-        every_rule = range(len(active))
-        by_anchor: dict[str, list[int]] = {}
+        by_anchor: dict[bytes, list[int]] = {}
         unanchored: list[int] = []
         for index, rule in enumerate(active):
             anchors = required_literals(rule.pattern)
             if anchors is None:
                 unanchored.append(index)
             for anchor in anchors or ():
-                by_anchor.setdefault(anchor, []).append(index)
-        self._every_rule: tuple[int, ...] = tuple(every_rule)
-        self._unanchored: tuple[int, ...] = tuple(unanchored)
-        self._anchors: tuple[tuple[str, tuple[int, ...]], ...] = tuple(
+                by_anchor.setdefault(_key(anchor.encode("ascii")), []).append(index)
+        self._unanchored: frozenset[int] = frozenset(unanchored)
+        self._anchors: tuple[tuple[bytes, tuple[int, ...]], ...] = tuple(
             (anchor, tuple(indexes)) for anchor, indexes in by_anchor.items()
         )
+        self._cache: dict[bytes, tuple[int, ...]] = {}
 
     @classmethod
     def from_rules(
@@ -456,8 +526,49 @@ class RuleSet:
 
     def match(self, line: str) -> list[RuleMatch]:
         """Return every rule that matches ``line``, in rule order."""
+        candidates = self._candidates(_key(_encode(line)))
+        return self._search(line, candidates) if candidates else []
+
+    def match_lines(self, lines: Sequence[str]) -> list[tuple[int, RuleMatch]]:
+        """Match a batch of lines; return ``(index in lines, match)`` in line, then rule, order.
+
+        The same as calling :meth:`match` on each line, but the keys of the
+        whole batch are computed at once, which is several times faster.
+        """
+        if not lines:
+            return []
+        keys = _key(_encode("\n".join(lines))).split(b"\n")
+        if len(keys) != len(lines):  # a line held a newline of its own
+            keys = [_key(_encode(line)) for line in lines]
+        cached = self._cache.get
+        found: list[tuple[int, RuleMatch]] = []
+        for index, key in enumerate(keys):
+            candidates = cached(key)
+            if candidates is None:
+                candidates = self._candidates(key)
+            if candidates:
+                found.extend((index, match) for match in self._search(lines[index], candidates))
+        return found
+
+    def _candidates(self, key: bytes) -> tuple[int, ...]:
+        """Return the indexes of the rules that may match a line with this key."""
+        candidates = self._cache.get(key)
+        if candidates is not None:
+            return candidates
+        hits = set(self._unanchored)
+        for anchor, indexes in self._anchors:
+            if anchor in key:
+                hits.update(indexes)
+        candidates = tuple(sorted(hits))
+        if len(key) <= _CACHE_MAX_KEY_BYTES:
+            if len(self._cache) >= _CACHE_MAX_ENTRIES:
+                self._cache.clear()  # simpler than LRU; refilling costs one scan per key
+            self._cache[key] = candidates
+        return candidates
+
+    def _search(self, line: str, candidates: Iterable[int]) -> list[RuleMatch]:
         matches: list[RuleMatch] = []
-        for index in self._candidates(line):
+        for index in candidates:
             rule = self.rules[index]
             try:
                 found = self._compiled[index].search(line, timeout=self.match_timeout)
@@ -474,20 +585,6 @@ class RuleSet:
             else:
                 matches.append(RuleMatch(rule))
         return matches
-
-    def _candidates(self, line: str) -> Iterable[int]:
-        # Anchors are ASCII, and on an ASCII line lower() is exact case
-        # folding; elsewhere Unicode folding (e.g. the Kelvin sign K matching
-        # "k") could defeat the substring test, so every rule runs.
-        if not line.isascii():
-            return self._every_rule
-        folded = line.lower()
-        hits = [indexes for anchor, indexes in self._anchors if anchor in folded]
-        if not hits:
-            return self._unanchored
-        if len(hits) == 1 and not self._unanchored:
-            return hits[0]
-        return sorted(set(self._unanchored).union(*hits))
 
     def _count_timeout(self, rule: Rule, line: str) -> None:
         self.timeouts[rule.name] += 1

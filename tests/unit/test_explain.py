@@ -90,7 +90,7 @@ def test_released_and_waiting_for_slurm() -> None:
 
 
 def test_singleton_phases() -> None:
-    chain = replace(JOB, chain="1000/train", successor=9)
+    chain = replace(JOB, chain="train@7", successor=9)
     assert "release the next held job of its chain" in text(facts(managed=chain, log_files=("x",)))
     assert "job 9 carries the chain on" in text(facts(managed=replace(chain, phase=Phase.HANDED_OVER)))
 

@@ -333,7 +333,7 @@ def test_every_phase_answers_every_event() -> None:
         for phase in Phase:
             for event in events:
                 for successor in (None, 9):
-                    job = running_job(phase=phase, mode=mode, chain="1000/train" if mode is ResumeMode.SINGLETON else "")
+                    job = running_job(phase=phase, mode=mode, chain="train@7" if mode is ResumeMode.SINGLETON else "")
                     decision = policy.decide(job, event, SETTINGS, successor)
                     assert decision.job.job_id == 7
 
@@ -355,6 +355,20 @@ def test_each_decision_is_summarised_in_the_admin_comment() -> None:
     assert policy.decide(requeued.job, ActionDone(annotate, 1.0), settings).job == requeued.job
     failed = policy.decide(requeued.job, ActionFailed(annotate, 1.0, "Access denied"), settings)
     assert failed.job == requeued.job and "AdminComment not written" in failed.notes[0].text
+
+
+def test_no_admin_comment_for_a_job_slurm_has_finished() -> None:
+    """Slurm refuses AdminComment on finished jobs: the policy does not ask."""
+    settings = Settings(annotate_jobs=True)
+    ended = policy.decide(running_job(limit=0), JobEnded(7, 0, 1020.0, "FAILED"), settings)
+    assert ended.job.phase is Phase.STOPPED and ended.actions == ()
+
+
+def test_singleton_comment_is_written_before_the_cancel() -> None:
+    settings = Settings(annotate_jobs=True)
+    decision = policy.decide(singleton_job(), anomaly(), settings, successor=9)
+    assert [a.kind for a in decision.actions] == [ActionKind.ANNOTATE, ActionKind.CANCEL]
+    assert decision.actions[0].reason == "ajr: failed: segfault (segfault) on node-1; releasing job 9 of the chain (1/3)"
 
 
 # ---- attempts ------------------------------------------------------------------------------
@@ -436,9 +450,10 @@ def held_snapshot(job_id: int, user_id: int = 1000, name: str = "train", reason:
     return snapshot(job_id=job_id, user_id=user_id, name=name, state="PENDING", start_time=None, reason=reason)
 
 
-def test_chain_key_is_user_and_name() -> None:
-    assert singleton_job().chain == "1000/train"
-    assert running_job().chain == ""
+def test_chain_is_named_after_its_first_job_and_passed_on() -> None:
+    first = singleton_job()
+    assert first.chain == "train@7" and running_job().chain == ""
+    assert policy.inherit(singleton_job(job_id=9, chain="train@9"), first).chain == "train@7"
 
 
 def test_next_in_chain_is_the_oldest_held_job_of_the_same_user_and_name() -> None:
