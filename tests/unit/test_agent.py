@@ -149,3 +149,40 @@ def test_logs_of_another_user_or_symlinks_are_not_followed(agent: Agent, queue: 
     agent.poll(200.0)
     agent.read_logs(201.0)
     assert agent.store.files(7) == [] and queue.calls == []
+
+
+def test_agent_restarted_between_requeuehold_and_release_releases_once(agent: Agent, queue: ScriptedQueue,
+                                                                       tmp_path: Path) -> None:  # fmt: skip
+    queue.jobs[7] = running(tmp_path)
+    log = tmp_path / LOG_NAME
+    log.write_text("Rank0: (1) segmentation fault: artificial segfault\n")
+    agent.poll(200.0)
+    agent.read_logs(201.0)
+    assert agent.jobs[7].phase is Phase.HELD
+    agent.store.close()
+
+    settings = agent.settings
+    again = Agent(settings, Store(settings.state_db), queue, load_rules(settings))
+    assert again.jobs[7].phase is Phase.HELD
+    again.poll(300.0)
+    again.read_logs(301.0)  # resumes after the segfault line: no second failure
+    again.poll(302.0)
+    assert queue.calls.count("requeue_hold 7") == 1 and queue.calls.count("release 7") == 1
+    assert again.jobs[7].phase is Phase.RESTARTING
+
+
+def test_singleton_successor_takes_over_the_chain(agent: Agent, queue: ScriptedQueue, tmp_path: Path) -> None:
+    spec = '{"APS": {"auto_resume_mode": "singleton_dependency", "max_requeue_times": 4}}'
+    queue.jobs[7] = running(tmp_path, comment=spec)
+    queue.jobs[8] = running(tmp_path, job_id=8, comment=spec, state="PENDING", start_time=None, reason="JobHeldUser")
+    queue.jobs[9] = running(tmp_path, job_id=9, comment=spec, state="PENDING", start_time=None, reason="JobHeldUser",
+                            user_id=4242)  # fmt: skip
+    agent.poll(200.0)
+    (tmp_path / LOG_NAME).write_text("Rank0: (1) segmentation fault: artificial segfault\n")
+    agent.poll(201.0)
+    agent.read_logs(202.0)
+    assert "cancel 7" in queue.calls and "release 8" in queue.calls and "release 9" not in queue.calls
+    assert queue.calls.index("cancel 7") < queue.calls.index("release 8")
+    assert agent.jobs[7].phase is Phase.HANDED_OVER
+    assert agent.jobs[8].chain == agent.jobs[7].chain == "train@7" and agent.jobs[8].requeues_used == 1
+    assert agent.jobs[9].chain == "train@9"
