@@ -5,11 +5,11 @@ once per configuration of concurrently followed log files (1, 100 and 1,000 by
 default). For each configuration:
 
 1. a fresh agent (its own state database) starts, and K = min(files, 8) managed jobs
-   that only sleep are submitted, each in its own working directory;
-2. the bench writes files/K log files per job, named by the convention
-   `{job_name}_{job_id}_date_%y-%m-%d_time_%H-%M-%S.log` (distinct fake timestamps
-   make distinct files), and a background writer keeps appending harmless
-   training-log lines to random ones, as live jobs do;
+   that only sleep are submitted;
+2. the bench writes files/K log files per job into one log directory, named by the
+   convention `{job_name}_{job_id}_date_%y-%m-%d_time_%H-%M-%S.log` (distinct fake
+   timestamps make distinct files), and a background writer keeps appending
+   harmless training-log lines to random ones, as live jobs do;
 3. once the agent follows every file, one sample at a time: append a segfault line to
    a log file of a job's current attempt (t0) and wait for the agent's
    `scontrol requeuehold` of that job. The job comes back as a new attempt; the
@@ -25,9 +25,10 @@ real command: the exact moment, a bash start-up (about 1 ms) late. The journal's
 pass *began*, before the line was read, so it understates the latency and can even
 precede t0.
 
-The agent's PATH also has a `squeue` wrapper adding `--name=<bench job name>`: this
-agent must only ever see the bench's jobs, never act on the jobs of tests that run on
-the same cluster at the same time.
+Other agents may run against the same cluster (integration tests): they must not
+act on the bench's jobs, nor the bench's agent on theirs. So the log directory is
+one only the bench's agent searches (its `log_dirs` setting; the jobs run elsewhere),
+and the agent's PATH has a `squeue` wrapper adding `--name=<this run's job name>`.
 
 The largest configuration also measures the agent's CPU use with every file followed
 (from /proc/<pid>/stat), quiet and under the background writes.
@@ -57,7 +58,6 @@ from _common import ROOT, median, other_agents, percentile, sbatch, scancel, sta
 from ajr_agent.model import ActionKind, Phase
 from ajr_agent.store import Store
 
-JOB_NAME = "ajrbench"
 SPEC = '{"APS": {"max_requeue_times": 50}}'
 FAILURE_LINE = b"Rank0: (1) segmentation fault: artificial segfault\n"
 # The local partition runs at most 8 one-CPU jobs at once (2 CPUs, OverSubscribe=FORCE:4).
@@ -70,6 +70,7 @@ TARGET_MEDIAN, TARGET_P99, TARGET_CPU = 0.5, 1.0, 5.0
 # that saved no checkpoint, which the defaults would soon call a crash loop.
 AGENT_CONFIG = """\
 state_db = "{db}"
+log_dirs = ["{logs}"]
 rules_dirs = []
 slurm_backend = "commands"
 site_requeue_cap = 1000
@@ -80,9 +81,11 @@ crashloop_threshold = 1000
 class AgentProcess:
     """A real agent process with its own state, seeing only the bench's jobs through PATH wrappers."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, job_name: str) -> None:
         self.workdir = workdir
+        self.job_name = job_name
         self.db = workdir / "ajr.db"
+        self.logs = workdir / "logs"
         self.log = workdir / "agent.log"
         self.stamps = workdir / "scontrol-calls.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -95,9 +98,11 @@ class AgentProcess:
         _script(shims / "scontrol",
                 f'printf "%s %s\\n" "$EPOCHREALTIME" "$*" >> {shlex.quote(str(self.stamps))}\n'
                 f'exec {shlex.quote(str(real_scontrol))} "$@"')  # fmt: skip
-        _script(shims / "squeue", f'exec {shlex.quote(str(real_squeue))} --name={JOB_NAME} "$@"')
+        job_name = shlex.quote(self.job_name)
+        _script(shims / "squeue", f'exec {shlex.quote(str(real_squeue))} --name={job_name} "$@"')
         config = self.workdir / "ajr.toml"
-        config.write_text(AGENT_CONFIG.format(db=self.db))
+        self.logs.mkdir()
+        config.write_text(AGENT_CONFIG.format(db=self.db, logs=self.logs))
         self.stamps.touch()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AJR_", "APS_"))}
         env["PATH"] = f"{shims}:{env.get('PATH', '/usr/bin:/bin')}"
@@ -153,7 +158,8 @@ class BenchJob:
     """One bench job and where the bench stands with it."""
 
     job_id: int
-    directory: Path
+    name: str
+    directory: Path  # where its log files go
     files: list[Path] = field(default_factory=list)
     attempt: int = 0  # the attempt the next failure is written for
     target: Path | None = None  # a log file of that attempt: the failure is appended to it
@@ -163,7 +169,7 @@ class BenchJob:
     def new_file(self) -> Path:
         """A new log file of this job, named by the convention with a fake, unique timestamp."""
         stamp = STAMP_BASE + timedelta(seconds=len(self.files))
-        path = self.directory / f"{JOB_NAME}_{self.job_id}_{stamp:date_%y-%m-%d_time_%H-%M-%S}.log"
+        path = self.directory / f"{self.name}_{self.job_id}_{stamp:date_%y-%m-%d_time_%H-%M-%S}.log"
         path.write_text(f"[bench] log file {len(self.files)} of job {self.job_id}\n")
         self.files.append(path)
         return path
@@ -284,19 +290,20 @@ def run_config(files: int, args: argparse.Namespace, measure: bool) -> Result:
     k = min(files, args.max_jobs)
     submitted: list[int] = []
     writer: Writer | None = None
+    store: Store | None = None
     with tempfile.TemporaryDirectory(prefix=f"ajr-bench-latency-{files}-") as tmp:
         workdir = Path(tmp)
-        agent = AgentProcess(workdir)
+        # A name of this run's own: the agent's squeue sees no other jobs, not even older bench runs'.
+        name = f"ajrbench{os.getpid()}x{files}"
+        agent = AgentProcess(workdir, name)
         try:
             agent.start()
             jobs = []
-            for index in range(k):
-                directory = workdir / f"job{index}"
-                directory.mkdir()
-                job_id = sbatch("-p", "defq", "-J", JOB_NAME, "--comment", SPEC, "-o", str(directory / "slurm-%j.out"),
-                                "--chdir", str(directory), "--wrap", "sleep 3600")  # fmt: skip
+            for _ in range(k):
+                job_id = sbatch("-p", "defq", "-J", name, "--comment", SPEC, "-o", "/dev/null", "--chdir", tmp,
+                                "--wrap", "sleep 3600")  # fmt: skip
                 submitted.append(job_id)
-                jobs.append(BenchJob(job_id, directory))
+                jobs.append(BenchJob(job_id, name, agent.logs))
             for index, job in enumerate(jobs):
                 for _ in range(files // k + (index < files % k)):
                     job.new_file()
@@ -340,10 +347,11 @@ def run_config(files: int, args: argparse.Namespace, measure: bool) -> Result:
                 else:
                     samples.append(sample)
             followed_at_end = len(store.files())
-            store.close()
         finally:
             if writer is not None:
                 writer.done.set()
+            if store is not None:
+                store.close()
             agent.stop()
             scancel(submitted)
             if args.keep_logs and agent.log.exists():
@@ -354,20 +362,21 @@ def run_config(files: int, args: argparse.Namespace, measure: bool) -> Result:
 def report(results: list[Result]) -> None:
     """Print one line per configuration, then the CPU figures and the verdict on the targets."""
     print()
-    print("detection latency: failure line written -> `scontrol requeuehold` issued (seconds)")
-    print(f"{'files':>6} {'jobs':>4} {'n':>3} {'median':>7} {'p99':>7} {'max':>7} {'journal med':>11} "
-          f"{'missed':>6} {'followed end':>12} {'follow-up':>9}")  # fmt: skip
+    print("detection latency: failure line written -> `scontrol requeuehold` issued (milliseconds)")
+    print(f"{'files':>6} {'jobs':>4} {'n':>3} {'median':>7} {'p99':>7} {'max':>7} {'journal':>8} "
+          f"{'missed':>6} {'followed':>8} {'follow-up':>9}")  # fmt: skip
     for r in results:
-        latencies = [s.command for s in r.samples]
+        latencies = [1000 * s.command for s in r.samples]
         if not latencies:
             print(f"{r.files:>6} {r.jobs:>4}   0  (no samples)")
             continue
-        journal = median([s.journal for s in r.samples])
-        print(f"{r.files:>6} {r.jobs:>4} {len(latencies):>3} {median(latencies):>7.3f} {percentile(latencies, 99):>7.3f} "
-              f"{max(latencies):>7.3f} {journal:>11.3f} {r.missed:>6} {r.followed_at_end:>12} "
+        journal = median([1000 * s.journal for s in r.samples])
+        print(f"{r.files:>6} {r.jobs:>4} {len(latencies):>3} {median(latencies):>7.1f} {percentile(latencies, 99):>7.1f} "
+              f"{max(latencies):>7.1f} {journal:>8.1f} {r.missed:>6} {r.followed_at_end:>8} "
               f"{r.follow_seconds:>8.1f}s")  # fmt: skip
-    print("  journal med: the journal's created_at - t0 (the time the read pass began; see the module doc)")
-    print("  follow-up: from the files' creation until the agent followed them all (jobs' start included)")
+    print("  journal: median of the journal's created_at - t0 (when the read pass began; see the module doc)")
+    print("  followed: files the agent followed at the last sample (each new attempt adds one)")
+    print("  follow-up: from the files' creation until the agent followed them all (the jobs' start included)")
     for r in results:
         for label, (own, kids) in r.cpu.items():
             print(f"agent CPU with {r.files} files followed, {label}: {own:.1f} % of a core "
@@ -383,7 +392,7 @@ def report(results: list[Result]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, nargs="+", default=[1, 100, 1000], help="followed files per configuration")
-    parser.add_argument("--samples", type=int, default=20, help="failures per configuration")
+    parser.add_argument("--samples", type=int, default=30, help="failures per configuration")
     parser.add_argument("--max-jobs", type=int, default=MAX_JOBS, help="bench jobs at most (they must all run)")
     parser.add_argument("--write-rate", type=float, default=20.0, help="harmless lines per second, over all files")
     parser.add_argument("--cpu-seconds", type=float, default=20.0, help="length of each CPU measurement")

@@ -14,7 +14,9 @@ ajr_setup() {
     local need=()
     command -v python3 >/dev/null || need+=(python3)
     python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+    # job_submit.lua is tested under Slurm's Lua (5.1) and a newer one.
     command -v lua5.1 >/dev/null || need+=(lua5.1)
+    command -v lua5.4 >/dev/null || need+=(lua5.4)
     if [ ${#need[@]} -gt 0 ]; then
         echo "setup: installing ${need[*]}" >&2
         export DEBIAN_FRONTEND=noninteractive

@@ -106,10 +106,13 @@ start_munge() {
 }
 
 stop_daemon() { # pidfile name
-    if pid_alive "$1"; then
-        kill "$(cat "$1")"
-        for _ in $(seq 50); do pid_alive "$1" || break; sleep 0.1; done
-        pid_alive "$1" && kill -9 "$(cat "$1")" 2>/dev/null || true
+    local pid
+    # The daemon removes its pid file as it exits: read it once.
+    pid=$(cat "$1" 2>/dev/null) || pid=""
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill "$pid"
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
         say "$2 stopped"
     fi
     rm -f "$1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Callable
 
@@ -53,9 +54,11 @@ def test_failed_job_is_requeued_once_then_stops_at_its_limit(
     assert any(t.startswith("attempt 1 started") for t in texts)
     refusals = [e for e in shown["events"] if e["kind"] == "not_requeued"]
     assert len(refusals) == 1 and refusals[0]["attempt"] == 1
-    # Exactly one requeuehold and one release, both done, none in dry run.
+    # Exactly one requeuehold and one release, both done, none in dry run; the decision
+    # trail went into the AdminComment after the requeue and at the stop.
     actions = [(a["action"]["kind"], a["status"], a["dry_run"]) for a in shown["actions"]]
-    assert actions == [("requeue_hold", "done", False), ("release", "done", False)]
+    assert [a for a in actions if a[0] != "annotate"] == [("requeue_hold", "done", False), ("release", "done", False)]
+    assert [a for a in actions if a[0] == "annotate"] == [("annotate", "done", False)] * 2
     # The cancel line Slurm wrote when the agent requeued, and the job's own exit, were no new failures.
     assert kinds(shown).count("failure") == 1
     assert len(shown["log_files"]) == 2
@@ -86,5 +89,7 @@ def test_dry_run_records_would_be_actions_and_changes_nothing(
     shown = agent.show(job_id)
     assert shown is not None
     actions = [(a["action"]["kind"], a["status"], a["dry_run"]) for a in shown["actions"]]
-    assert actions == [("requeue_hold", "dry_run", True), ("release", "dry_run", True)]
+    assert actions == [("requeue_hold", "dry_run", True), ("release", "dry_run", True), ("annotate", "dry_run", True)]
+    assert "AdminComment=ajr" not in subprocess.run(["scontrol", "show", "job", str(job_id)], capture_output=True,
+                                                    text=True).stdout  # fmt: skip
     assert any(e["text"].startswith("dry run: would have requeued held") for e in shown["events"])

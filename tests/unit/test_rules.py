@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import regex
 
+from ajr_agent import rules as rules_module
 from ajr_agent.errors import AjrError
 from ajr_agent.rules import (
+    DEFAULT_PRIORITY,
     Fault,
     Rule,
     RuleFileError,
@@ -19,6 +21,7 @@ from ajr_agent.rules import (
     default_rules_dir,
     load_rule_files,
     required_literals,
+    root_cause,
 )
 
 
@@ -70,6 +73,17 @@ def test_every_default_rule_has_a_literal_anchor(defaults: RuleSet) -> None:
         ),
         ("save_checkpoint: iteration: 7, ckpt saving takes 0.1 seconds", "save_checkpoint_megatron"),
         ("Epoch 3: Saved checkpoint to /lustre/ckpt/epoch3.ckpt", "saved_checkpoint_to"),
+        ("  successfully saved checkpoint from iteration    1000 to /ckpt [ t 1/2, p 1/4 ]",
+         "megatron_checkpoint_saved"),
+        ("  successfully saved checkpoint at iteration    1000 to /ckpt", "megatron_checkpoint_saved"),
+        ("Epoch 3, global step 4000: 'val_loss' reached 0.44312 (best 0.44312), saving model to "
+         "'/ckpt/epoch=3-step=4000.ckpt' as top 3", "lightning_checkpoint_saved"),
+        ("Saving model checkpoint to /out/checkpoint-500", "hf_checkpoint_saved"),
+        ("[Torch] Checkpoint global_step500 is ready now!", "deepspeed_checkpoint_saved"),
+        ("zero checkpoint saved /ckpt/global_step500/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+         "deepspeed_checkpoint_saved"),
+        ("Async checkpoint save for step 50 (/ckpt/step=49.ckpt) finalized successfully.",
+         "nemo_async_checkpoint_saved"),
     ],
 )
 def test_checkpoint_rules(defaults: RuleSet, line: str, rule: str) -> None:
@@ -85,9 +99,12 @@ ANOMALY_CASES = [
     ("/var/spool/slurm/job12/slurm_script: line 5: 123 Segmentation fault (core dumped) python train.py",
      "segfault", "segfault", "application"),
     ("srun: error: node3: task 1: Bus error", "bus_error", "signal", "unknown"),
-    ("    traceback : Signal 6 (SIGABRT) received by PID 4242", "fatal_signal", "signal", "unknown"),
-    ("NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, GPU has fallen off the bus.", "gpu_xid", "gpu_hardware", "node"),
-    ("node2 kernel: Xid 79 on GPU 3", "gpu_xid", "gpu_hardware", "node"),
+    ("    traceback : Signal 11 (SIGSEGV) received by PID 4242", "fatal_signal", "signal", "unknown"),
+    ("    traceback : Signal 6 (SIGABRT) received by PID 4242", "abort_signal", "signal", "unknown"),
+    ("RuntimeError: DataLoader worker (pid 11) is killed by signal: Killed.", "dataloader_worker_died", "signal", "unknown"),
+    ("NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, GPU has fallen off the bus.", "gpu_xid_hardware", "gpu_hardware", "node"),
+    ("NVRM: Xid (PCI:0000:3b:00): 13, pid=1234, Graphics Exception", "gpu_xid", "gpu_hardware", "unknown"),
+    ("NVRM: Xid (PCI:0000:3b:00): 45, pid=1234, Ch 00000001", "gpu_xid_cleanup", "gpu_hardware", "unknown"),
     ("Unable to determine the device handle for GPU 0000:3B:00.0: GPU is lost.",
      "gpu_fallen_off_bus", "gpu_hardware", "node"),
     ("RuntimeError: CUDA error: uncorrectable ECC error encountered", "gpu_ecc_error", "gpu_hardware", "node"),
@@ -97,7 +114,8 @@ ANOMALY_CASES = [
     ("RuntimeError: CUDA error: an illegal memory access was encountered",
      "cuda_illegal_memory_access", "cuda_error", "unknown"),
     ("RuntimeError: unspecified launch failure", "cuda_launch_failure", "cuda_error", "unknown"),
-    ("RuntimeError: CUDA error: device-side assert triggered", "cuda_error", "cuda_error", "unknown"),
+    ("RuntimeError: CUDA error: device-side assert triggered", "cuda_device_assert", "cuda_error", "application"),
+    ("RuntimeError: CUDA error: misaligned address", "cuda_error", "cuda_error", "unknown"),
     ("NCCL WARN Call to connect returned Connection refused, ncclSystemError",
      "nccl_system_error", "nccl", "infrastructure"),
     ("failed: ncclRemoteError: A call failed possibly due to a network error or a remote process exiting",
@@ -107,6 +125,9 @@ ANOMALY_CASES = [
      "nccl_error", "nccl", "unknown"),
     ("[Rank 3] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=42, OpType=ALLREDUCE) ran for 600000 ms",
      "nccl_watchdog_timeout", "nccl", "unknown"),
+    ("[Rank 5] To avoid data inconsistency, we are taking the entire process down.", "nccl_watchdog_abort", "nccl", "unknown"),
+    ("host:1:2 [1] misc/socket.cc:538 NCCL WARN Net : Connection closed by remote peer host<47861>",
+     "nccl_peer_lost", "nccl", "unknown"),
     ("[1] ib_mlx5_log.c:177 Transport retry count exceeded on mlx5_0:1/IB",
      "ib_retry_exceeded", "fabric", "infrastructure"),
     ("NET/IB : Got completion from peer 10.0.0.2 with status=IBV_WC_RETRY_EXC_ERR(12)",
@@ -114,6 +135,11 @@ ANOMALY_CASES = [
     ("NCCL WARN Call to ibv_create_qp failed with error Cannot allocate memory",
      "ib_verbs_error", "fabric", "infrastructure"),
     ("mlx5: node7: got completion with error:", "mlx5_error", "fabric", "node"),
+    ("host:1:2 [4] NCCL WARN NET/IB : Got completion from peer 10.0.0.2<54862> with status=12 opcode=0",
+     "ib_completion_error", "fabric", "infrastructure"),
+    ("[h:1:0:1] ib_mlx5_log.c:179  Remote operation error on mlx5_0:1/IB (synd 0x14 vend 0x89 hw_synd 0/0)",
+     "ucx_ib_completion_error", "fabric", "infrastructure"),
+    ("NET/OFI Request 0x7f14 completed with error. RC: 113.", "efa_error", "fabric", "infrastructure"),
     ("kernel: Out of memory: Killed process 4242 (python)", "host_oom", "host_oom", "application"),
     ("slurmstepd: error: Detected 1 oom_kill event in StepId=12.0. Some of your processes may have been killed",
      "host_oom", "host_oom", "application"),
@@ -122,6 +148,8 @@ ANOMALY_CASES = [
     ("OSError: [Errno 116] Stale file handle", "fs_io_error", "filesystem", "infrastructure"),
     ("OSError: [Errno 28] No space left on device", "fs_no_space", "filesystem", "infrastructure"),
     ("OSError: [Errno 122] Disk quota exceeded", "fs_quota_exceeded", "filesystem", "application"),
+    ("RuntimeError: [enforce fail at inline_container.cc:445] . PytorchStreamWriter failed writing file data/1: file write failed",
+     "fs_write_failed", "filesystem", "infrastructure"),
     ("slurmstepd: error: *** JOB 12 ON node1 CANCELLED AT 2026-01-01T00:00:00 DUE TO TIME LIMIT ***",
      "slurm_time_limit", "slurm_time_limit", "application"),
     ("slurmstepd: error: *** STEP 12.0 ON node1 CANCELLED AT 2026-01-01T00:00:00 DUE TO TIME LIMIT ***",
@@ -134,6 +162,13 @@ ANOMALY_CASES = [
     ("Rank 3: found NaN in local grad norm in backward pass", "nan_found", "nan_loss", "application"),
     ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError:",
      "torchrun_child_failed", "python_exception", "unknown"),
+    ("[rank3]: Traceback (most recent call last):", "python_uncaught_exception", "python_exception", "application"),
+    ("E0801 13:23:20.000000 32974 torch/distributed/elastic/multiprocessing/api.py:874] failed (exitcode: 1) "
+     "local_rank: 3 (pid: 33054) of binary: /usr/bin/python3", "launcher_worker_failed", "python_exception", "unknown"),
+    ("srun: error: node1: tasks 0-3: Exited with exit code 1", "srun_task_failed", "task_exit", "unknown"),
+    ("{'loss': nan, 'grad_norm': nan, 'learning_rate': 1e-05, 'epoch': 0.5}", "nan_loss", "nan_loss", "application"),
+    ("Loss is inf, stopping training", "nan_loss", "nan_loss", "application"),
+    ("ProcessGroupNCCL.cpp:260, unhandled cuda error", "nccl_internal_error", "nccl", "unknown"),
 ]
 
 
@@ -171,6 +206,18 @@ def test_every_default_anomaly_rule_has_a_positive_example(defaults: RuleSet) ->
         "dataset: loaded 42 documents, loss_mask enabled",
         "srun: error: node1: task 0: Terminated",
         "srun: Force Terminated StepId=12.0",
+        "slurmstepd: error: *** JOB 12 ON node1 CANCELLED AT 2026-01-01T00:00:00 DUE TO PREEMPTION ***",
+        "  successfully loaded checkpoint from /ckpt [ t 1/1, p 1/1 ] at iteration 500",
+        "[Torch] Checkpoint global_step100 is about to be saved!",
+        "Restoring states from the checkpoint path at /ckpt/epoch=3-step=4000.ckpt",
+        "Saving model checkpoint to /out",
+        "Epoch 1, global step 49992: 'train_loss' was not in top 1",
+        "failed (exitcode: -15) local_rank: 0 (pid: 42) of binary: /usr/bin/python3",
+        "exitcode  : 0 (pid: 42)",
+        "srun: error: node1: task 0: Exited with exit code 0",
+        "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.",
+        "{'loss': 0.2051, 'grad_norm': nan, 'learning_rate': 9.7e-06, 'epoch': 0.53}",
+        "grad norm: inf | loss scale: 65536.0",
         "",
     ],
 )
@@ -444,6 +491,9 @@ def test_catastrophic_pattern_times_out_counts_and_does_not_raise(
         (r"caf\u00e9 ok", None),
         ("cafés are ok", {"s are ok"}),
         (r"x\.y\|z", {"x.y|z"}),
+        (r"(?f)strasse", None),  # full case folding: "ss" may match "ß"
+        (r"(?V1)strasse", None),  # version 1 folds fully under IGNORECASE
+        (r"(?i)strasse", {"strasse"}),
     ],
 )
 def test_required_literals(pattern: str, anchors: set[str] | None) -> None:
@@ -460,12 +510,16 @@ TRICKY_RULES = [
     Rule(name="value", kind="throughput", pattern=r"rate=(?P<value>\d+)"),
     Rule(name="dup_value", kind="throughput", pattern=r"speed (?P<value>\d+)"),
     Rule(name="lookbehind", kind="anomaly", category="x", pattern=r"(?<=\[)err\]"),
+    Rule(name="long_s", kind="anomaly", category="x", pattern=r"segv"),
+    Rule(name="dotted_i", kind="anomaly", category="x", pattern=r"ibv"),
+    Rule(name="digits", kind="anomaly", category="x", pattern=r"Errno 28\]"),
 ]
 
 LINES = [
     "", "ac", "abc", "abbc", "xx foobaz", "barbaz", "QUX!", "zzyy", "MiXeD", "mixed",
     "\u212aelvin reading", "KELVIN", "rate=12 speed 7", "[err]", "err]", "plain line",
     "Rank0: (1) segmentation fault: artificial segfault", "ümlaut abc", "TFLOPs: 1.5",
+    "\u017fegv", "\u0130BV down", "[Errno 28]", "[Errno 29]", "█▉ 57% rate=3",
 ]
 
 
@@ -481,8 +535,13 @@ def test_prefilter_gives_the_same_results_as_trying_every_rule(defaults: RuleSet
     for line in lines:
         expected = [rule.name for rule in rules if _compile_plain(rule).search(line)]
         assert names(matcher.match(line)) == expected, line
-    # The Kelvin sign folds to "k" only through Unicode rules: the prefilter must not hide it.
+    batch = [(i, m.rule.name) for i, line in enumerate(lines) for m in matcher.match(line)]
+    assert [(i, m.rule.name) for i, m in matcher.match_lines(lines)] == batch
+    # KELVIN SIGN, LONG S and DOTTED CAPITAL I fold to ASCII letters only through
+    # Unicode rules: the prefilter must not hide them.
     assert "kelvin" in names(matcher.match("\u212aelvin reading"))
+    assert "long_s" in names(matcher.match("\u017fegv"))
+    assert "dotted_i" in names(matcher.match("\u0130BV down"))
     assert [(m.rule.name, m.value) for m in matcher.match("rate=12 speed 7")] == [
         ("value", 12.0),
         ("dup_value", 7.0),
@@ -499,3 +558,115 @@ def test_disabled_rules_are_left_out_of_a_rule_set() -> None:
     matcher = RuleSet.from_rules([on, off])
     assert [r.name for r in matcher.rules] == ["on"]
     assert names(matcher.match("saved")) == ["on"]
+
+
+def test_only_three_non_ascii_letters_match_ascii_ones_case_insensitively() -> None:
+    # The prefilter key maps exactly these to ASCII (see rules._ASCII_LOOKALIKES); a
+    # new `regex` release that folds more characters would make it hide matches.
+    ascii_alnum = regex.compile(r"[a-z0-9]", regex.IGNORECASE)
+    found = [
+        cp for cp in range(128, 0x110000)
+        if not 0xD800 <= cp <= 0xDFFF and ascii_alnum.fullmatch(chr(cp))
+    ]  # fmt: skip
+    assert found == [0x130, 0x17F, 0x212A]
+
+
+def test_match_lines_reports_line_indexes_in_order(defaults: RuleSet) -> None:
+    lines = [
+        "plain",
+        "RuntimeError: CUDA error: uncorrectable ECC error encountered",
+        " iteration 3 | throughput per GPU (TFLOP/s/GPU): 401.5 |",
+        "save-checkpoint",
+    ]
+    assert [(i, m.rule.name) for i, m in defaults.match_lines(lines)] == [
+        (1, "gpu_ecc_error"),
+        (1, "cuda_error"),
+        (2, "tflops"),
+        (3, "save_checkpoint_dash"),
+    ]
+    assert defaults.match_lines([]) == []
+
+
+def test_match_lines_copes_with_a_newline_inside_a_line(defaults: RuleSet) -> None:
+    lines = ["first\nsegmentation fault", "Bus error"]
+    assert [(i, m.rule.name) for i, m in defaults.match_lines(lines)] == [(0, "segfault"), (1, "bus_error")]
+
+
+def test_match_survives_lone_surrogates(defaults: RuleSet) -> None:
+    line = "bad byte \udcff then segmentation fault"  # as decoded with surrogateescape
+    assert names(defaults.match(line)) == ["segfault"]
+    assert [m.rule.name for _, m in defaults.match_lines([line])] == ["segfault"]
+
+
+def test_candidate_cache_stays_bounded_and_correct(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rules_module, "_CACHE_MAX_ENTRIES", 4)
+    monkeypatch.setattr(rules_module, "_CACHE_MAX_KEY_BYTES", 40)
+    matcher = RuleSet.load([default_rules_dir()])
+    lines = [f"step {i} tag{chr(97 + i % 26)}{i % 7} segmentation fault" for i in range(50)]
+    lines.append("x" * 100 + " segmentation fault")  # too long to be cached
+    for _ in range(2):  # the second pass runs on whatever the cache kept
+        assert [m.rule.name for _, m in matcher.match_lines(lines)] == ["segfault"] * len(lines)
+        assert len(matcher._cache) <= 4
+        assert all(len(key) <= 40 for key in matcher._cache)
+
+
+# --- Priority, cascade and root_cause ---------------------------------------------
+
+
+def test_priority_and_cascade_defaults() -> None:
+    rule = Rule(name="r", kind="anomaly", category="x", pattern="x")
+    assert (rule.priority, rule.cascade) == (DEFAULT_PRIORITY, False)
+
+
+def test_priority_and_cascade_load_from_toml(tmp_path: Path) -> None:
+    write(tmp_path, "10-site.toml", """
+[[rule]]
+name = "lustre_evicted"
+kind = "anomaly"
+pattern = 'evicted by'
+category = "filesystem"
+priority = 65
+cascade = true
+""")
+    (rule,) = load_rule_files([tmp_path])
+    assert (rule.priority, rule.cascade) == (65, True)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("kind = 'checkpoint'\npattern = 'x'\npriority = 5", "priority is only for anomaly rules"),
+        ("kind = 'throughput'\npattern = '(?P<value>1)'\ncascade = true", "cascade is only for anomaly rules"),
+        ("kind = 'anomaly'\npattern = 'x'\ncategory = 'x'\npriority = 1001",
+         "priority: Input should be less than or equal to 1000"),
+        ("kind = 'anomaly'\npattern = 'x'\ncategory = 'x'\npriority = -1",
+         "priority: Input should be greater than or equal to 0"),
+        ("kind = 'anomaly'\npattern = 'x'\ncategory = 'x'\npriority = '90'", "priority: Input should be a valid integer"),
+        ("kind = 'anomaly'\npattern = 'x'\ncategory = 'x'\ncascade = 'yes'", "cascade: Input should be a valid boolean"),
+    ],
+)
+def test_invalid_priority_and_cascade(tmp_path: Path, body: str, expected: str) -> None:
+    path = write(tmp_path, "10-site.toml", f"[[rule]]\nname = 'r'\n{body}\n")
+    with pytest.raises(RuleFileError, match=regex.escape(f"{path}: rule 'r': ") + ".*" + regex.escape(expected)):
+        load_rule_files([tmp_path])
+
+
+def test_every_default_anomaly_rule_states_its_priority(defaults: RuleSet) -> None:
+    anomalies = [r for r in defaults.rules if r.kind is RuleKind.ANOMALY]
+    assert [r.name for r in anomalies if "priority" not in r.model_fields_set] == []
+
+
+def test_default_cascades_are_the_consequences(defaults: RuleSet) -> None:
+    assert {r.name for r in defaults.rules if r.cascade} == {
+        "gpu_xid_cleanup", "nccl_watchdog_timeout", "nccl_watchdog_abort", "nccl_peer_lost",
+        "abort_signal", "dataloader_worker_died", "python_uncaught_exception",
+        "torchrun_child_failed", "launcher_worker_failed", "srun_task_failed",
+    }  # fmt: skip
+
+
+def test_root_cause_of_one_line(defaults: RuleSet) -> None:
+    line = "RuntimeError: CUDA error: out of memory"
+    assert names(defaults.match(line)) == ["gpu_oom", "cuda_error"]
+    cause = root_cause(defaults.match(line))
+    assert cause is not None and cause.rule.name == "gpu_oom"
+    assert root_cause(defaults.match("save-checkpoint")) is None
