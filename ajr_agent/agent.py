@@ -22,6 +22,7 @@ from . import __version__, policy
 from .config import ConfigError, Settings, load_settings
 from .errors import AjrError
 from .executor import Executor
+from .handoff import EpilogRecord, read_spool
 from .logs import ChangeWatcher, FilePosition, LogLine, LogTailer, TailNotice, find_job_logs, line_time
 from .model import AnomalyFound, CheckpointSaved, Event, ManagedJob, Note, Phase, UnmanagedJob
 from .rules import RuleKind, RuleSet, default_rules_dir
@@ -57,6 +58,15 @@ class Agent:
         self.files: dict[str, FollowedFile] = {}
         self.snapshots: dict[int, JobSnapshot] = {}
         self.last_scan: dict[int, float] = {}
+        self.awaiting_end: dict[int, float] = {}
+        self.unadopted_ends: dict[int, EpilogRecord] = {}
+        try:
+            settings.spool_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("epilog spool %s cannot be created (%s): job ends are seen at the next poll only",
+                        settings.spool_dir, exc)  # fmt: skip
+        if watcher is not None:
+            watcher.watch(settings.spool_dir)
         self.stop_requested = threading.Event()
         self.reconciled = False
         self.watching_since = float(store.meta().get("watching_since") or 0) or time.time()
@@ -72,7 +82,8 @@ class Agent:
         next_poll = 0.0
         while not self.stop_requested.is_set():
             now = time.time()
-            if now >= next_poll:
+            self.read_epilog_records(now)
+            if now >= next_poll or self.awaiting_end:
                 self.poll(now)
                 next_poll = now + self.settings.poll_interval
             self.read_logs(time.time())
@@ -103,6 +114,7 @@ class Agent:
         self._drop_forgotten(now)
         for snapshot in self.snapshots.values():
             self._guarded(snapshot.job_id, self._observe, snapshot, now)
+        self._settle_ends(now)
         for job_id in [j for j, job in self.jobs.items() if j not in self.snapshots]:
             self._guarded(job_id, self._vanish, job_id, now)
         for job in list(self.jobs.values()):
@@ -165,7 +177,35 @@ class Agent:
             job = policy.inherit(job, predecessor)
         for note in decision.notes:
             self._record(job, note, now)
+        record = self.unadopted_ends.pop(job.job_id, None)
+        if record is not None:
+            self._note_epilog(job, record)
         return job
+
+    def read_epilog_records(self, now: float) -> None:
+        """Take in what the EpilogSlurmctld hook reported: those jobs are polled at once."""
+        for record in read_spool(self.settings.spool_dir):
+            log.info("job %s: Slurm reports its end (exit %s on %s, restart count %d)", record.job_id,
+                     record.exit_code or "?", record.nodes or "?", record.restart_count)  # fmt: skip
+            self.awaiting_end[record.job_id] = now + self.settings.end_settle_seconds
+            job = self.jobs.get(record.job_id)
+            if job is not None:
+                self._note_epilog(job, record)
+            else:
+                # A job that ran between two polls: noted when the poll this record triggers adopts it.
+                self.unadopted_ends[record.job_id] = record
+
+    def _settle_ends(self, now: float) -> None:
+        # During the hook Slurm still shows the job COMPLETING; poll quickly until it does not.
+        for job_id, deadline in list(self.awaiting_end.items()):
+            snapshot = self.snapshots.get(job_id)
+            if snapshot is None or snapshot.state != "COMPLETING" or now >= deadline:
+                del self.awaiting_end[job_id]
+                self.unadopted_ends.pop(job_id, None)
+
+    def _note_epilog(self, job: ManagedJob, record: EpilogRecord) -> None:
+        text = f"Slurm reported the end of restart {record.restart_count}: exit {record.exit_code or '?'}"
+        self._record(job, Note("epilog", text), record.written_at)
 
     def _drop_forgotten(self, now: float) -> None:
         """Leave alone the jobs an operator told AJR to forget (`ajr forget`)."""

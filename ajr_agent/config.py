@@ -54,6 +54,12 @@ class Settings(BaseModel):
         default=5.0, gt=0, description="seconds between two searches for new log files of a running job"
     )
     state_db: Path = Field(default=Path("/var/lib/ajr/ajr.db"), description="the SQLite state database")
+    spool_dir: Path = Field(
+        default=Path("/var/spool/ajr/epilog"), description="where the EpilogSlurmctld hook leaves job-end records"
+    )
+    end_settle_seconds: float = Field(
+        default=10.0, gt=0, description="after a job-end record, how long to poll quickly until Slurm shows the end"
+    )
     rules_dirs: tuple[Path, ...] = Field(
         default=(DEFAULT_SITE_RULES_DIR,),
         description="directories of site rule files, read after the shipped defaults; later files win by name",

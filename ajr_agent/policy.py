@@ -145,7 +145,7 @@ def observe(job: ManagedJob, snapshot: JobSnapshot, now: float, settings: Settin
         events.append(AttemptSucceeded(job.job_id, attempt, now))
     if snapshot.ended:
         ended_at = snapshot.end_time or now
-        already_seen = attempt == job.attempt and job.attempt_ended == ended_at and not is_new_attempt
+        already_seen = attempt == job.attempt and job.attempt_ended is not None and not is_new_attempt
         if not already_seen:
             events.append(JobEnded(job.job_id, attempt, ended_at, snapshot.state, snapshot.reason))
     refreshed = replace(

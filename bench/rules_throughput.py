@@ -40,12 +40,12 @@ from ajr_agent.rules import RuleSet, default_rules_dir  # noqa: E402
 
 # --- The synthetic log ------------------------------------------------------------
 
-WORDS = (
-    "the of and to in is was for on that with as by at from his her which are this be "
-    "an had not first were also after new one two time year city world river school "
-    "model data token layer attention gradient batch sequence learning rate optimizer "
-    "weights shard rank node epoch step value result answer question because however"
-).split()
+# Free text (printed samples, dataset records) draws its words from a neutral
+# English text, not from the common words the prefilter is tuned on
+# (rules._COMMON_TEXT): the GPL-3 text of Debian's common-licenses, or this
+# project's README where that is missing.
+_PROSE = Path("/usr/share/common-licenses/GPL-3")
+WORDS = sorted(set((_PROSE if _PROSE.is_file() else ROOT / "README.md").read_text().split()))
 
 
 def megatron_iteration(rng: random.Random, i: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +31,38 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+HEALTHY_NODE_STATES = ("idle", "mixed", "allocated")
+
+
+def start_local_slurm(extra_conf: Path | None) -> None:
+    """(Re)start the local cluster, with extra slurm.conf lines from a file or without any."""
+    env = {k: v for k, v in os.environ.items() if k != "AJR_SLURM_EXTRA_CONF"}
+    if extra_conf is not None:
+        env["AJR_SLURM_EXTRA_CONF"] = str(extra_conf)
+    subprocess.run([str(LOCAL_SLURM), "start"], env=env, check=True, timeout=300)
+
+
+def node_healthy() -> bool:
+    """The local node takes jobs."""
+    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    states = out.stdout.split()
+    return out.returncode == 0 and bool(states) and all(s in HEALTHY_NODE_STATES for s in states)
+
+
+@contextlib.contextmanager
+def slurm_reconfigured(extra_lines: str, workdir: Path) -> Iterator[None]:
+    """The local cluster restarted with extra slurm.conf lines, and restored plain afterwards,
+    so that other test modules find the cluster they expect."""
+    extra = workdir / "slurm.conf.extra"
+    extra.write_text(extra_lines)
+    try:
+        start_local_slurm(extra)
+        yield
+    finally:
+        start_local_slurm(None)
+        wait_for(node_healthy, 60, "the node to take jobs again")
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +99,7 @@ class AgentProcess:
     workdir: Path
     dry_run: bool = False
     extra_config: str = ""
+    poll_interval: float = 0.5
     process: subprocess.Popen[str] | None = None
     submitted: list[int] = field(default_factory=list)
 
@@ -78,8 +112,12 @@ class AgentProcess:
         return self.workdir / "agent.log"
 
     def start(self) -> "AgentProcess":
+        # Each agent has a spool of its own unless the test gives one: agents must not take
+        # each other's job-end records.
+        spool = "" if "spool_dir" in self.extra_config else f'spool_dir = "{self.workdir / "spool"}"\n'
         self.config.write_text(
-            f'state_db = "{self.workdir / "ajr.db"}"\npoll_interval = 0.5\nrules_dirs = ["{self.workdir / "rules.d"}"]\n'
+            f'state_db = "{self.workdir / "ajr.db"}"\npoll_interval = {self.poll_interval}\n'
+            f'rules_dirs = ["{self.workdir / "rules.d"}"]\n{spool}'
             f"dry_run = {'true' if self.dry_run else 'false'}\n{self.extra_config}"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AJR_", "APS_"))}
@@ -120,10 +158,11 @@ def agent_factory(slurm: None, tmp_path: Path) -> Iterator[Callable[..., AgentPr
     """Start agents on the local cluster; stop them and cancel their test jobs afterwards."""
     agents: list[AgentProcess] = []
 
-    def start(dry_run: bool = False, extra_config: str = "", workdir: Path | None = None) -> AgentProcess:
+    def start(dry_run: bool = False, extra_config: str = "", workdir: Path | None = None,
+              poll_interval: float = 0.5) -> AgentProcess:  # fmt: skip
         path = workdir or tmp_path / f"agent{len(agents)}"
         path.mkdir(parents=True, exist_ok=True)
-        agent = AgentProcess(path, dry_run=dry_run, extra_config=extra_config).start()
+        agent = AgentProcess(path, dry_run=dry_run, extra_config=extra_config, poll_interval=poll_interval).start()
         agents.append(agent)
         return agent
 

@@ -7,7 +7,6 @@ it plain and removes the script, so other modules see the cluster they expect.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import LOCAL_SLURM, ROOT, scontrol_show, wait_for
+from tests.conftest import ROOT, scontrol_show, slurm_reconfigured, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -23,14 +22,6 @@ SCRIPT = ROOT / "slurm_hooks" / "job_submit.lua"
 # job_submit/lua reads job_submit.lua from the directory of slurm.conf.
 INSTALLED = Path("/etc/slurm/job_submit.lua")
 PLUGIN = Path("/usr/lib/x86_64-linux-gnu/slurm-wlm/job_submit_lua.so")
-HEALTHY_NODE_STATES = ("idle", "mixed", "allocated")
-
-
-def start_local_slurm(extra_conf: Path | None) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "AJR_SLURM_EXTRA_CONF"}
-    if extra_conf is not None:
-        env["AJR_SLURM_EXTRA_CONF"] = str(extra_conf)
-    subprocess.run([str(LOCAL_SLURM), "start"], env=env, check=True, timeout=300)
 
 
 def job_submit_plugins() -> str:
@@ -42,32 +33,22 @@ def job_submit_plugins() -> str:
     return ""
 
 
-def node_healthy() -> bool:
-    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
-    states = out.stdout.split()
-    return out.returncode == 0 and bool(states) and all(s in HEALTHY_NODE_STATES for s in states)
-
-
 @pytest.fixture(scope="module")
 def lua_cluster(slurm: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
     """The local cluster with job_submit.lua active; yields a list to record submitted job ids in."""
     if not PLUGIN.exists():
         pytest.fail(f"{PLUGIN} is missing: install Debian's slurm-wlm-basic-plugins")
-    extra = tmp_path_factory.mktemp("job_submit") / "slurm.conf.extra"
-    extra.write_text("JobSubmitPlugins=lua\n")
     submitted: list[int] = []
     try:
         shutil.copyfile(SCRIPT, INSTALLED)
-        start_local_slurm(extra)
-        assert job_submit_plugins() == "lua", "slurmctld did not pick up JobSubmitPlugins=lua"
-        yield submitted
+        with slurm_reconfigured("JobSubmitPlugins=lua\n", tmp_path_factory.mktemp("job_submit")):
+            assert job_submit_plugins() == "lua", "slurmctld did not pick up JobSubmitPlugins=lua"
+            yield submitted
+            if submitted:
+                subprocess.run(["scancel", *map(str, submitted)], check=False)
     finally:
-        if submitted:
-            subprocess.run(["scancel", *map(str, submitted)], check=False)
-        start_local_slurm(None)
         INSTALLED.unlink(missing_ok=True)
-        wait_for(lambda: job_submit_plugins() in ("", "(null)"), 30, "slurmctld without the job_submit plugin")
-        wait_for(node_healthy, 60, "the node to be idle/mixed/allocated again")
+    wait_for(lambda: job_submit_plugins() in ("", "(null)"), 30, "slurmctld without the job_submit plugin")
 
 
 def sbatch(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -186,3 +186,22 @@ def test_singleton_successor_takes_over_the_chain(agent: Agent, queue: ScriptedQ
     assert agent.jobs[7].phase is Phase.HANDED_OVER
     assert agent.jobs[8].chain == agent.jobs[7].chain == "train@7" and agent.jobs[8].requeues_used == 1
     assert agent.jobs[9].chain == "train@9"
+
+
+def test_a_job_end_record_makes_the_agent_poll_until_slurm_shows_the_end(tmp_path: Path, queue: ScriptedQueue) -> None:
+    settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), spool_dir=tmp_path / "spool",
+                        end_settle_seconds=5)  # fmt: skip
+    agent = Agent(settings, Store(settings.state_db), queue, load_rules(settings))
+    queue.jobs[7] = running(tmp_path)
+    agent.poll(100.0)
+    (settings.spool_dir / "7.0.end").write_text("job_id=7\nrestart_count=0\nexit_code=1:0\nnodes=node-1\n")
+    queue.jobs[7] = running(tmp_path, state="COMPLETING")
+    agent.read_epilog_records(101.0)
+    assert agent.awaiting_end == {7: 106.0}
+    assert any(e.kind == "epilog" and "exit 1:0" in e.text for e in agent.store.events(7))
+    agent.poll(101.1)
+    assert 7 in agent.awaiting_end  # still COMPLETING: keep polling
+    queue.jobs[7] = running(tmp_path, state="FAILED", end_time=101.0)
+    agent.poll(101.3)
+    assert agent.awaiting_end == {}
+    assert queue.calls[0] == "requeue_hold 7"

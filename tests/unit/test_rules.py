@@ -600,7 +600,7 @@ def test_match_survives_lone_surrogates(defaults: RuleSet) -> None:
 
 def test_candidate_cache_stays_bounded_and_correct(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rules_module, "_CACHE_MAX_ENTRIES", 4)
-    monkeypatch.setattr(rules_module, "_CACHE_MAX_KEY_BYTES", 40)
+    monkeypatch.setattr(rules_module, "_CACHE_MAX_KEY_CHARS", 40)
     matcher = RuleSet.load([default_rules_dir()])
     lines = [f"step {i} tag{chr(97 + i % 26)}{i % 7} segmentation fault" for i in range(50)]
     lines.append("x" * 100 + " segmentation fault")  # too long to be cached
