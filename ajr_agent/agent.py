@@ -21,10 +21,23 @@ import click
 from . import __version__, policy
 from .config import ConfigError, Settings, load_settings
 from .errors import AjrError
+from .attribution import Attributor, Evidence
 from .executor import Executor
 from .handoff import EpilogRecord, read_spool
 from .logs import ChangeWatcher, FilePosition, LogLine, LogTailer, TailNotice, find_job_logs, line_time
-from .model import AnomalyFound, CheckpointSaved, Event, ManagedJob, Note, Phase, UnmanagedJob
+from .model import (
+    Action,
+    ActionKind,
+    AnomalyFound,
+    Attributed,
+    CheckpointSaved,
+    Event,
+    ManagedJob,
+    Note,
+    Phase,
+    StragglerFound,
+    UnmanagedJob,
+)
 from .rules import RuleKind, RuleSet, default_rules_dir
 from .slurm import JobSnapshot, SlurmError, SlurmGateway, open_gateway
 from .spec import SPEC_KEY, parse_comment
@@ -60,6 +73,12 @@ class Agent:
         self.last_scan: dict[int, float] = {}
         self.awaiting_end: dict[int, float] = {}
         self.unadopted_ends: dict[int, EpilogRecord] = {}
+        self.attributor = Attributor(settings, rules, gateway)
+        # Per attempt, in memory: the anomaly lines a verdict rests on, the throughput series
+        # a straggler is judged by (both bounded), and when the job last wrote a line.
+        self.evidence: dict[tuple[int, int], list[Evidence]] = {}
+        self.series: dict[tuple[int, int], list[float]] = {}
+        self.last_output: dict[int, float] = {}
         try:
             settings.spool_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -74,6 +93,8 @@ class Agent:
         for followed in store.files():
             if followed.job_id in self.jobs:
                 self._follow(followed)
+                # Silence before a restart of the agent is unknown: it counts from now.
+                self.last_output[followed.job_id] = time.time()
 
     # ---- the loop -------------------------------------------------------------------
 
@@ -115,6 +136,7 @@ class Agent:
         for snapshot in self.snapshots.values():
             self._guarded(snapshot.job_id, self._observe, snapshot, now)
         self._settle_ends(now)
+        self._check_hangs(now)
         for job_id in [j for j, job in self.jobs.items() if j not in self.snapshots]:
             self._guarded(job_id, self._vanish, job_id, now)
         for job in list(self.jobs.values()):
@@ -247,6 +269,7 @@ class Agent:
                     continue  # gone again since the scan; the next scan decides
                 followed = FollowedFile(job.job_id, job.attempt, FilePosition(str(path), stat.st_ino, stat.st_dev, 0))
                 self._follow(followed)
+                self.last_output.setdefault(job.job_id, now)
                 self.store.save_files([followed])
                 self._record(job, Note("log", f"following {path} for attempt {job.attempt}"), now)
 
@@ -274,6 +297,8 @@ class Agent:
         for notice in notices:
             self._record(job, Note("log", f"{notice.path}: {notice.kind}: {notice.detail}"), now)
         touched: set[str] = set()
+        if lines:
+            self.last_output[job.job_id] = now
         for line in lines:
             touched.add(line.path)
             attempt = self.files[line.path].attempt
@@ -281,16 +306,45 @@ class Agent:
                 rule = match.rule
                 at = line_time(line.text, now)
                 if rule.kind is RuleKind.ANOMALY:
+                    self._keep(self.evidence, (job.job_id, attempt), Evidence(match, line.text, line.path), 50)
                     events.append(AnomalyFound(job.job_id, attempt, at, rule.name, rule.category or "anomaly",
                                                rule.fault.value, line.path, line.text))  # fmt: skip
                 elif rule.kind is RuleKind.CHECKPOINT:
                     events.append(CheckpointSaved(job.job_id, attempt, at, rule.name, line.path, line.text))
+                elif match.value is not None:
+                    events += self._throughput(job, attempt, at, match.value)
         self._handle_all(job.job_id, events, now)
         # Offsets are saved after the decisions: a crash in between re-reads lines whose
         # failure is then recognised as already handled, never lost.
         self.store.save_files(
             [FollowedFile(job.job_id, self.files[p].attempt, self.tailer.position(p)) for p in touched | {n.path for n in notices}]
         )
+
+    @staticmethod
+    def _keep(store: dict, key: tuple[int, int], value: object, limit: int) -> None:  # type: ignore[type-arg]
+        items = store.setdefault(key, [])
+        items.append(value)
+        del items[:-limit]
+
+    def _throughput(self, job: ManagedJob, attempt: int, at: float, value: float) -> list[Event]:
+        """Record a throughput report; a sustained drop below the attempt's baseline is a straggler."""
+        self.store.add_throughput(job.job_id, attempt, at, value)
+        self._keep(self.series, (job.job_id, attempt), value, 500)
+        if attempt != job.attempt or job.straggler_reported:
+            return []
+        found = policy.straggling(self.series[(job.job_id, attempt)], self.settings)
+        return [StragglerFound(job.job_id, attempt, at, found[0], found[1])] if found else []
+
+    def _check_hangs(self, now: float) -> None:
+        """A running job whose logs have gone quiet for its heartbeat timeout is hung."""
+        for job in list(self.jobs.values()):
+            snapshot = self.snapshots.get(job.job_id)
+            has_log = any(f.job_id == job.job_id and f.attempt == job.attempt for f in self.files.values())
+            if snapshot is None or not snapshot.running or not has_log:
+                continue
+            event = policy.hung(job, self.last_output.get(job.job_id, now), now, self.settings)
+            if event is not None:
+                self._guarded(job.job_id, self._handle_all, job.job_id, [event], now)
 
     # ---- decisions ---------------------------------------------------------------------------
 
@@ -313,8 +367,47 @@ class Agent:
                 self.jobs[job_id] = decision.job
             if decision.job.phase is Phase.HANDED_OVER and current.phase is not Phase.HANDED_OVER:
                 self._pass_on_chain(decision.job)
+            failed = decision.job.handled_attempt
+            if failed is not None and failed != current.handled_attempt:
+                # The verdict comes before any release, so a faulty node is out of the next attempt.
+                queue[:0] = self._attribute(decision.job, failed, event, now)
             for action in journaled:
                 queue.extend(self.executor.run(action, time.time()))
+
+    def _attribute(self, job: ManagedJob, attempt: int, cause: Event, now: float) -> list[Event]:
+        """The verdict on a failed attempt, with its evidence stored; drains follow a node verdict."""
+        snapshot = self.snapshots.get(job.job_id)
+        ended = snapshot.state if snapshot is not None and snapshot.ended else ""
+        failed_at = getattr(cause, "at", now)
+        event, notes = self.attributor.attribute(job, attempt, self.evidence.get((job.job_id, attempt), []), ended,
+                                                 failed_at, now)  # fmt: skip
+        self.store.save_verdict(job.job_id, attempt, now, event.verdict)
+        for text in notes:
+            self._record(job, Note("verdict", text), now)
+        if event.verdict.fault == "node" and event.verdict.nodes:
+            self._drain(job, attempt, event, now)
+        return [event]
+
+    def _drain(self, job: ManagedJob, attempt: int, attributed: Attributed, now: float) -> None:
+        """Drain the blamed nodes, within the site's hourly budget and never a partition's last ones."""
+        if not self.settings.drain_faulty_nodes:
+            return
+        try:
+            partitions = self.gateway.partition_nodes()
+            out = self.gateway.nodes_out_of_service()
+        except SlurmError as exc:
+            self._record(job, Note("warning", f"no node drained: cannot read the partitions: {exc}"), now)
+            return
+        drain, spared = policy.plan_drains(attributed.verdict.nodes, self.store.drains_since(now - 3600),
+                                           partitions, out, self.settings)  # fmt: skip
+        for text in spared:
+            self._record(job, Note("warning", f"not drained: {text}"), now)
+        evidence = attributed.verdict.evidence[0] if attributed.verdict.evidence else attributed.verdict.cause
+        for node in drain:
+            reason = f"ajr: job {job.job_id} {attributed.verdict.cause}: {evidence}"[:250]
+            action = self.store.journal(Action(ActionKind.DRAIN, job.job_id, attempt, reason, nodes=node),
+                                        self.settings.dry_run, now)  # fmt: skip
+            self._handle_all(job.job_id, self.executor.run(action, time.time()), now)
 
     def _pass_on_chain(self, predecessor: ManagedJob) -> None:
         """The released job of a singleton chain takes over the chain's counts."""

@@ -77,6 +77,36 @@ class Settings(BaseModel):
     restart_success_minutes: float = Field(
         default=30.0, gt=0, description="with restart_success = runtime: minutes an attempt must run"
     )
+    heartbeat_timeout: float = Field(
+        default=120.0, gt=0, description="seconds without a log line after which a running job counts as hung"
+    )
+    hang_startup_grace: float = Field(
+        default=300.0, ge=0, description="seconds after an attempt starts during which silence is no hang"
+    )
+    straggler_fraction: float = Field(
+        default=0.7, gt=0, lt=1, description="throughput below this fraction of the attempt's baseline is a drop"
+    )
+    straggler_reports: int = Field(default=5, ge=1, description="reports in a row below it that make a straggler")
+    straggler_recovery: bool = Field(
+        default=False, description="treat a straggler like a failure (recover); by default it is only recorded"
+    )
+    node_log_dir: str = Field(
+        default="", description="a node's kernel/system logs on shared storage, with {node} in the path; '' for none"
+    )
+    attribution_window: float = Field(
+        default=300.0, gt=0, description="seconds around a failure in which node log lines count as evidence"
+    )
+    attribution_timeout: float = Field(
+        default=10.0, gt=0, description="longest an attribution may take before the job is released anyway"
+    )
+    exclude_faulty_nodes: bool = Field(
+        default=True, description="on a node verdict, exclude the node from the job's next attempt"
+    )
+    drain_faulty_nodes: bool = Field(default=False, description="on a node verdict, also drain the node")
+    max_drains_per_hour: int = Field(default=2, ge=0, description="AJR drains at most this many nodes an hour")
+    drain_keep_nodes: int = Field(
+        default=1, ge=1, description="never drain a node if fewer than this many would stay in service in its partition"
+    )
     annotate_jobs: bool = Field(
         default=True, description="write each decision into the job's AdminComment, where users see it"
     )

@@ -486,19 +486,24 @@ _LINE_TIME = re.compile(
 _LINE_TIME_TOLERANCE = 24 * 3600.0
 
 
-def line_time(text: str, read_at: float) -> float:
-    """When a log line says it was written (local time unless it names a zone), else when it was read."""
+def parse_line_time(text: str) -> float | None:
+    """The timestamp a line starts with (local time unless it names a zone), or None."""
     found = _LINE_TIME.match(text)
     if found is None:
-        return read_at
+        return None
     year, month, day, hour, minute, second, fraction, zone = found.groups()
     try:
         stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
                          int((fraction or "0")[:6].ljust(6, "0")))  # fmt: skip
     except ValueError:
-        return read_at
+        return None
     if zone:
         offset = timezone.utc if zone == "Z" else datetime.strptime(zone.replace(":", ""), "%z").tzinfo
         stamp = stamp.replace(tzinfo=offset)
-    when = stamp.timestamp()
-    return when if abs(when - read_at) <= _LINE_TIME_TOLERANCE else read_at
+    return stamp.timestamp()
+
+
+def line_time(text: str, read_at: float) -> float:
+    """When a log line says it was written, if that is near the agent's clock; else when it was read."""
+    when = parse_line_time(text)
+    return when if when is not None and abs(when - read_at) <= _LINE_TIME_TOLERANCE else read_at

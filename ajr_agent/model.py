@@ -72,6 +72,12 @@ class ManagedJob:
     failure_streak: int = 0  # failed attempts in a row that saved no checkpoint
     stop_reason: str | None = None
     chain: str = ""  # singleton mode: "name@first_job_id", the jobs that took over from one another
+    heartbeat_timeout: int | None = None  # the job's own hang threshold (seconds), None: the site's
+    partition: str = ""
+    verdict: str = ""  # where the handled failure's fault lies: node, application, infrastructure, unknown
+    verdict_nodes: str = ""  # comma-separated nodes a node verdict blamed and AJR may keep out
+    excluded_nodes: str = ""  # nodes AJR has excluded from the job's next attempts
+    straggler_reported: bool = False  # the current attempt's throughput drop has been reported
     successor: int | None = None  # singleton mode: the held job released after this one failed
     slurm_state: str = ""
     nodes: str = ""
@@ -167,6 +173,38 @@ class AttemptSucceeded:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """Where a failure's fault lies, and the lines that say so."""
+
+    fault: str  # node | application | infrastructure | unknown
+    nodes: tuple[str, ...]  # the nodes at fault, for a node verdict when they are known
+    cause: str  # the root cause, e.g. "gpu_hardware (xid_79)"
+    evidence: tuple[str, ...]  # the log lines it rests on, "source: line"
+
+
+@dataclass(frozen=True)
+class Attributed:
+    """The verdict on a failed attempt."""
+
+    job_id: int
+    attempt: int
+    at: float
+    verdict: Verdict
+    exclude: tuple[str, ...] = ()  # the blamed nodes that may be excluded (never a partition's last ones)
+
+
+@dataclass(frozen=True)
+class StragglerFound:
+    """The attempt's throughput has dropped below a fraction of its own baseline for a while."""
+
+    job_id: int
+    attempt: int
+    at: float
+    baseline: float
+    recent: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class JobVanished:
     """The job left slurmctld's memory (MinJobAge passed)."""
 
@@ -218,7 +256,10 @@ class ActionFailed:
     reason: str
 
 
-Event = AttemptStarted | AttemptSucceeded | JobEnded | JobHeld | JobVanished | AnomalyFound | CheckpointSaved | ActionDone | ActionFailed
+Event = (
+    AttemptStarted | AttemptSucceeded | JobEnded | JobHeld | JobVanished | Attributed | StragglerFound
+    | AnomalyFound | CheckpointSaved | ActionDone | ActionFailed
+)
 
 
 # ---- actions ------------------------------------------------------------------------
@@ -232,6 +273,8 @@ class ActionKind(str, Enum):
     CANCEL = "cancel"  # scancel: a failing singleton job must stop before its successor runs
     ANNOTATE = "annotate"  # scontrol update AdminComment=: the decision trail users see
     REQUEUE = "requeue"  # scontrol requeue: an operator's own request
+    EXCLUDE = "exclude"  # scontrol update ExcNodeList=: keep a faulty node out of the next attempt
+    DRAIN = "drain"  # scontrol update NodeName= State=DRAIN: take a faulty node out of service
 
 
 @dataclass(frozen=True)
@@ -247,6 +290,7 @@ class Action:
     attempt: int
     reason: str
     target: int | None = None
+    nodes: str = ""  # for exclude and drain: comma-separated node names
     # Set by the journal: the row that tracks this action from decision to outcome.
     journal_id: int | None = None
 

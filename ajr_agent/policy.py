@@ -7,7 +7,8 @@ answer, so the agent never meets a case it cannot decide.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Iterable
+import statistics
+from typing import Iterable, Sequence
 
 from .config import RestartSuccess, Settings
 from .model import (
@@ -16,6 +17,7 @@ from .model import (
     ActionFailed,
     ActionKind,
     AnomalyFound,
+    Attributed,
     AttemptStarted,
     AttemptSucceeded,
     CheckpointSaved,
@@ -28,6 +30,7 @@ from .model import (
     Note,
     Outcome,
     Phase,
+    StragglerFound,
 )
 from .slurm import FAILED_STATES, JobSnapshot
 from .spec import ApsSpec, ResumeMode
@@ -77,6 +80,8 @@ def adopt(snapshot: JobSnapshot, spec: ApsSpec, settings: Settings, now: float, 
         limit=limit,
         attempt=-1,
         chain=chain_key(snapshot.name, snapshot.job_id) if singleton else "",
+        heartbeat_timeout=spec.heartbeat_timeout,
+        partition=snapshot.partition,
         work_dir=snapshot.work_dir,
         stdout_dir=snapshot.stdout_dir,
         first_seen=now,
@@ -105,6 +110,7 @@ def inherit(successor: ManagedJob, predecessor: ManagedJob) -> ManagedJob:
     return replace(
         successor,
         chain=predecessor.chain,
+        excluded_nodes=",".join(filter(None, [predecessor.excluded_nodes, successor.excluded_nodes])),
         requeues_used=max(successor.requeues_used, predecessor.requeues_used),
         failure_streak=predecessor.failure_streak,
         limit=min(successor.limit, predecessor.limit),
@@ -188,6 +194,10 @@ def decide(job: ManagedJob, event: Event, settings: Settings, successor: int | N
             return _action_failed(job, event)
         case JobHeld():
             return _held(job, event)
+        case Attributed():
+            return _attributed(job, event)
+        case StragglerFound():
+            return _straggler(job, event, settings, successor)
         case JobVanished():
             return Decision(replace(job, phase=Phase.GONE), notes=(Note("gone", "job left slurmctld's memory"),))
     raise TypeError(f"unknown event {event!r}")  # pragma: no cover - Event is a closed union
@@ -211,6 +221,9 @@ def _attempt_started(job: ManagedJob, event: AttemptStarted) -> Decision:
         attempt_first_checkpoint=None,
         attempt_last_checkpoint=None,
         attempt_succeeded=False,
+        straggler_reported=False,
+        verdict="",
+        verdict_nodes="",
         nodes=event.nodes or job.nodes,
         stop_reason=None if phase is Phase.WATCHING else job.stop_reason,
     )
@@ -307,18 +320,30 @@ def _hand_over(job: ManagedJob, attempt: int, cause: str, successor: int | None,
     handing = replace(job, phase=Phase.HANDING_OVER, successor=successor, requeues_used=used)
     # The successor is released only once this job is stopped: two jobs of one chain
     # must never run at once, and a cancel that fails must not be overtaken.
-    first = (
-        Action(ActionKind.CANCEL, job.job_id, attempt, f"{cause}; hand over to job {successor}")
-        if job.attempt_ended is None
-        else _release_successor(handing, cause)
-    )
+    if job.attempt_ended is None:
+        first = Action(ActionKind.CANCEL, job.job_id, attempt, f"{cause}; hand over to job {successor}")
+        handing = replace(handing, last_action=f"cancel ({cause})")
+    else:
+        handed = _hand_to_successor(handing)
+        handing, first = handed.job, handed.actions[0]
     # Written before the cancel: Slurm takes no AdminComment once the job has finished.
     text = f"failed: {cause}{_on(job)}; releasing job {successor} of the chain ({used}/{job.limit})"
     return Decision(
-        replace(handing, last_action=f"{first.kind.value} ({cause})"),
+        handing,
         actions=(*_annotate(handing, text, settings), first),
         notes=(Note("failure", f"attempt failed: {cause}; releasing job {successor} ({used}/{job.limit})"),),
     )
+
+
+def _hand_to_successor(job: ManagedJob) -> Decision:
+    """Release the chain's next job, first keeping the nodes a node verdict blamed out of it."""
+    exclude = _to_exclude(job)
+    if exclude and job.successor is not None:
+        action = Action(ActionKind.EXCLUDE, job.job_id, job.attempt, f"node verdict: {job.verdict_nodes}",
+                        target=job.successor, nodes=exclude)  # fmt: skip
+        return Decision(replace(job, last_action=f"exclude {exclude} from job {job.successor}"), actions=(action,))
+    release = _release_successor(job, job.attempt_end_reason or "the failure")
+    return Decision(replace(job, last_action=f"release job {job.successor}"), actions=(release,))
 
 
 def _release_successor(job: ManagedJob, cause: str) -> Action:
@@ -397,11 +422,12 @@ def _action_done(job: ManagedJob, event: ActionDone, settings: Settings) -> Deci
             notes=(Note("action", f"{prefix}released job {action.target}, the next of the chain"),),
         )
     if action.kind is ActionKind.CANCEL and job.phase is Phase.HANDING_OVER:
-        return Decision(
-            replace(job, last_action=f"release job {job.successor}"),
-            actions=(_release_successor(job, job.attempt_end_reason or "the failure"),),
-            notes=(Note("action", f"{prefix}cancelled the failing job"),),
-        )
+        handing = _hand_to_successor(job)
+        return Decision(handing.job, handing.actions, (Note("action", f"{prefix}cancelled the failing job"),))
+    if action.kind is ActionKind.EXCLUDE and job.phase in (Phase.RELEASING, Phase.HANDING_OVER):
+        return _after_exclusion(job, action, True, "", prefix)
+    if action.kind is ActionKind.DRAIN:
+        return Decision(job, notes=(Note("action", f"{prefix}drained {action.nodes}: {action.reason}"),))
     return Decision(job, notes=(Note("action", f"{prefix}{action.kind.value} done"),))
 
 
@@ -412,15 +438,131 @@ def _held(job: ManagedJob, event: JobHeld) -> Decision:
 
 
 def _release(job: ManagedJob, notes: tuple[Note, ...]) -> Decision:
+    """Release the held job, after keeping the nodes a node verdict blamed out of its next attempt."""
     attempt = job.handled_attempt if job.handled_attempt is not None else job.attempt
+    releasing = replace(job, phase=Phase.RELEASING)
+    exclude = _to_exclude(job)
+    if exclude:
+        action = Action(ActionKind.EXCLUDE, job.job_id, attempt, f"node verdict: {job.verdict_nodes}", nodes=exclude)
+        return Decision(replace(releasing, last_action=f"exclude {exclude}"), actions=(action,), notes=notes)
     release = Action(ActionKind.RELEASE, job.job_id, attempt, "release after requeue")
-    return Decision(replace(job, phase=Phase.RELEASING, last_action="release"), actions=(release,), notes=notes)
+    return Decision(replace(releasing, last_action="release"), actions=(release,), notes=notes)
+
+
+def _to_exclude(job: ManagedJob) -> str:
+    """Nodes of a node verdict not yet excluded (the attribution already spared the partition's last
+    nodes, and left none when the site does not exclude)."""
+    if job.verdict != "node":
+        return ""
+    have = set(filter(None, job.excluded_nodes.split(",")))
+    return ",".join(n for n in job.verdict_nodes.split(",") if n and n not in have)
+
+
+def _after_exclusion(job: ManagedJob, action: Action, done: bool, reason: str, prefix: str) -> Decision:
+    """Whatever became of the exclusion, the job is released: a stranded held job is the worse harm."""
+    excluded = ",".join(filter(None, [job.excluded_nodes, action.nodes])) if done else job.excluded_nodes
+    job = replace(job, excluded_nodes=excluded)
+    text = f"{prefix}excluded {action.nodes} from the next attempt" if done else (
+        f"could not exclude {action.nodes}: {reason}; releasing anyway")  # fmt: skip
+    note = Note("action" if done else "warning", text)
+    if job.phase is Phase.HANDING_OVER and job.successor is not None:
+        release = _release_successor(job, job.attempt_end_reason or "the failure")
+    else:
+        release = Action(ActionKind.RELEASE, job.job_id, action.attempt, "release after requeue")
+    return Decision(replace(job, last_action="release"), actions=(release,), notes=(note,))
+
+
+def _attributed(job: ManagedJob, event: Attributed) -> Decision:
+    if event.attempt != job.handled_attempt:
+        return Decision(job)
+    verdict = event.verdict
+    nodes = ",".join(verdict.nodes)
+    where = {"node": f"node {nodes}" if nodes else "a node (which one is not known)",
+             "application": "the application", "infrastructure": "shared infrastructure"}.get(verdict.fault, "unknown")  # fmt: skip
+    attributed = replace(job, verdict=verdict.fault, verdict_nodes=",".join(event.exclude))
+    return Decision(attributed, notes=(Note("verdict", f"fault lies with {where}: {verdict.cause}"),))
+
+
+def _straggler(job: ManagedJob, event: StragglerFound, settings: Settings, successor: int | None) -> Decision:
+    if event.attempt != job.attempt or job.straggler_reported:
+        return Decision(job)
+    recent = ", ".join(f"{v:g}" for v in event.recent)
+    text = (f"straggler: throughput fell below {settings.straggler_fraction:.0%} of the attempt's baseline "
+            f"{event.baseline:g} for {len(event.recent)} reports ({recent})")  # fmt: skip
+    reported = replace(job, straggler_reported=True, last_anomaly="straggler")
+    if not settings.straggler_recovery:
+        return Decision(reported, notes=(Note("straggler", text),))
+    failure = _failure(reported, event.attempt, event.at, "straggler (throughput drop)", settings, successor)
+    return Decision(failure.job, failure.actions, (Note("straggler", text), *failure.notes))
+
+
+def hung(job: ManagedJob, last_output: float, now: float, settings: Settings) -> AnomalyFound | None:
+    """A `hang` anomaly when a running attempt with log files has written nothing for its heartbeat timeout.
+
+    `last_output` is when a line was last read from the attempt's files (or when the first
+    of them was found). An attempt within its start-up grace is never hung.
+    """
+    if job.phase is not Phase.WATCHING or job.attempt_started is None or job.attempt_ended is not None:
+        return None
+    timeout = job.heartbeat_timeout or settings.heartbeat_timeout
+    silence = now - max(last_output, job.attempt_started)
+    if silence < timeout or now - job.attempt_started < settings.hang_startup_grace:
+        return None
+    return AnomalyFound(job.job_id, job.attempt, now, "heartbeat", "hang", "unknown", "",
+                        f"no log line for {silence:.0f} s (heartbeat timeout {timeout:g} s)")  # fmt: skip
+
+
+def straggling(values: Sequence[float], settings: Settings) -> tuple[float, tuple[float, ...]] | None:
+    """(baseline, recent reports) when the last `straggler_reports` values all fall below the fraction.
+
+    The baseline is the median of the attempt's earlier reports, so one slow warm-up step
+    or one fast outlier does not move it; at least as many earlier reports as the window
+    are needed before anything is judged.
+    """
+    window = settings.straggler_reports
+    if len(values) < 2 * window:
+        return None
+    baseline = statistics.median(values[:-window])
+    recent = tuple(values[-window:])
+    if baseline > 0 and all(v < settings.straggler_fraction * baseline for v in recent):
+        return baseline, recent
+    return None
+
+
+def plan_drains(nodes: Sequence[str], drains_last_hour: int, partitions: dict[str, list[str]],
+                out_of_service: set[str], settings: Settings) -> tuple[list[str], list[str]]:  # fmt: skip
+    """Which of a node verdict's nodes to drain, and why the others are spared.
+
+    Never more than `max_drains_per_hour`, and never a node whose draining would leave
+    fewer than `drain_keep_nodes` nodes in service in one of its partitions.
+    """
+    if not settings.drain_faulty_nodes:
+        return [], []
+    drain: list[str] = []
+    spared: list[str] = []
+    gone = set(out_of_service)
+    for node in nodes:
+        if node in gone:
+            continue
+        if drains_last_hour + len(drain) >= settings.max_drains_per_hour:
+            spared.append(f"{node}: already {settings.max_drains_per_hour} drains in the last hour")
+            continue
+        short = [p for p, members in partitions.items()
+                 if node in members and len([m for m in members if m not in gone | {node}]) < settings.drain_keep_nodes]  # fmt: skip
+        if short:
+            spared.append(f"{node}: one of the last nodes in service in partition {', '.join(short)}")
+            continue
+        drain.append(node)
+        gone.add(node)
+    return drain, spared
 
 
 def _action_failed(job: ManagedJob, event: ActionFailed) -> Decision:
     action = event.action
     if action.kind is ActionKind.ANNOTATE:
         return Decision(job, notes=(Note("action", f"AdminComment not written: {event.reason}"),))
+    if action.kind is ActionKind.EXCLUDE and job.phase in (Phase.RELEASING, Phase.HANDING_OVER):
+        return _after_exclusion(job, action, False, event.reason, "")
     if action.kind is ActionKind.REQUEUE_HOLD and job.phase is Phase.HOLDING:
         stopped = replace(job, requeues_used=max(job.requeues_used - 1, 0), last_action="requeue refused",
                           phase=Phase.STOPPED, stop_reason=f"Slurm refused to requeue: {event.reason}")  # fmt: skip

@@ -18,14 +18,16 @@ tries every branch at every position), so the prefilter is literal instead:
 for each pattern the loader works out literals of which any match must contain
 one (its "anchors"), and a line is only handed to the patterns whose anchor it
 contains. The anchor test runs on a *key* of the line: its UTF-8 bytes with
-ASCII letters lower-cased and digits turned into ``0``. Training logs repeat a
-few line shapes that differ only in their numbers (iteration lines, NCCL INFO
-lines, progress bars), so keys repeat, and the candidate rules of a key are
-cached: most lines cost one dictionary lookup. :meth:`RuleSet.match_lines`
-computes the keys of a whole batch of lines with a few C-level passes. A
-pattern the scanner cannot see through has no anchor and is always run.
-Admin patterns are untrusted: every regex call carries a timeout, and a
-pattern that hits it counts as not matching.
+ASCII letters lower-cased, digits deleted and each other character reduced to
+one placeholder byte. Training logs repeat a few line shapes that differ only
+in their numbers (iteration lines, NCCL INFO lines, progress bars), so keys
+repeat, and the candidate rules of a key are cached: most lines cost one
+translation and one dictionary lookup. A key seen for the first time is tested
+against a few short "gates", substrings shared by groups of anchors, and
+against the anchors of the gates it contains. A pattern the scanner cannot see
+through has no anchor and is always run. Admin patterns are untrusted: every
+regex call carries a timeout, and a pattern that hits it counts as not
+matching.
 """
 
 from __future__ import annotations
@@ -333,6 +335,25 @@ _QUANTIFIER_RE = regex.compile(r"\{(?:\d+|\d+,\d*|,\d+)\}")
 # mean nothing, and full case folding (f, or V1 with IGNORECASE) lets "ss" match "ß".
 _UNSCANNABLE_FLAGS_RE = regex.compile(r"\(\?[a-zA-Z01-]*(?:[xf]|V1)[a-zA-Z01-]*[:)]")
 
+# Text that ordinary log lines are full of: a sample of common English words and
+# everyday training-log vocabulary. The prefilter avoids literals found in it
+# when it has a choice, as anchors (see `required_literals`) and as gates (see
+# `_choose_gates`). It only tunes speed, never what matches.
+_COMMON_TEXT = (
+    " the of and to in is was for on that with as by at from it he she they we you this be an "
+    "are were been being have has had not no but or if then than them these those there their "
+    "which what when where who will would can could should may might must shall do does did done "
+    "all any each some more most other into only over such about out up down after before "
+    "between during under while through because however also new one two first last time year "
+    "information operation station nation action function section position condition question "
+    "going being having making taking using running training setting getting string thing "
+    "iteration step epoch loss rate learning batch size elapsed samples tokens consumed global "
+    "grad norm scale number skipped info warning debug user channel via connected ring rank comm "
+    "init complete device node host worker process thread model data layer attention parameter "
+    "optimizer checkpoint validation evaluation accuracy throughput memory allocated reserved "
+    "dataset loading loaded saving saved started finished done total average seconds "
+)
+
 
 def _skip_class(pattern: str, start: int) -> int | None:
     """Return the index just past the character class opening at ``start``."""
@@ -382,8 +403,10 @@ def _skip_group(pattern: str, start: int) -> int | None:
 def required_literals(pattern: str) -> frozenset[str] | None:
     """Return lower-case ASCII literals of which every match of ``pattern`` contains one.
 
-    The result holds the longest literal run of each top-level alternative.
-    ``None`` means no such set could be worked out (an alternative without a
+    The result holds one literal run of each top-level alternative: the
+    longest that is not in :data:`_COMMON_TEXT`, or the longest if all are
+    (so ``loss\\w*=nan`` is anchored on ``=nan``, which few lines hold, rather
+    than on ``loss``, which most training lines do). ``None`` means no such set could be worked out (an alternative without a
     literal, or syntax the scanner does not follow): the pattern must then be
     tried on every line. A literal is only taken from outside groups and
     classes, and a character followed by a quantifier is never part of one, so
@@ -392,7 +415,7 @@ def required_literals(pattern: str) -> frozenset[str] | None:
     if "(?#" in pattern or _UNSCANNABLE_FLAGS_RE.search(pattern):
         return None
     anchors: set[str] = set()
-    best = ""  # longest run of the current alternative so far
+    best = ""  # best run of the current alternative so far
     run = ""  # literal run being read
     last_is_literal = False  # a quantifier would apply to run's last character
     i = 0
@@ -423,8 +446,7 @@ def required_literals(pattern: str) -> frozenset[str] | None:
             if last_is_literal:
                 run = run[:-1]
         elif char == "|":
-            if len(run) > len(best):
-                best = run
+            best = _rarer(run, best)
             if not best:
                 return None
             anchors.add(best.lower())
@@ -437,66 +459,63 @@ def required_literals(pattern: str) -> frozenset[str] | None:
             run += literal
             last_is_literal = True
         else:
-            if len(run) > len(best):
-                best = run
+            best = _rarer(run, best)
             run = ""
             last_is_literal = False
         i += step
     return frozenset(anchors)
 
 
+def _rarer(run: str, best: str) -> str:
+    """Return the better anchor of two literal runs: a rare one, then a long one."""
+    def score(text: str) -> tuple[bool, int]:
+        return text.lower() not in _COMMON_TEXT, len(text)
+
+    return run if score(run) > score(best) else best
+
+
 # --- Matching ----------------------------------------------------------------
 
-# The key of a line (see the module docstring). Deleting the digits keeps
-# substring containment (if an anchor is in a line, the anchor's key is in the
-# line's key) and makes lines that differ only in their numbers, whatever their
-# width, share one key. The three non-ASCII letters are the only characters that
-# `regex` matches to an ASCII letter under IGNORECASE (KELVIN SIGN ~ k, LATIN
-# SMALL LETTER LONG S ~ s, LATIN CAPITAL LETTER I WITH DOT ABOVE ~ i); a unit
-# test checks the whole Unicode range, so a case-insensitive pattern cannot be
-# hidden by them.
-_KEY_TABLE = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
-_DIGITS = b"0123456789"
-_ASCII_LOOKALIKES = ((b"\xe2\x84\xaa", b"k"), (b"\xc5\xbf", b"s"), (b"\xc4\xb0", b"i"))
+# The key of a line (see the module docstring) comes from one `bytes.translate`
+# of its UTF-8 bytes. What it must keep is substring containment: if an anchor
+# (ASCII, lower-case, digits removed) can match in a line, it is in the line's
+# key. Deleting digits keeps that, and makes lines that differ only in their
+# numbers, whatever their width, share one key. A non-ASCII character cannot
+# be part of an anchor, so it becomes one placeholder byte (its lead byte is
+# mapped, its continuation bytes deleted) -- except that three of them match an
+# ASCII letter under IGNORECASE: KELVIN SIGN (E2 84 AA) ~ k, LONG S (C5 BF) ~ s
+# and CAPITAL I WITH DOT ABOVE (C4 B0) ~ i. Their lead bytes become that
+# letter, so every character sharing such a lead byte does too: that only
+# makes a few lines candidates needlessly. A unit test checks the whole Unicode
+# range for more such letters.
+_KEY_DELETE = b"0123456789" + bytes(range(0x80, 0xC0))
+
+
+def _key_table() -> bytes:
+    """Return the `bytes.translate` table of the key, as the comment above describes."""
+    table = bytearray(range(0x80)) + b"\x80" * 0x80
+    table[0x41:0x5B] = b"abcdefghijklmnopqrstuvwxyz"
+    table[0xC4], table[0xC5], table[0xE2] = b"isk"
+    return bytes(table)
+
+
+_KEY_TABLE = _key_table()
 
 # The candidate cache holds keys of ordinary lines only, so that it stays small
 # (at most about 16 MiB) whatever the logs hold.
 _CACHE_MAX_KEY_CHARS = 1024
 _CACHE_MAX_ENTRIES = 16384
 
-# A line whose key is not cached is tested against a few short "gates" first,
-# and against the anchors of a gate only when the gate is in it. A gate should
-# be rare in ordinary lines, so gates are never taken from this sample of
-# common English words and everyday training-log vocabulary. It only tunes
-# speed: whatever the gates, an anchor contains its gate, so a line that lacks
-# every gate of an anchor lacks the anchor.
-_COMMON_TEXT = (
-    " the of and to in is was for on that with as by at from it he she they we you this be an "
-    "are were been being have has had not no but or if then than them these those there their "
-    "which what when where who will would can could should may might must shall do does did done "
-    "all any each some more most other into only over such about out up down after before "
-    "between during under while through because however also new one two first last time year "
-    "information operation station nation action function section position condition question "
-    "going being having making taking using running training setting getting string thing "
-    "iteration step epoch loss rate learning batch size elapsed samples tokens consumed global "
-    "grad norm scale number skipped info warning debug user channel via connected ring rank comm "
-    "init complete device node host worker process thread model data layer attention parameter "
-    "optimizer checkpoint validation evaluation accuracy throughput memory allocated reserved "
-    "dataset loading loaded saving saved started finished done total average seconds "
-)
 _GATE_LENGTHS = (4, 5, 6)
 
 
 def _key(text: str) -> str:
     """Return the prefilter key of ``text`` (one line, or lines joined by newlines)."""
-    # surrogatepass: a line decoded with surrogateescape must not make matching raise.
+    # surrogatepass: a line decoded with surrogateescape must not make matching
+    # raise. latin-1 turns each byte into one character, so containment is
+    # unchanged, and `str in str` runs several times faster than `bytes in bytes`.
     data = text.encode("utf-8", "surrogatepass")
-    if not data.isascii():
-        for char, ascii_char in _ASCII_LOOKALIKES:
-            data = data.replace(char, ascii_char)
-    # latin-1 turns each byte into one character, so containment is unchanged,
-    # and `str in str` runs several times faster than `bytes in bytes`.
-    return data.translate(_KEY_TABLE, _DIGITS).decode("latin-1")
+    return data.translate(_KEY_TABLE, _KEY_DELETE).decode("latin-1")
 
 
 def _choose_gates(anchors: Iterable[str]) -> dict[str, list[str]]:
@@ -585,17 +604,12 @@ class RuleSet:
     def match_lines(self, lines: Sequence[str]) -> list[tuple[int, RuleMatch]]:
         """Match a batch of lines; return ``(index in lines, match)`` in line, then rule, order.
 
-        The same as calling :meth:`match` on each line, but the keys of the
-        whole batch are computed in one pass, which is several times faster.
+        The same as calling :meth:`match` on each line, with less overhead per
+        line: the agent hands over the lines of one read at once.
         """
-        if not lines:
-            return []
-        keys = _key("\n".join(lines)).split("\n")
-        if len(keys) != len(lines):  # a line held a newline of its own
-            keys = [_key(line) for line in lines]
         cached = self._cache.get
         found: list[tuple[int, RuleMatch]] = []
-        for index, key in enumerate(keys):
+        for index, key in enumerate(map(_key, lines)):
             candidates = cached(key)
             if candidates is None:
                 candidates = self._candidates(key)

@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Sequence
 
 from .config import Settings, SlurmBackend
 from .errors import AjrError
@@ -29,7 +29,7 @@ SEP = "\x1f"
 # Comment goes last: whatever it holds, it ends the line.
 SQUEUE_FIELDS = (
     "JobID", "State", "UserId", "UserName", "RestartCnt", "StartTime", "EndTime", "BatchFlag",
-    "Requeue", "NodeList", "Reason", "WorkDir", "STDOUT", "Name", "Comment",
+    "Requeue", "NodeList", "Reason", "Partition", "WorkDir", "STDOUT", "Name", "Comment",
 )  # fmt: skip
 SQUEUE_FORMAT = ",".join(f"{field}:{SEP}" for field in SQUEUE_FIELDS)
 
@@ -80,6 +80,7 @@ class JobSnapshot:
     stdout: str
     name: str
     comment: str
+    partition: str = ""
 
     @property
     def ended(self) -> bool:
@@ -125,6 +126,18 @@ class SlurmGateway(Protocol):
     def update(self, job_id: int, **fields: str) -> None:
         """Change job fields (`scontrol update JobId=N Key=Value ...`)."""
 
+    def exclude_nodes(self, job_id: int, nodes: Sequence[str]) -> None:
+        """Add nodes to the job's ExcNodeList, keeping the ones the user excluded."""
+
+    def drain(self, node: str, reason: str) -> None:
+        """Drain a node with a reason (`scontrol update NodeName=.. State=DRAIN Reason=..`)."""
+
+    def partition_nodes(self) -> dict[str, list[str]]:
+        """Every partition's nodes, expanded."""
+
+    def nodes_out_of_service(self) -> set[str]:
+        """Nodes that are down, drained or draining."""
+
     def version(self) -> str:
         """Slurm's version, e.g. `22.05.8`."""
 
@@ -150,8 +163,8 @@ def parse_squeue(output: str) -> list[JobSnapshot]:
         if len(parts) != width:
             log.warning("squeue line with %d fields instead of %d skipped: %.200r", len(parts), width, line)
             continue
-        (job_id, state, uid, user, restarts, start, end, batch, requeue, nodes, reason, work_dir, stdout, name,
-         comment) = parts  # fmt: skip
+        (job_id, state, uid, user, restarts, start, end, batch, requeue, nodes, reason, partition, work_dir, stdout,
+         name, comment) = parts  # fmt: skip
         # A trailing separator follows the last field too.
         comment = comment[:-1] if comment.endswith(SEP) else comment
         if not (job_id.isdigit() and uid.isdigit()):
@@ -172,6 +185,7 @@ def parse_squeue(output: str) -> list[JobSnapshot]:
                     requeueable=requeue.strip() == "1",
                     nodes=nodes if nodes not in ("(null)", "") else "",
                     reason=reason,
+                    partition=partition,
                     work_dir=work_dir,
                     stdout=stdout,
                     name=name,
@@ -181,6 +195,25 @@ def parse_squeue(output: str) -> list[JobSnapshot]:
         except ValueError:
             log.warning("squeue line with a malformed number skipped: %.200r", line)
     return jobs
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """Expand Slurm's compact node lists: `gpu-[01-03,7],login1` -> gpu-01, gpu-02, gpu-03, gpu-7, login1."""
+    names: list[str] = []
+    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,\[]*", hostlist):
+        found = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", item)
+        if not found:
+            names.append(item)
+            continue
+        prefix, ranges, suffix = found.groups()
+        for part in ranges.split(","):
+            low, _, high = part.partition("-")
+            if not high:
+                names.append(f"{prefix}{low}{suffix}")
+                continue
+            width = len(low) if low.startswith("0") else 0
+            names += [f"{prefix}{n:0{width}d}{suffix}" for n in range(int(low), int(high) + 1)]
+    return names
 
 
 def expand_stdout(pattern: str, job: JobSnapshot) -> str:
@@ -252,6 +285,34 @@ class CommandGateway:
         """Update job fields; values go as one argument each, so spaces are safe."""
         self.run(["scontrol", "update", f"JobId={job_id}", *(f"{key}={value}" for key, value in fields.items())])
 
+    def exclude_nodes(self, job_id: int, nodes: Sequence[str]) -> None:
+        """Read the job's ExcNodeList, add `nodes`, write it back (a user's own --exclude stays)."""
+        shown = self.run(["scontrol", "-o", "show", "job", str(job_id)])
+        current = re.search(r"(?:^|\s)ExcNodeList=(\S*)", shown)
+        have = expand_hostlist(current.group(1)) if current and current.group(1) != "(null)" else []
+        wanted = have + [n for n in nodes if n not in have]
+        self.update(job_id, ExcNodeList=",".join(wanted))
+
+    def drain(self, node: str, reason: str) -> None:
+        """Drain one node; the reason tells admins which job and evidence made AJR do it."""
+        self.run(["scontrol", "update", f"NodeName={node}", "State=DRAIN", f"Reason={reason}"])
+
+    def partition_nodes(self) -> dict[str, list[str]]:
+        """Partition name to node names, from `scontrol show partition -o`."""
+        partitions: dict[str, list[str]] = {}
+        for line in self.run(["scontrol", "-o", "show", "partition"]).splitlines():
+            name = re.search(r"PartitionName=(\S+)", line)
+            nodes = re.search(r"(?:^|\s)Nodes=(\S+)", line)
+            if name:
+                partitions[name.group(1)] = expand_hostlist(nodes.group(1)) if nodes and nodes.group(1) != "(null)" else []
+        return partitions
+
+    def nodes_out_of_service(self) -> set[str]:
+        """Nodes sinfo shows down, drained, draining, failing or in maintenance."""
+        out = self.run(["sinfo", "-h", "-N", "-o", "%N|%T"])
+        bad = ("down", "drain", "fail", "maint", "unknown", "not_responding", "future", "power")
+        return {n for n, _, state in (l.partition("|") for l in out.splitlines()) if any(b in state for b in bad)}
+
     def version(self) -> str:
         """The installed Slurm's version."""
         return self.run(["scontrol", "--version"]).split()[-1]
@@ -318,6 +379,7 @@ def _snapshot_from_pyslurm(job: object) -> JobSnapshot:
         requeueable=bool(get("is_requeueable", True)),
         nodes=str(get("allocated_nodes")),
         reason=str(get("state_reason")),
+        partition=str(get("partition")),
         work_dir=str(get("working_directory")),
         stdout=str(get("standard_output")),
         name=str(get("name")),

@@ -19,7 +19,7 @@ import sqlite_utils
 
 from .errors import AjrError
 from .logs import FilePosition
-from .model import Action, ActionKind, Attempt, ManagedJob, Note, Outcome, Phase, UnmanagedJob
+from .model import Action, ActionKind, Attempt, ManagedJob, Note, Outcome, Phase, UnmanagedJob, Verdict
 from .spec import ResumeMode
 
 SCHEMA_VERSION = 1
@@ -98,7 +98,8 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
     db["events"].create_index(["job_id", "at"])
     db["actions"].create(
         {
-            "id": int, "job_id": int, "attempt": int, "kind": str, "target": int, "reason": str, "status": str,
+            "id": int, "job_id": int, "attempt": int, "kind": str, "target": int, "nodes": str, "reason": str,
+            "status": str,
             "origin": str, "dry_run": int,
             "tries": int, "created_at": float, "updated_at": float, "next_try_at": float, "error": str,
         },
@@ -110,6 +111,12 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
         {"path": str, "job_id": int, "attempt": int, "inode": int, "device": int, "offset": int}, pk="path"
     )
     db["files"].create_index(["job_id"])
+    db["verdicts"].create(
+        {"job_id": int, "attempt": int, "at": float, "fault": str, "nodes": str, "cause": str, "evidence": str},
+        pk=("job_id", "attempt"),
+    )
+    db["throughput"].create({"job_id": int, "attempt": int, "at": float, "value": float})
+    db["throughput"].create_index(["job_id", "attempt"])
     db["forgotten"].create({"job_id": int, "by": str, "at": float}, pk="job_id")
     db["meta"].create({"key": str, "value": str}, pk="key")
 
@@ -237,7 +244,8 @@ class Store:
         row_id = self.db["actions"].insert(
             {
                 "job_id": action.job_id, "attempt": action.attempt, "kind": action.kind.value,
-                "target": action.target, "reason": action.reason, "status": ActionStatus.PENDING, "origin": origin,
+                "target": action.target, "nodes": action.nodes, "reason": action.reason,
+                "status": ActionStatus.PENDING, "origin": origin,
                 "dry_run": int(dry_run), "tries": 0, "created_at": now, "updated_at": now, "next_try_at": None,
                 "error": None,
             }  # fmt: skip
@@ -292,6 +300,43 @@ class Store:
         """Drop the read positions of a job that left Slurm."""
         self.db.execute("delete from files where job_id = ?", [job_id])
 
+    # ---- attribution and throughput ---------------------------------------------------
+
+    def save_verdict(self, job_id: int, attempt: int, at: float, verdict: Verdict) -> None:
+        """Keep a failed attempt's verdict with its evidence."""
+        self.db["verdicts"].upsert(
+            {"job_id": job_id, "attempt": attempt, "at": at, "fault": verdict.fault, "nodes": ",".join(verdict.nodes),
+             "cause": verdict.cause, "evidence": json.dumps(list(verdict.evidence))},  # fmt: skip
+            pk=("job_id", "attempt"),
+        )
+
+    def verdicts(self, job_ids: list[int]) -> list[tuple[int, int, float, Verdict]]:
+        """(job, attempt, when, verdict) of the given jobs' failed attempts."""
+        marks = ",".join("?" * len(job_ids))
+        rows = self.db["verdicts"].rows_where(f"job_id in ({marks})", job_ids, order_by="at")
+        return [
+            (r["job_id"], r["attempt"], r["at"],
+             Verdict(r["fault"], tuple(n for n in r["nodes"].split(",") if n), r["cause"], tuple(json.loads(r["evidence"]))))
+            for r in rows
+        ]  # fmt: skip
+
+    def add_throughput(self, job_id: int, attempt: int, at: float, value: float) -> None:
+        """One throughput report (e.g. TFLOP/s per GPU) of an attempt."""
+        self.db["throughput"].insert({"job_id": job_id, "attempt": attempt, "at": at, "value": value})
+
+    def throughput(self, job_id: int, attempt: int | None = None) -> list[tuple[int, float, float]]:
+        """(attempt, at, value) reports of a job, oldest first."""
+        where, args = ("job_id = ?", [job_id]) if attempt is None else ("job_id = ? and attempt = ?", [job_id, attempt])
+        return [(r["attempt"], r["at"], r["value"]) for r in self.db["throughput"].rows_where(where, args, order_by="at")]
+
+    def drains_since(self, since: float) -> int:
+        """Nodes AJR drained (or would have, in dry run) since a time: the hourly budget's use."""
+        row = self.db.execute(
+            "select count(*) from actions where kind = 'drain' and status in ('done', 'dry_run') and created_at >= ?",
+            [since],
+        ).fetchone()
+        return int(row[0])
+
     # ---- operators' requests ------------------------------------------------------
 
     def forget(self, job_id: int, by: str, now: float) -> None:
@@ -331,6 +376,7 @@ def _job_from_row(row: dict) -> ManagedJob:
     values["phase"] = Phase(values["phase"])
     values["attempt_outcome"] = Outcome(values["attempt_outcome"])
     values["attempt_succeeded"] = bool(values["attempt_succeeded"])
+    values["straggler_reported"] = bool(values["straggler_reported"])
     return ManagedJob(**values)
 
 
@@ -340,7 +386,7 @@ def _attempt_from_row(row: dict) -> Attempt:
 
 def _entry(row: dict) -> JournalEntry:
     action = Action(ActionKind(row["kind"]), row["job_id"], row["attempt"], row["reason"], target=row["target"],
-                    journal_id=row["id"])  # fmt: skip
+                    nodes=row["nodes"] or "", journal_id=row["id"])  # fmt: skip
     return JournalEntry(
         id=row["id"], action=action, status=row["status"], tries=row["tries"], created_at=row["created_at"],
         updated_at=row["updated_at"], next_try_at=row["next_try_at"], error=row["error"], dry_run=bool(row["dry_run"]),

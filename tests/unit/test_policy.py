@@ -14,6 +14,7 @@ from ajr_agent.model import (
     ActionFailed,
     ActionKind,
     AnomalyFound,
+    Attributed,
     AttemptStarted,
     AttemptSucceeded,
     CheckpointSaved,
@@ -24,6 +25,8 @@ from ajr_agent.model import (
     ManagedJob,
     Outcome,
     Phase,
+    StragglerFound,
+    Verdict,
 )
 from ajr_agent.slurm import JobSnapshot
 from ajr_agent.spec import ApsSpec, ResumeMode
@@ -325,7 +328,13 @@ def test_every_phase_answers_every_event() -> None:
     events = [
         AttemptStarted(7, 0, 1.0, "n"), AttemptStarted(7, 1, 2.0, "n"), JobEnded(7, 0, 3.0, "FAILED"),
         JobEnded(7, 0, 3.0, "COMPLETED"), JobEnded(7, 0, 3.0, "CANCELLED"), JobEnded(7, 0, 3.0, "PREEMPTED"),
-        JobVanished(7, 4.0), JobHeld(7, 1, 4.0), AttemptSucceeded(7, 0, 4.5), anomaly(), CheckpointSaved(7, 0, 5.0, "r", "/p", "l"), ActionDone(action, 6.0),
+        JobVanished(7, 4.0), JobHeld(7, 1, 4.0), AttemptSucceeded(7, 0, 4.5), anomaly(),
+        Attributed(7, 0, 4.6, Verdict("node", ("node-1",), "c", ()), ("node-1",)),
+        StragglerFound(7, 0, 4.7, 400.0, (1.0,)),
+        ActionDone(Action(ActionKind.EXCLUDE, 7, 0, "r", nodes="node-1"), 6.0),
+        ActionFailed(Action(ActionKind.EXCLUDE, 7, 0, "r", nodes="node-1"), 6.0, "no"),
+        ActionDone(Action(ActionKind.CANCEL, 7, 0, "r"), 6.0), ActionFailed(Action(ActionKind.CANCEL, 7, 0, "r"), 6.0, "no"),
+        ActionDone(Action(ActionKind.DRAIN, 7, 0, "r", nodes="node-1"), 6.0), CheckpointSaved(7, 0, 5.0, "r", "/p", "l"), ActionDone(action, 6.0),
         ActionFailed(action, 6.0, "no"), ActionDone(replace(action, kind=ActionKind.RELEASE), 6.0),
         ActionFailed(replace(action, kind=ActionKind.RELEASE), 6.0, "no"),
     ]  # fmt: skip
@@ -516,3 +525,69 @@ def test_failed_release_of_the_next_job_says_how_to_release_it() -> None:
     decision = policy.decide(singleton_job(), JobEnded(7, 0, 1010.0, "FAILED"), SETTINGS, successor=9)
     failed = policy.decide(decision.job, ActionFailed(decision.actions[0], 1012.0, "Invalid job id"), SETTINGS)
     assert failed.job.phase is Phase.STOPPED and "scontrol release 9" in (failed.job.stop_reason or "")
+
+
+# ---- verdicts, exclusion, stragglers ------------------------------------------------------------
+
+
+def node_verdict(attempt: int = 0, exclude: tuple[str, ...] = ("node-1",)) -> Attributed:
+    return Attributed(7, attempt, 1010.5, Verdict("node", ("node-1",), "gpu_hardware (xid_79)", ("l",)), exclude)
+
+
+def test_node_verdict_excludes_the_node_before_the_release() -> None:
+    holding = policy.decide(running_job(), anomaly(), SETTINGS)
+    attributed = policy.decide(holding.job, node_verdict(), SETTINGS)
+    assert attributed.job.verdict == "node" and attributed.job.verdict_nodes == "node-1"
+    assert "fault lies with node node-1" in attributed.notes[0].text
+    held = policy.decide(attributed.job, ActionDone(holding.actions[0], 1011.0), SETTINGS).job
+    exclude = policy.decide(held, JobHeld(7, 1, 1012.0), SETTINGS)
+    assert [(a.kind, a.nodes) for a in exclude.actions] == [(ActionKind.EXCLUDE, "node-1")]
+    release = policy.decide(exclude.job, ActionDone(exclude.actions[0], 1013.0), SETTINGS)
+    assert [a.kind for a in release.actions] == [ActionKind.RELEASE]
+    assert release.job.excluded_nodes == "node-1"
+    # A later failure blaming the same node excludes nothing more.
+    assert policy._to_exclude(replace(release.job, verdict="node", verdict_nodes="node-1")) == ""
+
+
+def test_failed_exclusion_still_releases() -> None:
+    holding = policy.decide(running_job(), anomaly(), SETTINGS)
+    job = policy.decide(holding.job, node_verdict(), SETTINGS).job
+    held = policy.decide(job, ActionDone(holding.actions[0], 1011.0), SETTINGS).job
+    exclude = policy.decide(held, JobHeld(7, 1, 1012.0), SETTINGS)
+    failed = policy.decide(exclude.job, ActionFailed(exclude.actions[0], 1013.0, "Invalid node name"), SETTINGS)
+    assert [a.kind for a in failed.actions] == [ActionKind.RELEASE] and failed.job.excluded_nodes == ""
+    assert "could not exclude node-1" in failed.notes[0].text
+
+
+def test_verdict_without_excludable_nodes_just_releases() -> None:
+    holding = policy.decide(running_job(), anomaly(), SETTINGS)
+    job = policy.decide(holding.job, node_verdict(exclude=()), SETTINGS).job
+    held = policy.decide(job, ActionDone(holding.actions[0], 1011.0), SETTINGS).job
+    assert [a.kind for a in policy.decide(held, JobHeld(7, 1, 1012.0), SETTINGS).actions] == [ActionKind.RELEASE]
+
+
+def test_verdict_for_another_attempt_is_ignored() -> None:
+    job = policy.decide(running_job(), anomaly(), SETTINGS).job
+    assert policy.decide(job, node_verdict(attempt=5), SETTINGS).job == job
+
+
+def test_singleton_successor_keeps_the_faulty_node_out() -> None:
+    decision = policy.decide(singleton_job(), anomaly(), SETTINGS, successor=9)
+    job = policy.decide(decision.job, node_verdict(), SETTINGS).job
+    cancelled = policy.decide(job, ActionDone(decision.actions[0], 1011.0), SETTINGS)
+    assert [(a.kind, a.acts_on, a.nodes) for a in cancelled.actions] == [(ActionKind.EXCLUDE, 9, "node-1")]
+    released = policy.decide(cancelled.job, ActionDone(cancelled.actions[0], 1012.0), SETTINGS)
+    assert [(a.kind, a.acts_on) for a in released.actions] == [(ActionKind.RELEASE, 9)]
+    successor = policy.inherit(singleton_job(job_id=9), released.job)
+    assert successor.excluded_nodes == "node-1"
+
+
+def test_straggler_is_recorded_once_and_recovers_only_when_asked() -> None:
+    found = StragglerFound(7, 0, 1100.0, 400.0, (200.0, 210.0))
+    recorded = policy.decide(running_job(), found, SETTINGS)
+    assert recorded.actions == () and recorded.job.straggler_reported and "straggler" in recorded.notes[0].text
+    assert policy.decide(recorded.job, found, SETTINGS).notes == ()
+    recover = Settings(straggler_recovery=True, annotate_jobs=False)
+    acted = policy.decide(running_job(), found, recover)
+    assert [a.kind for a in acted.actions] == [ActionKind.REQUEUE_HOLD]
+    assert "straggler" in acted.actions[0].reason

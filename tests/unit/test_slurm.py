@@ -29,7 +29,7 @@ def line(**values: str) -> str:
     defaults = {
         "JobID": "12", "State": "RUNNING", "UserId": "1000", "UserName": "alice", "RestartCnt": "2",
         "StartTime": "2026-01-02T03:04:05", "EndTime": "Unknown", "BatchFlag": "1", "Requeue": "1",
-        "NodeList": "node-[1-2]", "Reason": "None", "WorkDir": "/runs/a b", "STDOUT": "/runs/out/%x-%j.out",
+        "NodeList": "node-[1-2]", "Reason": "None", "Partition": "gpu", "WorkDir": "/runs/a b", "STDOUT": "/runs/out/%x-%j.out",
         "Name": "llama|70b", "Comment": '{"APS": {}}',
     }  # fmt: skip
     defaults.update(values)
