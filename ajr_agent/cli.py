@@ -10,6 +10,7 @@ import json
 import os
 import pwd
 import re
+import statistics
 import sys
 import time
 from dataclasses import asdict
@@ -159,11 +160,15 @@ def show(ctx: Context, job_id: int, as_json: bool) -> None:
         )
     events, actions, files = store.events(job_id), store.actions(job_id), store.files(job_id)
     attempts, figures = _attempts_and_figures(store, job)
+    verdicts = store.verdicts([a.job_id for a in attempts] or [job_id])
+    series = store.throughput(job_id)
     if as_json:
         click.echo(json.dumps({
             "job": _job_summary(job), "managed": True,
             "attempts": [_attempt_summary(a) for a in attempts],
             "efficiency": _figures_summary(figures),
+            "verdicts": [{"job_id": j, "attempt": n, "at": at, **asdict(v)} for j, n, at, v in verdicts],
+            "throughput": [{"attempt": n, "at": at, "value": value} for n, at, value in series],
             "events": [asdict(e) for e in events],
             "actions": [{**asdict(a), "action": {**asdict(a.action), "kind": a.action.kind.value}} for a in actions],
             "log_files": [{"attempt": f.attempt, **asdict(f.position)} for f in files],
@@ -187,8 +192,21 @@ def show(ctx: Context, job_id: int, as_json: bool) -> None:
     click.echo("attempts:")
     for a in attempts:
         ckpts = f"checkpoints {_when(a.first_checkpoint)} .. {_when(a.last_checkpoint)}" if a.first_checkpoint else "no checkpoint"
-        click.echo(f"  {_attempt_name(a, job)}  {_when(a.started)} -> {_when(a.ended) if a.ended else 'now':19}  "
+        click.echo(f"  {_attempt_name(a.job_id, a.attempt, job)}  {_when(a.started)} -> {_when(a.ended) if a.ended else 'now':19}  "
                    f"{a.outcome.value:<9} {ckpts}  {a.end_reason}")  # fmt: skip
+    if verdicts:
+        click.echo("verdicts:")
+        for j, n, at, v in verdicts:
+            nodes = f" {','.join(v.nodes)}" if v.nodes else ""
+            click.echo(f"  {_when(at)}  {_attempt_name(j, n, job)}  {v.fault}{nodes}: {v.cause}")
+            for line in v.evidence:
+                click.echo(f"  {'':19}  > {line[:200]}")
+    if series:
+        click.echo("throughput (TFLOP/s per report):")
+        for attempt_no in sorted({n for n, _, _ in series}):
+            values = [v for n, _, v in series if n == attempt_no]
+            click.echo(f"  attempt {attempt_no}: {len(values)} reports, median {statistics.median(values):g}, "
+                       f"min {min(values):g}, max {max(values):g}; last: {' '.join(f'{v:g}' for v in values[-8:])}")  # fmt: skip
     click.echo("events:")
     for event in events:
         attempt = "" if event.attempt is None or event.attempt < 0 else f"[{event.attempt}] "
@@ -205,9 +223,9 @@ def show(ctx: Context, job_id: int, as_json: bool) -> None:
                    f"{entry.status}{tag}{who}{error} - {entry.action.reason}")  # fmt: skip
 
 
-def _attempt_name(attempt: Attempt, job: ManagedJob) -> str:
+def _attempt_name(job_id: int, attempt: int, job: ManagedJob) -> str:
     # In a chain every job is an attempt: name it by job id as users do ("1778(0)").
-    return f"{attempt.job_id}({attempt.attempt})" if job.chain else f"attempt {attempt.attempt}"
+    return f"{job_id}({attempt})" if job.chain else f"attempt {attempt}"
 
 
 def _attempts_and_figures(store: Store, job: ManagedJob,

@@ -494,6 +494,8 @@ def test_catastrophic_pattern_times_out_counts_and_does_not_raise(
         (r"(?f)strasse", None),  # full case folding: "ss" may match "ß"
         (r"(?V1)strasse", None),  # version 1 folds fully under IGNORECASE
         (r"(?i)strasse", {"strasse"}),
+        (r"loss\w*=nan\b", {"=nan"}),  # a run rare in ordinary lines beats a common one
+        (r"the\s+training\s+loss", {"training"}),  # all common: the longest
     ],
 )
 def test_required_literals(pattern: str, anchors: set[str] | None) -> None:
@@ -520,6 +522,8 @@ LINES = [
     "\u212aelvin reading", "KELVIN", "rate=12 speed 7", "[err]", "err]", "plain line",
     "Rank0: (1) segmentation fault: artificial segfault", "ümlaut abc", "TFLOPs: 1.5",
     "\u017fegv", "\u0130BV down", "[Errno 28]", "[Errno 29]", "█▉ 57% rate=3",
+    # Characters that share a lead byte with the three look-alikes, next to anchors.
+    "\u0142 segv \u2014ibv \u0102kelvin", "\u2014\u212aelvin\u0141", "caf\u00e9[err]\u00e9",
 ]
 
 
@@ -561,7 +565,7 @@ def test_disabled_rules_are_left_out_of_a_rule_set() -> None:
 
 
 def test_only_three_non_ascii_letters_match_ascii_ones_case_insensitively() -> None:
-    # The prefilter key maps exactly these to ASCII (see rules._ASCII_LOOKALIKES); a
+    # The prefilter key maps exactly these to ASCII (see rules._key_table); a
     # new `regex` release that folds more characters would make it hide matches.
     ascii_alnum = regex.compile(r"[a-z0-9]", regex.IGNORECASE)
     found = [
@@ -596,6 +600,14 @@ def test_match_survives_lone_surrogates(defaults: RuleSet) -> None:
     line = "bad byte \udcff then segmentation fault"  # as decoded with surrogateescape
     assert names(defaults.match(line)) == ["segfault"]
     assert [m.rule.name for _, m in defaults.match_lines([line])] == ["segfault"]
+
+
+def test_match_lines_with_repeated_and_cached_lines(defaults: RuleSet) -> None:
+    lines = ["Bus error", "plain", "Bus error", "plain", "segmentation fault"]
+    expected = [(i, m.rule.name) for i, line in enumerate(lines) for m in defaults.match(line)]
+    assert expected == [(0, "bus_error"), (2, "bus_error"), (4, "segfault")]
+    for _ in range(2):  # keys unseen in the first batch, cached in the second
+        assert [(i, m.rule.name) for i, m in defaults.match_lines(lines)] == expected
 
 
 def test_candidate_cache_stays_bounded_and_correct(monkeypatch: pytest.MonkeyPatch) -> None:
