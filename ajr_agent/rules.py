@@ -407,11 +407,12 @@ def required_literals(pattern: str) -> frozenset[str] | None:
     The result holds one literal run of each top-level alternative: the
     longest that is not in :data:`_COMMON_TEXT`, or the longest if all are
     (so ``loss\\w*=nan`` is anchored on ``=nan``, which few lines hold, rather
-    than on ``loss``, which most training lines do). ``None`` means no such set could be worked out (an alternative without a
-    literal, or syntax the scanner does not follow): the pattern must then be
-    tried on every line. A literal is only taken from outside groups and
-    classes, and a character followed by a quantifier is never part of one, so
-    the answer errs on the side of "no anchor", never of a wrong one.
+    than on ``loss``, which most training lines do). ``None`` means no such
+    set could be worked out (an alternative without a literal, or syntax the
+    scanner does not follow): the pattern must then be tried on every line. A
+    literal is only taken from outside groups and classes, and a character
+    followed by a quantifier is never part of one, so the answer errs on the
+    side of "no anchor", never of a wrong one.
     """
     if "(?#" in pattern or _UNSCANNABLE_FLAGS_RE.search(pattern):
         return None
@@ -507,6 +508,7 @@ _KEY_TABLE = _key_table()
 _CACHE_MAX_KEY_CHARS = 1024
 _CACHE_MAX_ENTRIES = 16384
 
+# Lengths of the gates: shorter ones cover more anchors but occur in more lines.
 _GATE_LENGTHS = (4, 5, 6)
 
 
