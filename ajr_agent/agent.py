@@ -18,13 +18,14 @@ from types import FrameType
 
 import click
 
-from . import __version__, policy
-from .config import ConfigError, Settings, load_settings
+from . import __version__, policy, web
+from .config import Settings, load_settings
 from .errors import AjrError
 from .attribution import Attributor, Evidence
 from .executor import Executor
 from .handoff import EpilogRecord, read_spool
 from .logs import ChangeWatcher, FilePosition, LogLine, LogTailer, TailNotice, find_job_logs, line_time
+from .metrics import Metrics
 from .model import (
     Action,
     ActionKind,
@@ -41,6 +42,7 @@ from .model import (
 from .rules import RuleKind, RuleSet, default_rules_dir
 from .slurm import JobSnapshot, SlurmError, SlurmGateway, open_gateway
 from .spec import SPEC_KEY, parse_comment
+from .notify import Notifier
 from .store import FollowedFile, Store
 
 log = logging.getLogger("ajr.agent")
@@ -55,13 +57,16 @@ class Agent:
     """Watches managed jobs and recovers the ones that fail."""
 
     def __init__(self, settings: Settings, store: Store, gateway: SlurmGateway, rules: RuleSet,
-                 watcher: ChangeWatcher | None = None) -> None:  # fmt: skip
+                 watcher: ChangeWatcher | None = None, metrics: Metrics | None = None,
+                 notifier: Notifier | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.store = store
         self.gateway = gateway
         self.rules = rules
         self.watcher = watcher
-        self.executor = Executor(gateway, store, settings)
+        self.metrics = metrics or Metrics()
+        self.notifier = notifier or Notifier()
+        self.executor = Executor(gateway, store, settings, self.metrics)
         self.tailer = LogTailer(max_line_bytes=settings.max_line_bytes)
         self.forgotten: dict[int, str] = store.forgotten()
         self.jobs: dict[int, ManagedJob] = {
@@ -127,6 +132,7 @@ class Agent:
         except SlurmError as exc:
             # Never take a failed poll for "every job vanished".
             log.error("cannot read the Slurm queue (will retry): %s", exc)
+            self.metrics.slurm_error(exc)
             self.store.set_meta(last_poll_error=str(exc), last_poll_error_at=now)
             return
         self.snapshots = {s.job_id: s for s in snapshots if SPEC_KEY in s.comment}
@@ -145,6 +151,8 @@ class Agent:
             last_poll_at=now, last_poll_seconds=round(time.monotonic() - started, 4), jobs_in_queue=len(snapshots),
             managed_jobs=len(self.jobs), followed_files=len(self.files),
         )  # fmt: skip
+        self.metrics.polled(time.monotonic() - started, len(self.files))
+        self.notifier.check_held(self.jobs.values(), now)
 
     def reconcile(self, now: float) -> None:
         """Finish the actions a previous run journaled but did not see through."""
@@ -287,6 +295,7 @@ class Agent:
     def read_logs(self, now: float) -> None:
         """Read what every followed file has added and turn matching lines into events."""
         for job_id, result in self.tailer.read_all().items():
+            self.metrics.lines_read(result.lines)
             job = self.jobs.get(job_id)
             if job is None:
                 continue
@@ -358,6 +367,8 @@ class Agent:
                 return
             successor = policy.next_in_chain(current, self.snapshots.values()) if current.chain else None
             decision = policy.decide(current, event, self.settings, successor)
+            self.metrics.decided(current, event, decision)
+            self.notifier.decided(current, event, decision)
             with self.store.transaction():
                 self.store.save_job(decision.job)
                 for note in decision.notes:
@@ -396,6 +407,7 @@ class Agent:
             partitions = self.gateway.partition_nodes()
             out = self.gateway.nodes_out_of_service()
         except SlurmError as exc:
+            self.metrics.slurm_error(exc)
             self._record(job, Note("warning", f"no node drained: cannot read the partitions: {exc}"), now)
             return
         drain, spared = policy.plan_drains(attributed.verdict.nodes, self.store.drains_since(now - 3600),
@@ -442,6 +454,70 @@ def _event_time(event: Event, now: float) -> float:
     return getattr(event, "at", now)
 
 
+# Read once, at start: the store, the spool watch, the gateway, the log tailer, the cockpit's
+# server and the notifier are built from them. A reload reports a change to one of these and
+# keeps the running value. (packaging/etc/ajr.toml marks them "(restart)".)
+RESTART_SETTINGS = (
+    "state_db", "spool_dir", "slurm_backend", "slurm_command_timeout", "max_line_bytes",
+    "http_bind", "http_port", "operator_token",
+    "notify_webhook_url", "notify_command", "notify_held_after", "notify_timeout", "notify_retry_delay",
+    "notify_max_tries", "notify_queue_size",
+)  # fmt: skip
+
+
+def reload(agent: Agent, config_file: Path | None, force_dry_run: bool = False) -> list[str]:
+    """Reload the configuration and the rules into a running agent (SIGHUP); returns what happened.
+
+    Both are built before either is applied: when one fails (a bad value, a broken rule
+    file) the agent goes on with the old ones. Settings in RESTART_SETTINGS keep their
+    running value and are reported as needing a restart; the others take effect at once.
+    """
+    old_settings, old_rules = agent.settings, agent.rules
+    try:
+        settings = load_settings(config_file)
+        if force_dry_run:
+            settings = settings.with_overrides(dry_run=True)
+        rules = load_rules(settings)
+    except AjrError as exc:
+        message = f"reload refused, the running settings and rules stay in force: {exc}"
+        log.error("%s", message)
+        return [message]
+    messages = []
+    kept = {name: getattr(old_settings, name) for name in RESTART_SETTINGS
+            if getattr(settings, name) != getattr(old_settings, name)}  # fmt: skip
+    for name, value in kept.items():
+        messages.append(f"{name} = {_shown(getattr(settings, name))} needs a restart of the agent; "
+                        f"it still uses {_shown(value)}")  # fmt: skip
+        log.warning("%s", messages[-1])
+    settings = settings.with_overrides(**kept)
+    for name in Settings.model_fields:
+        if getattr(settings, name) != getattr(old_settings, name):
+            messages.append(f"{name}: {_shown(getattr(old_settings, name))} -> {_shown(getattr(settings, name))}")
+            log.info("%s", messages[-1])
+    # The agent hands its settings and rules to helpers (the executor, ...): each holder of
+    # the old objects gets the new ones, so a helper added later is not left behind.
+    for holder in [agent, *vars(agent).values()]:
+        if getattr(holder, "settings", None) is old_settings:
+            holder.settings = settings
+        if getattr(holder, "rules", None) is old_rules:
+            holder.rules = rules
+    if settings.dry_run != old_settings.dry_run:
+        agent.store.set_meta(dry_run=settings.dry_run)
+        if settings.dry_run:
+            log.info("DRY_RUN mode is active")
+    changed = len(messages) > len(kept)
+    messages.append(f"reloaded: {len(rules.rules)} rules" + ("" if changed else ", no setting changed"))
+    log.info("%s", messages[-1])
+    return messages
+
+
+def _shown(value: object) -> str:
+    """A setting's value as it is written in ajr.toml."""
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(_shown, value)) + "]"
+    return str(getattr(value, "value", value))  # enums by their value
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="settings file (default $AJR_CONFIG or /etc/ajr/ajr.toml)")  # fmt: skip
@@ -465,7 +541,10 @@ def main(config_file: Path | None, dry_run: bool | None, log_level: str) -> None
     if settings.dry_run:
         log.info("DRY_RUN mode is active")
     watcher = ChangeWatcher()
-    agent = Agent(settings, store, gateway, rules, watcher)
+    metrics, notifier = Metrics(), Notifier.from_settings(settings)
+    notifier.start()
+    agent = Agent(settings, store, gateway, rules, watcher, metrics, notifier)
+    server = web.start_for_agent(settings, metrics)
     store.set_meta(backend=gateway.backend, dry_run=settings.dry_run, agent_started_at=time.time(),
                    agent_version=__version__)  # fmt: skip
     log.info("ajr-agent %s started: backend %s, %d rules, state %s", __version__, gateway.backend,
@@ -476,11 +555,7 @@ def main(config_file: Path | None, dry_run: bool | None, log_level: str) -> None
         agent.stop()
 
     def on_hup(signum: int, frame: FrameType | None) -> None:
-        try:
-            agent.rules = load_rules(settings)
-            log.info("rules reloaded: %d rules", len(agent.rules.rules))
-        except (AjrError, ConfigError) as exc:
-            log.error("rules not reloaded, the old ones stay in force: %s", exc)
+        reload(agent, config_file, force_dry_run=bool(dry_run))
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
@@ -488,6 +563,9 @@ def main(config_file: Path | None, dry_run: bool | None, log_level: str) -> None
     try:
         agent.run()
     finally:
+        if server is not None:
+            server.close()
+        notifier.stop(grace=settings.notify_timeout)
         watcher.close()
         store.close()
         log.info("ajr-agent stopped")

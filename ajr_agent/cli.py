@@ -31,6 +31,7 @@ from .policy import RECOVERING
 from .rules import RuleFileError, RuleSet, default_rules_dir
 from .slurm import CommandGateway, SlurmError, open_gateway
 from .store import ActionStatus, Store
+from .web import make_server
 
 
 def _when(epoch: float | None) -> str:
@@ -397,6 +398,27 @@ def forget(ctx: Context, job_id: int) -> None:
     click.echo(f"job {job_id}: the agent stops managing it at its next poll")
 
 
+@main.command()
+@click.option("--bind", help="address to listen on (default: the http_bind setting, 127.0.0.1)")
+@click.option("--port", type=click.IntRange(1, 65535), help="port (default: the http_port setting, 8470)")
+@click.pass_obj
+@_fail_on_ajr_errors
+def serve(ctx: Context, bind: str | None, port: int | None) -> None:
+    """Serve the cockpit, the JSON API and /metrics over the store, beside the agent or on another host."""
+    ctx.store().close()
+    chosen = port or ctx.settings.http_port
+    if not chosen:
+        raise click.UsageError("http_port is 0 in the settings: give --port")
+    server = make_server(ctx.settings, None, bind or ctx.settings.http_bind, chosen)
+    click.echo(f"serving the cockpit, API and /metrics of {ctx.settings.state_db} on {server.url} (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 @main.group()
 def rules() -> None:
     """Check rule files, and see what rules make of a log."""
@@ -443,6 +465,38 @@ def rules_test(ctx: Context, logfile: Path, dirs: tuple[Path, ...]) -> None:
                 value = f" value={match.value:g}" if match.value is not None else ""
                 click.echo(f"{logfile.name}:{number}: {rule.name} [{what}]{value}: {text[:200]}")
     click.echo(f"{matched} match(es)")
+
+
+@main.command("install")
+@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), default=Path("/"), show_default=True,
+              help="install into this directory as if it were / (for tests and trials)")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="say what would change, change nothing")
+@click.pass_obj
+@_fail_on_ajr_errors
+def install_command(ctx: Context, prefix: Path, dry_run: bool) -> None:
+    """Put AJR in place on the slurmctld host (idempotent) and say what is left to do by hand."""
+    from . import install
+
+    if ctx.config_file is not None:
+        raise click.UsageError("ajr install manages <prefix>/etc/ajr/ajr.toml; --config does not apply to it")
+    report = install.install(prefix, dry_run, install.probe_host())
+    for line in report.lines():
+        click.echo(line)
+
+
+@main.command("doctor")
+@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), default=Path("/"), show_default=True,
+              help="where `ajr install --prefix` put AJR")  # fmt: skip
+@click.pass_obj
+@_fail_on_ajr_errors
+def doctor_command(ctx: Context, prefix: Path) -> None:
+    """Check the installation: Slurm, the hooks, the directories, the rules and the running agent."""
+    from . import doctor
+
+    checks = doctor.diagnose(doctor.doctor_config(ctx.config_file, prefix), prefix, doctor.live_probes())
+    for line in doctor.format_checks(checks):
+        click.echo(line)
+    sys.exit(0 if all(check.ok for check in checks) else 1)
 
 
 if __name__ == "__main__":

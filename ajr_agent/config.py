@@ -120,6 +120,26 @@ class Settings(BaseModel):
     action_retry_max_delay: float = Field(default=60.0, gt=0, description="longest wait between two tries of an action")
     action_max_tries: int = Field(default=10, ge=1, description="tries before a failing Slurm action is given up")
     max_line_bytes: int = Field(default=65536, ge=256, description="longer log lines are cut to this many bytes")
+    http_bind: str = Field(
+        default="127.0.0.1", description="address the cockpit, API and /metrics listen on (loopback: reach it by SSH)"
+    )
+    http_port: int = Field(default=8470, ge=0, le=65535, description="port of the cockpit, API and /metrics; 0: none")
+    operator_token: str = Field(
+        default="", description="bearer token for the cockpit's requeue/release/forget; '' disables them"
+    )
+    notify_webhook_url: str = Field(default="", description="POST a JSON notification (Slack-compatible) here; '' for none")
+    notify_command: str = Field(
+        default="", description="run this command per notification, the event as JSON on stdin; '' for none"
+    )
+    notify_held_after: float = Field(
+        default=600.0, gt=0, description="notify when a job AJR requeued stays held longer than this (seconds)"
+    )
+    notify_timeout: float = Field(default=10.0, gt=0, description="seconds before a webhook call or command is given up")
+    notify_retry_delay: float = Field(default=2.0, gt=0, description="first wait before a failed notification is retried")
+    notify_max_tries: int = Field(default=8, ge=1, description="tries of a notification before it is dropped")
+    notify_queue_size: int = Field(
+        default=1000, ge=1, description="notifications waiting at most; the oldest is dropped when more come"
+    )
 
     def with_overrides(self, **changes: object) -> "Settings":
         """A copy with some settings changed, validated like the file."""

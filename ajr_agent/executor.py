@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from .config import Settings
+from .metrics import Metrics
 from .model import Action, ActionDone, ActionFailed, ActionKind, Event
 from .slurm import JobSnapshot, SlurmError, SlurmGateway
 from .store import ActionStatus, JournalEntry, Store
@@ -20,10 +21,11 @@ log = logging.getLogger(__name__)
 class Executor:
     """Carries out journaled actions and reports their outcome as events."""
 
-    def __init__(self, gateway: SlurmGateway, store: Store, settings: Settings) -> None:
+    def __init__(self, gateway: SlurmGateway, store: Store, settings: Settings, metrics: Metrics | None = None) -> None:
         self.gateway = gateway
         self.store = store
         self.settings = settings
+        self.metrics = metrics or Metrics()
 
     def run(self, action: Action, now: float, tries_before: int = 0) -> list[Event]:
         """Run one journaled action; its outcome as events (none while a retry is pending)."""
@@ -71,6 +73,7 @@ class Executor:
                         job_id, exc)  # fmt: skip
 
     def _failed(self, action: Action, exc: SlurmError, now: float, tries: int) -> list[Event]:
+        self.metrics.slurm_error(exc)
         if exc.transient and tries < self.settings.action_max_tries:
             delay = min(self.settings.action_retry_delay * 2 ** (tries - 1), self.settings.action_retry_max_delay)
             self.store.update_action(action, ActionStatus.RETRY, now, error=str(exc), next_try_at=now + delay)

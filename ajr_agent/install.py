@@ -42,7 +42,8 @@ RULES_EXAMPLE = "50-site.toml.example"
 # Below this, finished jobs may leave slurmctld's memory before the agent has seen how
 # they ended (AJR needs no slurmdbd, so it has no other way to learn it). Slurm's default.
 MIN_JOB_AGE = 300
-# The first lines of AJR's own hooks: a file without them is the site's, and is not replaced.
+# Words from the head of AJR's own hooks: a job_submit.lua without them is the site's and is
+# left alone; `ajr doctor` recognises the epilog hook by them.
 JOB_SUBMIT_MARKER = "AJR job_submit.lua"
 EPILOG_MARKER = "AJR's EpilogSlurmctld hook"
 UNIT_PLACEHOLDERS = ("@AJR_AGENT@", "@AJR_CONFIG@", "@AJR_STATE_DIR@", "@AJR_SPOOL_DIR@")
@@ -139,7 +140,7 @@ def shipped_file(relative: str) -> Path:
         return installed
     raise InstallError(
         f"{relative} is not shipped with this AJR (looked at {beside_package} and {installed}): "
-        "reinstall the ajr package (pip install --force-reinstall ajr)"
+        "reinstall the ajr wheel (pip install --force-reinstall ajr-<version>-py3-none-any.whl)"
     )
 
 
@@ -377,15 +378,22 @@ def render_unit(template: str, agent: Path, config: Path, state_dir: Path, spool
 def install(prefix: Path, dry_run: bool, host: Host, environ: Mapping[str, str] = os.environ) -> Report:
     """Install AJR under `prefix` ("/" on a real host); change nothing when `dry_run`."""
     if host.agent is None:
-        raise InstallError(f"ajr-agent is neither beside {sys.executable} nor on PATH: install the ajr package "
-                           "(pip install ajr) and run `ajr install` from that installation")  # fmt: skip
+        raise InstallError(f"ajr-agent is neither beside {sys.executable} nor on PATH: install the ajr "
+                           "wheel into a venv and run that venv's `ajr install`")  # fmt: skip
     prefix = prefix.absolute()
     report = Report(prefix, dry_run)
     config_file = _in_root(prefix, DEFAULT_CONFIG_PATH)
-    slurm_conf = _in_root(prefix, Path(environ.get("SLURM_CONF") or DEFAULT_SLURM_CONF))
+    # The slurm.conf the Slurm commands read: $SLURM_CONF, else the running controller's, else Debian's.
+    live_conf = (host.slurm_config or {}).get("SLURM_CONF")
+    slurm_conf = _in_root(prefix, Path(environ.get("SLURM_CONF") or live_conf or DEFAULT_SLURM_CONF))
 
-    report.changes.append(put_file(config_file, shipped_file("packaging/etc/ajr.toml").read_text(), 0o644, dry_run,
-                                   keep=lambda _: "the admin's configuration: never overwritten"))  # fmt: skip
+    job_submit = slurm_conf.parent / "job_submit.lua"
+    script = shipped_file("slurm_hooks/job_submit.lua")
+    _check_lua(script, host, report, job_submit)
+
+    # Readable by root only: it may hold the cockpit's operator_token.
+    shipped_config = shipped_file("packaging/etc/ajr.toml").read_text()
+    report.changes.append(put_file(config_file, shipped_config, 0o640, dry_run, keep=_admins_config))
     # The agent reads this file without the installer's environment: so does the installer.
     settings = load_settings(config_file, environ={}) if config_file.exists() else Settings()
     spool = _in_root(prefix, settings.spool_dir)
@@ -402,21 +410,18 @@ def install(prefix: Path, dry_run: bool, host: Host, environ: Mapping[str, str] 
         account = pwd.getpwnam(user)
     except KeyError as exc:
         raise InstallError(f"SlurmUser {user} (from {source}) is not a user on this host: the epilog hook runs as "
-                           "that user and must be able to write the spool; create the user or fix SlurmUser")  # fmt: skip
+                           "that user and must be able to write the spool; create the user or fix SlurmUser"
+                           ) from exc  # fmt: skip
     report.changes.append(put_dir(state_dir, 0, 0, 0o755, dry_run, enforce=False))
     # The hook writes here as the SlurmUser; the agent (root, group root) reads and removes.
     report.changes.append(put_dir(spool, account.pw_uid, 0, 0o770, dry_run, enforce=True))
     report.notes.append(f"the epilog hook runs as SlurmUser {user} (from {source}): the spool is theirs")
 
-    job_submit = slurm_conf.parent / "job_submit.lua"
-    script = shipped_file("slurm_hooks/job_submit.lua")
-    _check_lua(script, host, report, job_submit)
-    submit_change = put_file(job_submit, script.read_text(), 0o644, dry_run,
-                             keep=lambda text: None if JOB_SUBMIT_MARKER in text else "the site's own script: left as it is")  # fmt: skip
+    submit_change = put_file(job_submit, script.read_text(), 0o644, dry_run, keep=_sites_script)
     report.changes.append(submit_change)
     if submit_change.status is Status.KEPT:
         report.todo.append(f"{job_submit} is the site's own script: merge AJR's checks into it "
-                           f"(AJR's is {script}), or run the two side by side with Slurm's job_submit plugins")  # fmt: skip
+                           f"(AJR's slurm_job_submit and slurm_job_modify, in {script})")  # fmt: skip
 
     hook = _in_root(prefix, HOOK_PATH)
     epilog = render_epilog(shipped_file("slurm_hooks/ajr-epilog").read_text(), spool)
@@ -430,16 +435,24 @@ def install(prefix: Path, dry_run: bool, host: Host, environ: Mapping[str, str] 
 
     missing, restart = slurm_conf_todo(conf, hook)
     if missing:
-        where = slurm_conf if slurm_conf.exists() else f"{slurm_conf} (no such file: set SLURM_CONF to the one slurmctld reads)"
+        where = f"{slurm_conf}" + ("" if slurm_conf.exists() else " (no such file: set SLURM_CONF to slurmctld's)")
         report.todo.append(f"add to {where}:\n" + "\n".join(f"  {line}" for line in missing))
     if conf.get("jobrequeue") == "0":
         report.notes.append("JobRequeue=0 in slurm.conf is fine: job_submit.lua makes requeue-mode jobs requeueable")
     if restart:
         report.todo.append("restart slurmctld (systemctl restart slurmctld): EpilogSlurmctld and JobSubmitPlugins "
                            "are read only at its start, `scontrol reconfigure` is not enough")  # fmt: skip
-    _service_steps(prefix, host, report, unit_file, changed=unit_change.status in (Status.CREATED, Status.UPDATED))
+    service_steps(prefix, host, report, unit_file, changed=unit_change.status in (Status.CREATED, Status.UPDATED))
     report.todo.append("check the installation: ajr doctor" + ("" if prefix == Path("/") else f" --prefix {prefix}"))
     return report
+
+
+def _admins_config(current: str) -> str:
+    return "the admin's configuration: never overwritten"
+
+
+def _sites_script(current: str) -> str | None:
+    return None if JOB_SUBMIT_MARKER in current else "the site's own script: left as it is"
 
 
 def _check_lua(script: Path, host: Host, report: Report, target: Path) -> None:
@@ -451,11 +464,12 @@ def _check_lua(script: Path, host: Host, report: Report, target: Path) -> None:
     done = host.run([host.luac, "-p", str(script)])
     if done.returncode != 0:
         raise InstallError(f"{script} does not compile under {host.luac}: {done.stderr.strip()}; "
-                           "nothing more was installed; reinstall the ajr package")  # fmt: skip
+                           "nothing was installed; reinstall the ajr package")  # fmt: skip
     report.notes.append(f"checked: job_submit.lua compiles with {Path(host.luac).name} -p")
 
 
-def _service_steps(prefix: Path, host: Host, report: Report, unit_file: Path, changed: bool) -> None:
+def service_steps(prefix: Path, host: Host, report: Report, unit_file: Path, changed: bool) -> None:
+    """Reload systemd for a changed unit (only where systemd runs), and say how to start the service."""
     start = f"{host.agent} --config {_in_root(prefix, DEFAULT_CONFIG_PATH)}"
     if prefix != Path("/"):
         report.todo.append(f"the unit is in {unit_file}, which systemd does not read; to try the agent: {start}")

@@ -17,6 +17,8 @@ ajr_setup() {
     # job_submit.lua is tested under Slurm's Lua (5.1) and a newer one.
     command -v lua5.1 >/dev/null || need+=(lua5.1)
     command -v lua5.4 >/dev/null || need+=(lua5.4)
+    # The cockpit's tests drive the page in headless Chromium (tests/integration/test_cockpit.py).
+    command -v chromium >/dev/null || need+=(chromium)
     if [ ${#need[@]} -gt 0 ]; then
         echo "setup: installing ${need[*]}" >&2
         export DEBIAN_FRONTEND=noninteractive
