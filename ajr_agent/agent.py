@@ -47,6 +47,9 @@ from .store import FollowedFile, Store
 
 log = logging.getLogger("ajr.agent")
 
+# Shortest pause between two passes over the followed files when writes keep waking the loop.
+READ_GAP = 0.05
+
 
 def load_rules(settings: Settings) -> RuleSet:
     """The shipped rules, then every site rules directory in order (later files win by name)."""
@@ -112,12 +115,15 @@ class Agent:
             if now >= next_poll or self.awaiting_end:
                 self.poll(now)
                 next_poll = now + self.settings.poll_interval
+            read_at = time.monotonic()
             self.read_logs(time.time())
             self.run_due_actions(time.time())
             wait = max(0.0, min(self.settings.tail_interval, next_poll - time.time()))
-            if self.watcher is not None:
-                self.watcher.wait(wait)
-            else:
+            if self.watcher is not None and self.watcher.wait(wait):
+                # Busy logs wake the loop at every write: reading at most every READ_GAP
+                # seconds keeps the agent's CPU bounded and costs detection no more than that.
+                self.stop_requested.wait(max(0.0, READ_GAP - (time.monotonic() - read_at)))
+            elif self.watcher is None:
                 self.stop_requested.wait(wait)
 
     def stop(self) -> None:
@@ -183,7 +189,9 @@ class Agent:
                 return
         refreshed, events = policy.observe(job, snapshot, now, self.settings)
         self.jobs[job.job_id] = refreshed
-        if refreshed != job and not events:
+        # last_seen alone changes at every poll: writing every job each second would cost
+        # the poll ~1 ms per managed job; it is stored with the next real change.
+        if not events and replace(refreshed, last_seen=job.last_seen) != job:
             self.store.save_job(refreshed)
         self._handle_all(job.job_id, events, now)
 
@@ -294,14 +302,20 @@ class Agent:
 
     def read_logs(self, now: float) -> None:
         """Read what every followed file has added and turn matching lines into events."""
+        positions: list[FollowedFile] = []
         for job_id, result in self.tailer.read_all().items():
             self.metrics.lines_read(result.lines)
             job = self.jobs.get(job_id)
             if job is None:
                 continue
-            self._guarded(job_id, self._lines, job, result.lines, result.notices, now)
+            self._guarded(job_id, self._lines, job, result.lines, result.notices, now, positions)
+        # Offsets are saved after the decisions, in one write for the whole pass: a crash in
+        # between re-reads lines whose failure is then recognised as already handled, never lost.
+        if positions:
+            self.store.save_files(positions)
 
-    def _lines(self, job: ManagedJob, lines: list[LogLine], notices: list[TailNotice], now: float) -> None:
+    def _lines(self, job: ManagedJob, lines: list[LogLine], notices: list[TailNotice], now: float,
+               positions: list[FollowedFile]) -> None:  # fmt: skip
         events: list[Event] = []
         for notice in notices:
             self._record(job, Note("log", f"{notice.path}: {notice.kind}: {notice.detail}"), now)
@@ -323,11 +337,8 @@ class Agent:
                 elif match.value is not None:
                     events += self._throughput(job, attempt, at, match.value)
         self._handle_all(job.job_id, events, now)
-        # Offsets are saved after the decisions: a crash in between re-reads lines whose
-        # failure is then recognised as already handled, never lost.
-        self.store.save_files(
-            [FollowedFile(job.job_id, self.files[p].attempt, self.tailer.position(p)) for p in touched | {n.path for n in notices}]
-        )
+        positions += [FollowedFile(job.job_id, self.files[p].attempt, self.tailer.position(p))
+                      for p in touched | {n.path for n in notices} if p in self.files]  # fmt: skip
 
     @staticmethod
     def _keep(store: dict, key: tuple[int, int], value: object, limit: int) -> None:  # type: ignore[type-arg]
@@ -373,7 +384,7 @@ class Agent:
                 self.store.save_job(decision.job)
                 for note in decision.notes:
                     self._note(decision.job, note, _event_time(event, now), event)
-                journaled = [self.store.journal(a, self.settings.dry_run, now) for a in decision.actions]
+                journaled = [self.store.journal(a, self.settings.dry_run, time.time()) for a in decision.actions]
             if job_id in self.jobs or job is None:
                 self.jobs[job_id] = decision.job
             if decision.job.phase is Phase.HANDED_OVER and current.phase is not Phase.HANDED_OVER:

@@ -33,7 +33,7 @@ and the agent's PATH has a `squeue` wrapper adding `--name=<this run's job name>
 The largest configuration also measures the agent's CPU use with every file followed
 (from /proc/<pid>/stat), quiet and under the background writes.
 
-Usage: python bench/detection_latency.py [--files 1 100 1000] [--samples 20]
+Usage: python bench/detection_latency.py [--files 1 100 1000] [--samples 30]
 """
 
 from __future__ import annotations

@@ -115,6 +115,7 @@ def bench_list_jobs(gateway: CommandGateway, runs: int) -> float:
         times.append(time.perf_counter() - started)
     print(f"list_jobs(): {len(snapshots)} jobs; median {median(times):.3f} s, max {max(times):.3f} s over {runs} runs "
           f"[{verdict(median(times), TARGET_SECONDS)}: < {TARGET_SECONDS:g} s]")  # fmt: skip
+    print(f"  each run in order (s): {' '.join(f'{t:.3f}' for t in times)}")
 
     child = run_measured(["squeue", "-h", "-t", "all", "-O", SQUEUE_FORMAT])
     tracemalloc.start()
