@@ -16,7 +16,8 @@ from typing import Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from . import __version__, efficiency
+from . import __version__
+from .efficiency import NOTHING, Efficiency, of_attempts
 from .errors import AjrError
 from .model import Attempt, ManagedJob, Phase
 from .policy import RECOVERING
@@ -100,8 +101,8 @@ class EfficiencyOut(BaseModel):
     efficiency: float | None = Field(description="productive / (elapsed - at_risk); null while nothing has settled")
 
     @classmethod
-    def of(cls, figures: efficiency.Efficiency) -> "EfficiencyOut":
-        """The model of an `efficiency.Efficiency`."""
+    def of(cls, figures: Efficiency) -> "EfficiencyOut":
+        """The model of an `Efficiency`."""
         return cls(
             elapsed=figures.elapsed, productive=figures.productive, lost_unsaved=figures.lost_unsaved,
             lost_restart=figures.lost_restart, at_risk=figures.at_risk, lost=figures.lost,
@@ -163,7 +164,7 @@ class JobSummary(BaseModel):
     efficiency: float | None = Field(description="the job's (its chain's) training efficiency, 0..1")
 
     @classmethod
-    def of(cls, job: ManagedJob, figures: efficiency.Efficiency) -> "JobSummary":
+    def of(cls, job: ManagedJob, figures: Efficiency) -> "JobSummary":
         """The summary of a stored job with its efficiency."""
         return cls(
             job_id=job.job_id, name=job.name, user=job.user, mode=job.mode, slurm_state=job.slurm_state,
@@ -377,12 +378,12 @@ def _members(store: Store, job: ManagedJob, known: dict[int, ManagedJob],
 
 
 def _figures(members: list[ManagedJob], attempts: dict[int, list[Attempt]], now: float,
-             since: float | None = None) -> efficiency.Efficiency:  # fmt: skip
+             since: float | None = None) -> Efficiency:  # fmt: skip
     recovering = any(m.phase in RECOVERING for m in members)
-    return efficiency.of_attempts([a for m in members for a in attempts.get(m.job_id, [])], now, recovering, since)
+    return of_attempts([a for m in members for a in attempts.get(m.job_id, [])], now, recovering, since)
 
 
-def efficiency_by_job(store: Store, jobs: list[ManagedJob], now: float) -> dict[int, efficiency.Efficiency]:
+def efficiency_by_job(store: Store, jobs: list[ManagedJob], now: float) -> dict[int, Efficiency]:
     """Each job's training-time figures (its chain's, in singleton mode), with one attempts query."""
     known = {j.job_id: j for j in jobs}
     chains: dict[str, list[ManagedJob]] = {}
@@ -464,7 +465,7 @@ def parse_since(value: str | None, now: float) -> float | None:
 
 
 def _kpi_units(store: Store, since: float | None, user: str | None,
-               now: float) -> list[tuple[ManagedJob, list[int], efficiency.Efficiency]]:  # fmt: skip
+               now: float) -> list[tuple[ManagedJob, list[int], Efficiency]]:  # fmt: skip
     """(first job, job ids, figures) of every job or chain with training time in the window."""
     jobs = [j for j in store.load_jobs(include_gone=True).values() if user is None or j.user == user]
     known = {j.job_id: j for j in jobs}
@@ -489,10 +490,10 @@ def kpi(store: Store, query: KpiQuery, now: float) -> Kpi:
                user=job.user, figures=EfficiencyOut.of(figures))  # fmt: skip
         for job, ids, figures in units
     ]
-    total = sum((figures for _, _, figures in units), efficiency.NOTHING)
+    total = sum((figures for _, _, figures in units), NOTHING)
     return Kpi(since=since, user=query.user, jobs=rows, total=EfficiencyOut.of(total))
 
 
-def overall_efficiency(store: Store, window: float, now: float) -> efficiency.Efficiency:
+def overall_efficiency(store: Store, window: float, now: float) -> Efficiency:
     """Every job's training-time figures over the last `window` seconds, added up (the KPI total)."""
-    return sum((figures for _, _, figures in _kpi_units(store, now - window, None, now)), efficiency.NOTHING)
+    return sum((figures for _, _, figures in _kpi_units(store, now - window, None, now)), NOTHING)

@@ -207,7 +207,7 @@ class Metrics:
                     lines += _histogram_lines(family, self._histograms[family.name])
                 else:
                     for labels, value in sorted(self._values[family.name].items()):
-                        lines.append(_sample(family.name, dict(zip(family.labels, labels)), value))
+                        lines.append(_sample(family.name, dict(zip(family.labels, labels, strict=True)), value))
             return lines
 
 
@@ -250,8 +250,9 @@ def _header(family: Family) -> list[str]:
 
 
 def _histogram_lines(family: Family, histogram: _Histogram) -> list[str]:
-    lines = [_sample(f"{family.name}_bucket", {"le": _number(bound)}, count)
-             for bound, count in zip(histogram.bounds, histogram.counts)]  # fmt: skip
+    # Bounds as floats ("5.0"), as the official clients write them: queries match le by string.
+    lines = [_sample(f"{family.name}_bucket", {"le": repr(float(bound))}, count)
+             for bound, count in zip(histogram.bounds, histogram.counts, strict=True)]  # fmt: skip
     lines.append(_sample(f"{family.name}_bucket", {"le": "+Inf"}, histogram.count))
     lines.append(_sample(f"{family.name}_sum", {}, histogram.total))
     lines.append(_sample(f"{family.name}_count", {}, histogram.count))

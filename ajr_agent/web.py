@@ -259,7 +259,8 @@ class Service:
     def _query(route: Route, raw: str) -> BaseModel | None:
         params = parse_qs(raw, keep_blank_values=False)
         if route.query is None:
-            if params:
+            # The pages read their own parameters (the list's filters) in the browser.
+            if params and route.media != HTML:
                 raise api.BadRequest(f"{route.path} takes no query parameters (got {', '.join(sorted(params))})")
             return None
         lists = {name for name, f in route.query.model_fields.items() if "list" in str(f.annotation)}
@@ -438,8 +439,8 @@ class CockpitServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         """Where it listens, as a URL."""
-        host, port = self.server_address[:2]
-        return f"http://{host if ':' not in str(host) else f'[{host}]'}:{port}"
+        host, port = str(self.server_address[0]), self.server_address[1]
+        return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
 
     def start(self) -> "CockpitServer":
         """Serve from a daemon thread."""

@@ -115,9 +115,11 @@ class AgentProcess:
         # Each agent has a spool of its own unless the test gives one: agents must not take
         # each other's job-end records.
         spool = "" if "spool_dir" in self.extra_config else f'spool_dir = "{self.workdir / "spool"}"\n'
+        # Nor each other's cockpit port: only tests of the cockpit open one.
+        http = "" if "http_port" in self.extra_config else "http_port = 0\n"
         self.config.write_text(
             f'state_db = "{self.workdir / "ajr.db"}"\npoll_interval = {self.poll_interval}\n'
-            f'rules_dirs = ["{self.workdir / "rules.d"}"]\n{spool}'
+            f'rules_dirs = ["{self.workdir / "rules.d"}"]\n{spool}{http}'
             f"dry_run = {'true' if self.dry_run else 'false'}\n{self.extra_config}"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AJR_", "APS_"))}

@@ -660,8 +660,9 @@
           h("span", {}, badge(label, tone)),
           h("div", {},
             h("div", { class: "text", text: e.text }),
-            e.line ? h("div", { class: `logline${e.category === "checkpoint" || e.category === "success" ? " ok" : ""}`, text: e.line }) : null,
-            e.path ? h("div", { class: "logfile", text: e.path }) : null)));
+            // A restart's success rests on the checkpoint line shown just above it.
+            e.line && e.category !== "success" ? h("div", { class: `logline${e.category === "checkpoint" ? " ok" : ""}`, text: e.line }) : null,
+            e.path && e.category !== "success" ? h("div", { class: "logfile", text: e.path }) : null)));
       }
     }
     return list;

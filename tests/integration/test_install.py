@@ -76,7 +76,7 @@ def reconfigure(lines: str, workdir: Path) -> None:
 
 def running_agent(agent_factory: Callable[..., AgentProcess], prefix: Path) -> AgentProcess:
     """An agent whose state and spool are the installed ones; it has polled once."""
-    agent = agent_factory(extra_config=f'spool_dir = "{prefix / "var/spool/ajr/epilog"}"\nhttp_port = 0\n',
+    agent = agent_factory(extra_config=f'spool_dir = "{prefix / "var/spool/ajr/epilog"}"\n',
                           workdir=prefix / "var/lib/ajr")  # fmt: skip
     wait_for(lambda: "last_poll_at" in (agent.cli("status", "--json").stdout or ""), 30, "the agent's first poll")
     return agent
