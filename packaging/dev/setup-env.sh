@@ -17,6 +17,8 @@ ajr_setup() {
     # job_submit.lua is tested under Slurm's Lua (5.1) and a newer one.
     command -v lua5.1 >/dev/null || need+=(lua5.1)
     command -v lua5.4 >/dev/null || need+=(lua5.4)
+    # The shipped unit is checked with systemd-analyze verify.
+    command -v systemd-analyze >/dev/null || need+=(systemd)
     # The cockpit's tests drive the page in headless Chromium (tests/integration/test_cockpit.py).
     command -v chromium >/dev/null || need+=(chromium)
     if [ ${#need[@]} -gt 0 ]; then

@@ -125,7 +125,7 @@ def test_a_sites_own_job_submit_fails(tmp_path: Path) -> None:
 def luac() -> str:
     found = shutil.which("luac5.1")
     if found is None:
-        pytest.skip("luac5.1 is not installed (apt-get install lua5.1)")
+        pytest.fail("luac5.1 is missing: packaging/dev/setup-env.sh installs lua5.1")
     return found
 
 
