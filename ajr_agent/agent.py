@@ -19,9 +19,9 @@ from types import FrameType
 import click
 
 from . import __version__, policy, web
+from .attribution import Attributor, Evidence
 from .config import Settings, load_settings
 from .errors import AjrError
-from .attribution import Attributor, Evidence
 from .executor import Executor
 from .handoff import EpilogRecord, read_spool
 from .logs import ChangeWatcher, FilePosition, LogLine, LogTailer, TailNotice, find_job_logs, line_time
@@ -41,8 +41,8 @@ from .model import (
 )
 from .rules import RuleKind, RuleSet, default_rules_dir
 from .slurm import JobSnapshot, SlurmError, SlurmGateway, open_gateway
-from .spec import SPEC_KEY, parse_comment
 from .notify import Notifier
+from .spec import SPEC_KEY, parse_comment
 from .store import FollowedFile, Store
 
 log = logging.getLogger("ajr.agent")
@@ -77,6 +77,7 @@ class Agent:
         }
         self.unmanaged: dict[int, str] = {job.job_id: job.comment for job in store.unmanaged()}
         self.files: dict[str, FollowedFile] = {}
+        self.files_by_job: dict[int, set[str]] = {}
         self.snapshots: dict[int, JobSnapshot] = {}
         self.last_scan: dict[int, float] = {}
         self.awaiting_end: dict[int, float] = {}
@@ -114,10 +115,11 @@ class Agent:
             self.read_epilog_records(now)
             if now >= next_poll or self.awaiting_end:
                 self.poll(now)
+                # Retries wait seconds of back-off: looking for due ones at each poll is enough.
+                self.run_due_actions(time.time())
                 next_poll = now + self.settings.poll_interval
             read_at = time.monotonic()
             self.read_logs(time.time())
-            self.run_due_actions(time.time())
             wait = max(0.0, min(self.settings.tail_interval, next_poll - time.time()))
             if self.watcher is not None and self.watcher.wait(wait):
                 # Busy logs wake the loop at every write: reading at most every READ_GAP
@@ -256,10 +258,16 @@ class Agent:
     def _drop(self, job_id: int) -> None:
         """Stop following a job and its log files."""
         self.jobs.pop(job_id, None)
-        for path in [p for p, f in self.files.items() if f.job_id == job_id]:
+        for path in self.files_by_job.pop(job_id, set()):
             self.tailer.unfollow(path)
             del self.files[path]
         self.store.forget_files(job_id)
+        # Bounded per attempt, but only forgetting the job bounds them over months.
+        for per_attempt in (self.evidence, self.series):
+            for key in [k for k in per_attempt if k[0] == job_id]:
+                del per_attempt[key]
+        self.last_output.pop(job_id, None)
+        self.last_scan.pop(job_id, None)
 
     def _vanish(self, job_id: int, now: float) -> None:
         job = self.jobs.pop(job_id)
@@ -273,7 +281,7 @@ class Agent:
         snapshot = self.snapshots.get(job.job_id)
         if snapshot is None or not snapshot.running:
             return
-        has_file = any(f.job_id == job.job_id and f.attempt == job.attempt for f in self.files.values())
+        has_file = self._has_log(job)
         if has_file and now - self.last_scan.get(job.job_id, 0.0) < self.settings.log_scan_interval:
             return
         self.last_scan[job.job_id] = now
@@ -289,6 +297,10 @@ class Agent:
                 self.store.save_files([followed])
                 self._record(job, Note("log", f"following {path} for attempt {job.attempt}"), now)
 
+    def _has_log(self, job: ManagedJob) -> bool:
+        """A log file of the job's current attempt is followed."""
+        return any(self.files[p].attempt == job.attempt for p in self.files_by_job.get(job.job_id, ()))
+
     def log_dirs(self, job: ManagedJob) -> list[Path]:
         """Where a job's logs may lie: its working directory, its stdout directory, the site's log dirs."""
         dirs = [Path(d) for d in (job.work_dir, job.stdout_dir) if d]
@@ -297,6 +309,7 @@ class Agent:
     def _follow(self, followed: FollowedFile) -> None:
         self.tailer.follow(followed.position.path, key=followed.job_id, position=followed.position)
         self.files[followed.position.path] = followed
+        self.files_by_job.setdefault(followed.job_id, set()).add(followed.position.path)
         if self.watcher is not None:
             self.watcher.watch(Path(followed.position.path).parent)
 
@@ -359,7 +372,7 @@ class Agent:
         """A running job whose logs have gone quiet for its heartbeat timeout is hung."""
         for job in list(self.jobs.values()):
             snapshot = self.snapshots.get(job.job_id)
-            has_log = any(f.job_id == job.job_id and f.attempt == job.attempt for f in self.files.values())
+            has_log = self._has_log(job)
             if snapshot is None or not snapshot.running or not has_log:
                 continue
             event = policy.hung(job, self.last_output.get(job.job_id, now), now, self.settings)
