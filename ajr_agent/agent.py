@@ -8,6 +8,7 @@ the executor runs the actions and its outcomes come back as events.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -78,6 +79,7 @@ class Agent:
         self.unmanaged: dict[int, str] = {job.job_id: job.comment for job in store.unmanaged()}
         self.files: dict[str, FollowedFile] = {}
         self.files_by_job: dict[int, set[str]] = {}
+        self.real_paths: dict[str, str] = {}
         self.snapshots: dict[int, JobSnapshot] = {}
         self.last_scan: dict[int, float] = {}
         self.awaiting_end: dict[int, float] = {}
@@ -109,7 +111,7 @@ class Agent:
 
     def run(self) -> None:
         """Run until stop() is called (SIGTERM), finishing the step under way."""
-        next_poll = 0.0
+        next_poll = next_full_read = 0.0
         while not self.stop_requested.is_set():
             now = time.time()
             self.read_epilog_records(now)
@@ -119,8 +121,16 @@ class Agent:
                 self.run_due_actions(time.time())
                 next_poll = now + self.settings.poll_interval
             read_at = time.monotonic()
-            self.read_logs(time.time())
-            wait = max(0.0, min(self.settings.tail_interval, next_poll - time.time()))
+            if read_at >= next_full_read:
+                # Every followed file is stat-ed each tail_interval: the ground truth on
+                # shared storage, whose writes from other hosts raise no inotify event.
+                self.read_logs(time.time())
+                next_full_read = read_at + self.settings.tail_interval
+            elif self.watcher is not None:
+                # In between, only the files the kernel says were written.
+                changed = self.watcher.take_changed()
+                self.read_logs(time.time(), {self.real_paths.get(path, path) for path in changed})
+            wait = max(0.0, min(next_full_read - time.monotonic(), next_poll - time.time()))
             if self.watcher is not None and self.watcher.wait(wait):
                 # Busy logs wake the loop at every write: reading at most every READ_GAP
                 # seconds keeps the agent's CPU bounded and costs detection no more than that.
@@ -261,6 +271,7 @@ class Agent:
         for path in self.files_by_job.pop(job_id, set()):
             self.tailer.unfollow(path)
             del self.files[path]
+            self.real_paths.pop(os.path.realpath(path), None)
         self.store.forget_files(job_id)
         # Bounded per attempt, but only forgetting the job bounds them over months.
         for per_attempt in (self.evidence, self.series):
@@ -310,13 +321,17 @@ class Agent:
         self.tailer.follow(followed.position.path, key=followed.job_id, position=followed.position)
         self.files[followed.position.path] = followed
         self.files_by_job.setdefault(followed.job_id, set()).add(followed.position.path)
+        # inotify reports paths under the directory's real path, which a job's symlinked
+        # working directory (/home -> /data/home) hides.
+        self.real_paths[os.path.realpath(followed.position.path)] = followed.position.path
         if self.watcher is not None:
             self.watcher.watch(Path(followed.position.path).parent)
 
-    def read_logs(self, now: float) -> None:
-        """Read what every followed file has added and turn matching lines into events."""
+    def read_logs(self, now: float, paths: set[str] | None = None) -> None:
+        """Read what the followed files (all, or those of `paths`) have added and turn matching
+        lines into events."""
         positions: list[FollowedFile] = []
-        for job_id, result in self.tailer.read_all().items():
+        for job_id, result in self.tailer.read_all(paths).items():
             self.metrics.lines_read(result.lines)
             job = self.jobs.get(job_id)
             if job is None:

@@ -244,10 +244,13 @@ class LogTailer:
         state = self._files[name]
         return FilePosition(path=name, inode=state.inode or 0, device=state.device or 0, offset=state.offset)
 
-    def read_all(self) -> dict[Hashable, TailResult]:
-        """Read every followed file; results are grouped by key, only keys with lines or notices appear."""
+    def read_all(self, paths: Iterable[str] | None = None) -> dict[Hashable, TailResult]:
+        """Read every followed file (or those of `paths` that are followed); results are grouped by
+        key, only keys with lines or notices appear."""
         results: dict[Hashable, TailResult] = {}
-        for name, state in list(self._files.items()):
+        names = list(self._files) if paths is None else [p for p in paths if p in self._files]
+        for name in names:
+            state = self._files[name]
             result = self.read(name)
             if result.lines or result.notices:
                 grouped = results.setdefault(state.key, TailResult())
@@ -397,20 +400,33 @@ def _decode(raw: bytes) -> str:
 
 
 class _WakeHandler(FileSystemEventHandler):
-    """Sets an event whenever a file in a watched directory is written, created or moved."""
+    """Notes which files of a watched directory were written, created or moved, and wakes the waiter."""
 
     def __init__(self, changed: threading.Event) -> None:
         super().__init__()
         self._changed = changed
+        self._lock = threading.Lock()
+        self.paths: set[str] = set()
+
+    def _note(self, *paths: str | bytes) -> None:
+        with self._lock:
+            self.paths.update(os.fsdecode(p) for p in paths if p)
+        self._changed.set()
+
+    def take(self) -> set[str]:
+        """The paths noted since the last call."""
+        with self._lock:
+            paths, self.paths = self.paths, set()
+        return paths
 
     def on_modified(self, event: FileSystemEvent) -> None:
-        self._changed.set()
+        self._note(event.src_path)
 
     def on_created(self, event: FileSystemEvent) -> None:
-        self._changed.set()
+        self._note(event.src_path)
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        self._changed.set()
+        self._note(event.src_path, getattr(event, "dest_path", ""))
 
 
 # Only these are asked of inotify: the tailer opens every file it reads, and its
@@ -467,6 +483,10 @@ class ChangeWatcher:
         changed = self._changed.wait(timeout)
         self._changed.clear()
         return changed
+
+    def take_changed(self) -> set[str]:
+        """The paths the file system reported written, created or moved since the last call."""
+        return self._handler.take()
 
     def close(self) -> None:
         """Stop watching everything and stop the observer thread."""

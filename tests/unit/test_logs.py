@@ -610,3 +610,25 @@ class TestLineTime:
     )
     def test_otherwise_the_read_time(self, text: str) -> None:
         assert line_time(text, self.NOW) == self.NOW
+
+
+def test_change_watcher_tells_which_files_were_written(tmp_path: Path) -> None:
+    watcher = ChangeWatcher()
+    try:
+        watcher.watch(tmp_path)
+        quiet = tmp_path / "quiet.log"
+        quiet.write_text("")
+        watcher.wait(2.0)
+        watcher.take_changed()
+        busy = tmp_path / "busy.log"
+        busy.write_text("step 1\n")
+        assert watcher.wait(2.0)
+        deadline = time.monotonic() + 2.0
+        changed: set[str] = set()
+        while str(busy) not in changed and time.monotonic() < deadline:
+            changed |= watcher.take_changed()
+            time.sleep(0.05)
+        assert str(busy) in changed and str(quiet) not in changed
+        assert watcher.take_changed() == set()
+    finally:
+        watcher.close()
