@@ -81,7 +81,8 @@ def test_node_verdict_keeps_the_faulty_node_out(two_node_partition: str, agent_f
     host = two_node_partition
     node_logs = tmp_path / "syslog"
     (node_logs / host).mkdir(parents=True)
-    agent = agent_factory(extra_config=f'node_log_dir = "{node_logs}/{{node}}"\n')
+    # Draining is on, but this host is the last node in service of both its partitions.
+    agent = agent_factory(extra_config=f'node_log_dir = "{node_logs}/{{node}}"\ndrain_faulty_nodes = true\n')
     body = ("echo 'step 1' >> $log\nsleep 3\n"
             "echo '[rank0]:[E ProcessGroupNCCL.cpp:563] [Rank 0] Watchdog caught collective operation timeout: "
             "WorkNCCL(SeqNum=9, OpType=ALLREDUCE, NumelIn=1, NumelOut=1, Timeout(ms)=600000) ran for 600004 "
@@ -106,3 +107,8 @@ def test_node_verdict_keeps_the_faulty_node_out(two_node_partition: str, agent_f
     assert kinds == ["requeue_hold", "exclude", "release"]
     # The only other node never comes up: the job waits rather than run on the faulty one.
     assert scontrol_show(job_id)["JobState"] == "PENDING"
+    assert any(e["text"].startswith(f"not drained: {host}: one of the last nodes in service in partition")
+               for e in shown["events"])  # fmt: skip
+    assert "drain" not in kinds
+    node_state = subprocess.run(["sinfo", "-h", "-n", host, "-o", "%T"], capture_output=True, text=True).stdout
+    assert "drain" not in node_state
