@@ -27,7 +27,7 @@ from .executor import Executor
 from .explain import Facts, explain
 from .logs import log_prefix
 from .model import Action, ActionKind, Attempt, ManagedJob
-from .policy import RECOVERING
+from .policy import OVER, RECOVERING
 from .rules import RuleFileError, RuleSet, default_rules_dir
 from .slurm import CommandGateway, SlurmError, open_gateway
 from .store import ActionStatus, Store
@@ -105,14 +105,14 @@ def _job_summary(job: ManagedJob) -> dict[str, Any]:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@click.option("--all", "show_all", is_flag=True, help="include jobs that have left Slurm")
+@click.option("--all", "show_all", is_flag=True, help="also jobs that are over: finished, handed over, gone, forgotten")
 @click.pass_obj
 @_fail_on_ajr_errors
 def status(ctx: Context, as_json: bool, show_all: bool) -> None:
     """List the managed jobs and the agent's state."""
     store = ctx.store()
     meta = store.meta()
-    jobs = list(store.load_jobs(include_gone=show_all).values())
+    jobs = [j for j in store.load_jobs(include_gone=show_all).values() if show_all or j.phase not in OVER]
     if as_json:
         click.echo(json.dumps({"agent": meta, "jobs": [_job_summary(j) for j in jobs]}, indent=2))
         return
@@ -246,15 +246,20 @@ def _figures_summary(figures: efficiency.Efficiency) -> dict[str, Any]:
     return {**asdict(figures), "lost": figures.lost, "efficiency": figures.efficiency}
 
 
-def _hours(seconds: float) -> str:
+def _duration(seconds: float) -> str:
+    """Seconds as a person reads them: 42 s, 12.5 min, 3.20 h."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.2f} h"
 
 
 def _figures_line(figures: efficiency.Efficiency) -> str:
     ratio = "-" if figures.efficiency is None else f"{figures.efficiency:.1%}"
-    risk = f", {_hours(figures.at_risk)} not yet saved" if figures.at_risk else ""
-    return (f"{ratio}: {_hours(figures.productive)} productive of {_hours(figures.elapsed - figures.at_risk)}; "
-            f"lost {_hours(figures.lost_unsaved)} unsaved work + {_hours(figures.lost_restart)} restarts{risk}")  # fmt: skip
+    risk = f", {_duration(figures.at_risk)} not yet saved" if figures.at_risk else ""
+    return (f"{ratio}: {_duration(figures.productive)} productive of {_duration(figures.elapsed - figures.at_risk)}; "
+            f"lost {_duration(figures.lost_unsaved)} unsaved work + {_duration(figures.lost_restart)} restarts{risk}")  # fmt: skip
 
 
 def _parse_since(value: str | None) -> float | None:
@@ -305,8 +310,8 @@ def kpi(ctx: Context, since: str | None, user: str | None, as_json: bool) -> Non
     click.echo(f"{'JOB':<24} {'USER':<10} {'EFFICIENCY':>10} {'ELAPSED':>10} {'PRODUCTIVE':>11} {'LOST':>10}")
     for label, who, figures in [*rows, ("TOTAL", "", total)]:
         ratio = "-" if figures.efficiency is None else f"{figures.efficiency:.1%}"
-        click.echo(f"{label:<24} {who:<10} {ratio:>10} {_hours(figures.elapsed):>10} {_hours(figures.productive):>11} "
-                   f"{_hours(figures.lost):>10}")  # fmt: skip
+        click.echo(f"{label:<24} {who:<10} {ratio:>10} {_duration(figures.elapsed):>10} {_duration(figures.productive):>11} "
+                   f"{_duration(figures.lost):>10}")  # fmt: skip
 
 
 @main.command("explain")

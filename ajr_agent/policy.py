@@ -38,7 +38,7 @@ from .spec import ApsSpec, ResumeMode
 # Phases in which AJR is between a failure and the next attempt.
 RECOVERING = frozenset({Phase.HOLDING, Phase.HELD, Phase.RELEASING, Phase.RESTARTING, Phase.HANDING_OVER})
 # Phases in which a job's own story is over; late lines change nothing.
-OVER = frozenset({Phase.FINISHED, Phase.GONE, Phase.HANDED_OVER})
+OVER = frozenset({Phase.FINISHED, Phase.GONE, Phase.HANDED_OVER, Phase.FORGOTTEN})
 # Slurm's reasons for a job that waits for a release.
 HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
 

@@ -46,9 +46,10 @@ echo "submitted job $job_id; the agent reports:"
 tail -n +1 -f "$DEMO_DIR/agent.log" | grep --line-buffered -E "job $job_id[ :]" &
 tail_pid=$!
 
-phase() { ajr show "$job_id" --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["job"]["phase"])' 2>/dev/null || true; }
+# The agent's own record: stopped at the limit, and the job's end seen.
+recorded() { ajr show "$job_id" --json 2>/dev/null | python3 -c 'import json,sys; j=json.load(sys.stdin)["job"]; print(j["phase"], j["slurm_state"])' 2>/dev/null || true; }
 deadline=$((SECONDS + 300))
-until [ "$(phase)" = stopped ] && [ "$(squeue -h -t all -j "$job_id" -o %T)" = FAILED ]; do
+until [ "$(recorded)" = "stopped FAILED" ]; do
     if [ $SECONDS -gt $deadline ]; then
         echo "demo: the job did not reach its limit within 5 minutes; see $DEMO_DIR/agent.log" >&2
         exit 1
