@@ -347,23 +347,23 @@ class Agent:
         events: list[Event] = []
         for notice in notices:
             self._record(job, Note("log", f"{notice.path}: {notice.kind}: {notice.detail}"), now)
-        touched: set[str] = set()
+        touched = {line.path for line in lines}
         if lines:
             self.last_output[job.job_id] = now
-        for line in lines:
-            touched.add(line.path)
+        # One batch per read: the rule engine finds the candidate lines of a whole backlog at once.
+        for index, match in self.rules.match_lines([line.text for line in lines]):
+            line = lines[index]
             attempt = self.files[line.path].attempt
-            for match in self.rules.match(line.text):
-                rule = match.rule
-                at = line_time(line.text, now)
-                if rule.kind is RuleKind.ANOMALY:
-                    self._keep(self.evidence, (job.job_id, attempt), Evidence(match, line.text, line.path), 50)
-                    events.append(AnomalyFound(job.job_id, attempt, at, rule.name, rule.category or "anomaly",
-                                               rule.fault.value, line.path, line.text))  # fmt: skip
-                elif rule.kind is RuleKind.CHECKPOINT:
-                    events.append(CheckpointSaved(job.job_id, attempt, at, rule.name, line.path, line.text))
-                elif match.value is not None:
-                    events += self._throughput(job, attempt, at, match.value)
+            rule = match.rule
+            at = line_time(line.text, now)
+            if rule.kind is RuleKind.ANOMALY:
+                self._keep(self.evidence, (job.job_id, attempt), Evidence(match, line.text, line.path), 50)
+                events.append(AnomalyFound(job.job_id, attempt, at, rule.name, rule.category or "anomaly",
+                                           rule.fault.value, line.path, line.text))  # fmt: skip
+            elif rule.kind is RuleKind.CHECKPOINT:
+                events.append(CheckpointSaved(job.job_id, attempt, at, rule.name, line.path, line.text))
+            elif match.value is not None:
+                events += self._throughput(job, attempt, at, match.value)
         self._handle_all(job.job_id, events, now)
         positions += [FollowedFile(job.job_id, self.files[p].attempt, self.tailer.position(p))
                       for p in touched | {n.path for n in notices} if p in self.files]  # fmt: skip
