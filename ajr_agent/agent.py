@@ -477,7 +477,10 @@ class Agent:
         path = getattr(event, "path", None)
         line = getattr(event, "line", None)
         self.store.add_note(job.job_id, getattr(event, "attempt", job.attempt), at, note, path, line)
-        log.info("job %s (%s): %s", job.job_id, job.name, note.text)
+        # A fresh agent on a busy cluster meets thousands of jobs that were over before it
+        # came: recorded for `ajr show`, but not worth a line each in the service's log.
+        level = logging.DEBUG if job.phase is Phase.FINISHED and note.kind == "managed" else logging.INFO
+        log.log(level, "job %s (%s): %s", job.job_id, job.name, note.text)
 
     def _guarded(self, job_id: int, handler, *args) -> None:  # type: ignore[no-untyped-def]
         # One job's surprise must not stop the agent for every other job.
