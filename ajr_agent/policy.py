@@ -39,6 +39,9 @@ from .spec import ApsSpec, ResumeMode
 RECOVERING = frozenset({Phase.HOLDING, Phase.HELD, Phase.RELEASING, Phase.RESTARTING, Phase.HANDING_OVER})
 # Phases in which a job's own story is over; late lines change nothing.
 OVER = frozenset({Phase.FINISHED, Phase.GONE, Phase.HANDED_OVER, Phase.FORGOTTEN})
+# A singleton job that had already ended when it failed: its successor is released
+# once the verdict is in.
+AWAITING_VERDICT = "awaiting the verdict"
 # Slurm's reasons for a job that waits for a release.
 HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
 
@@ -320,18 +323,17 @@ def _hand_over(job: ManagedJob, attempt: int, cause: str, successor: int | None,
     handing = replace(job, phase=Phase.HANDING_OVER, successor=successor, requeues_used=used)
     # The successor is released only once this job is stopped: two jobs of one chain
     # must never run at once, and a cancel that fails must not be overtaken.
-    if job.attempt_ended is None:
-        first = Action(ActionKind.CANCEL, job.job_id, attempt, f"{cause}; hand over to job {successor}")
-        handing = replace(handing, last_action=f"cancel ({cause})")
-    else:
-        handed = _hand_to_successor(handing)
-        handing, first = handed.job, handed.actions[0]
+    note = Note("failure", f"attempt failed: {cause}; releasing job {successor} ({used}/{job.limit})")
+    if job.attempt_ended is not None:
+        # Already over: the release waits only for the verdict, which may keep a node out of it.
+        return Decision(replace(handing, last_action=AWAITING_VERDICT), notes=(note,))
+    cancel = Action(ActionKind.CANCEL, job.job_id, attempt, f"{cause}; hand over to job {successor}")
     # Written before the cancel: Slurm takes no AdminComment once the job has finished.
     text = f"failed: {cause}{_on(job)}; releasing job {successor} of the chain ({used}/{job.limit})"
     return Decision(
-        handing,
-        actions=(*_annotate(handing, text, settings), first),
-        notes=(Note("failure", f"attempt failed: {cause}; releasing job {successor} ({used}/{job.limit})"),),
+        replace(handing, last_action=f"cancel ({cause})"),
+        actions=(*_annotate(handing, text, settings), cancel),
+        notes=(note,),
     )
 
 
@@ -480,7 +482,11 @@ def _attributed(job: ManagedJob, event: Attributed) -> Decision:
     where = {"node": f"node {nodes}" if nodes else "a node (which one is not known)",
              "application": "the application", "infrastructure": "shared infrastructure"}.get(verdict.fault, "unknown")  # fmt: skip
     attributed = replace(job, verdict=verdict.fault, verdict_nodes=",".join(event.exclude))
-    return Decision(attributed, notes=(Note("verdict", f"fault lies with {where}: {verdict.cause}"),))
+    note = Note("verdict", f"fault lies with {where}: {verdict.cause}")
+    if attributed.phase is Phase.HANDING_OVER and attributed.last_action == AWAITING_VERDICT:
+        handed = _hand_to_successor(attributed)
+        return Decision(handed.job, handed.actions, (note,))
+    return Decision(attributed, notes=(note,))
 
 
 def _straggler(job: ManagedJob, event: StragglerFound, settings: Settings, successor: int | None) -> Decision:

@@ -490,9 +490,11 @@ def test_singleton_failure_stops_the_job_and_releases_the_next() -> None:
     assert after.job.attempt_outcome is Outcome.FAILED
 
 
-def test_singleton_job_that_already_ended_is_not_cancelled() -> None:
+def test_singleton_job_that_already_ended_is_not_cancelled_and_hands_over_after_the_verdict() -> None:
     decision = policy.decide(singleton_job(), JobEnded(7, 0, 1020.0, "FAILED"), SETTINGS, successor=9)
-    assert [(a.kind, a.acts_on) for a in decision.actions] == [(ActionKind.RELEASE, 9)]
+    assert decision.actions == () and decision.job.phase is Phase.HANDING_OVER
+    released = policy.decide(decision.job, node_verdict(), SETTINGS)
+    assert [(a.kind, a.acts_on, a.nodes) for a in released.actions] == [(ActionKind.EXCLUDE, 9, "node-1")]
 
 
 def test_singleton_chain_without_held_job_ends() -> None:
@@ -523,7 +525,10 @@ def test_failed_cancel_keeps_the_successor_held() -> None:
 
 def test_failed_release_of_the_next_job_says_how_to_release_it() -> None:
     decision = policy.decide(singleton_job(), JobEnded(7, 0, 1010.0, "FAILED"), SETTINGS, successor=9)
-    failed = policy.decide(decision.job, ActionFailed(decision.actions[0], 1012.0, "Invalid job id"), SETTINGS)
+    unknown = Attributed(7, 0, 1011.0, Verdict("unknown", (), "job ended FAILED", ()))
+    release = policy.decide(decision.job, unknown, SETTINGS)
+    assert [(a.kind, a.acts_on) for a in release.actions] == [(ActionKind.RELEASE, 9)]
+    failed = policy.decide(release.job, ActionFailed(release.actions[0], 1012.0, "Invalid job id"), SETTINGS)
     assert failed.job.phase is Phase.STOPPED and "scontrol release 9" in (failed.job.stop_reason or "")
 
 
