@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import logging
+import random
+import shutil
+import subprocess
+import tomllib
 from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import regex
@@ -620,6 +626,156 @@ def test_candidate_cache_stays_bounded_and_correct(monkeypatch: pytest.MonkeyPat
         assert [m.rule.name for _, m in matcher.match_lines(lines)] == ["segfault"] * len(lines)
         assert len(matcher._cache) <= 4
         assert all(len(key) <= 40 for key in matcher._cache)
+
+
+
+# --- The grep prefilter of large batches --------------------------------------------
+
+CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "corpus"
+
+# TRICKY_RULES without the unanchored one (which turns grep off), plus a rule whose
+# literal holds every character special in a POSIX extended regex.
+GREP_RULES = [rule for rule in TRICKY_RULES if rule.name != "unanchored"] + [
+    Rule(name="ere", kind="anomaly", category="x", pattern=r"x\.y\|z\(\)\[\]\{\}\*\+\?\^\$\\ ok"),
+]
+
+TRICKY_GREP_LINES = LINES + [
+    "", "\r", "Bus error\r", "\rsegmentation fault", "nul\0 Bus error", "\0", "a\nBus error",
+    "x.y|z()[]{}*+?^$\\ ok", "xay|z()[]{}*+?^$\\ ok", "bad byte \udcff then segmentation fault",
+    "Bus 7error", "seg1mentation fault", "RuntimeError: CUDA error: an illegal memory access was encountered",
+    "caf\u00e9 CUDA error: out of memory", "oom-\u212aill", "\u212aILLED oom_kill",
+    "y" * 300_000 + " segmentation fault", "z" * 300_000, "w" * 200_000 + "\u00e9",
+]  # fmt: skip
+
+
+def realistic_log(count: int, seed: int = 7) -> list[str]:
+    """Return ``count`` lines shaped like a training log, with the odd event line."""
+    rng = random.Random(seed)
+    events = [
+        "  successfully saved checkpoint from iteration    5000 to /lustre/ckpt [ t 1/4, p 1/8 ]",
+        "[rank3]:[E626 06:24:44.903881913 ProcessGroupNCCL.cpp:616] [Rank 3] Watchdog caught "
+        "collective operation timeout: WorkNCCL(SeqNum=808, OpType=ALLREDUCE) ran for 600020 ms",
+        "RuntimeError: CUDA error: an illegal memory access was encountered",
+        " iteration 12 | lm loss: nan | grad norm: inf |",
+    ]
+    shapes = [
+        lambda i: f" iteration {i:8d}/ 1000000 | elapsed time per iteration (ms): {rng.uniform(700, 1400):.1f}"
+        f" | throughput per GPU (TFLOP/s/GPU): {rng.uniform(380, 420):.1f} | lm loss: {rng.uniform(1, 3):.6E} |",
+        lambda i: f"gpu-node-{rng.randrange(64):03d}:{i} [{i % 8}] NCCL INFO NET/IB : Using [0]mlx5_0:1/IB",
+        lambda i: f"{{'loss': {rng.uniform(0.5, 3):.4f}, 'grad_norm': {rng.uniform(0.1, 3):.6f}, 'epoch': {i / 1e5:.2f}}}",
+        lambda i: f"{i % 101:3d}%|{'█' * (i % 11)}{' ' * (10 - i % 11)}| {i % 1752}/1752 [00:{i % 60:02d}<1:21:36]",
+        lambda i: f"sample {i}: " + " ".join(rng.choice(("error", "fail", "nan", "the", "kill", "bus")) for _ in range(9)),
+    ]  # fmt: skip
+    return [events[i % len(events)] if i % 97 == 0 else rng.choice(shapes)(i) for i in range(count)]
+
+
+def corpus_lines() -> list[str]:
+    return [
+        table["text"]
+        for path in sorted(CORPUS.glob("*.toml"))
+        for table in tomllib.loads(path.read_text(encoding="utf-8"))["line"]
+    ]
+
+
+@pytest.fixture
+def grep_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the exit status of each command that the rule engine runs."""
+    runs: list[int] = []
+    real_run = subprocess.run
+
+    def recording_run(*args: Any, **kwargs: Any) -> Any:
+        done = real_run(*args, **kwargs)
+        runs.append(done.returncode)
+        return done
+
+    monkeypatch.setattr(rules_module.subprocess, "run", recording_run)
+    return runs
+
+
+Found = list[tuple[int, str, float | None]]
+
+
+def grep_and_python(rules: Sequence[Rule], lines: list[str]) -> tuple[Found, Found]:
+    """Return what match_lines finds with grep forced on, and with grep off."""
+    by_grep = RuleSet.from_rules(rules)
+    by_grep.grep_min_chars = 0
+    by_python = RuleSet.from_rules(rules)
+    by_python.grep_executable = None
+
+    def flat(matches: list[tuple[int, RuleMatch]]) -> Found:
+        return [(index, match.rule.name, match.value) for index, match in matches]
+
+    return flat(by_grep.match_lines(lines)), flat(by_python.match_lines(lines))
+
+
+@pytest.mark.skipif(shutil.which("grep") is None, reason="needs grep")
+@pytest.mark.parametrize(
+    "lines",
+    [corpus_lines(), realistic_log(20_000), TRICKY_GREP_LINES, [], [""]],
+    ids=["corpus", "realistic", "tricky", "none", "empty_line"],
+)
+@pytest.mark.parametrize("extra_rules", [[], GREP_RULES], ids=["defaults", "tricky_rules"])
+def test_grep_prefilter_gives_the_same_matches_as_python(
+    defaults: RuleSet, lines: list[str], extra_rules: list[Rule], grep_runs: list[int]
+) -> None:
+    by_grep, by_python = grep_and_python(list(defaults.rules) + extra_rules, lines)
+    assert by_grep == by_python
+    assert grep_runs in ([0], [1])  # grep ran and did not fail (and fall back)
+
+
+def test_grep_prefilter_finds_the_events_of_a_realistic_log(
+    defaults: RuleSet, grep_runs: list[int]
+) -> None:
+    by_grep, _ = grep_and_python(defaults.rules, realistic_log(2000))
+    assert grep_runs == [0]
+    found = {name for _, name, _ in by_grep}
+    assert {"megatron_checkpoint_saved", "nccl_watchdog_timeout", "cuda_illegal_memory_access"} <= found
+    assert {"tflops", "nan_loss"} <= found
+
+
+def test_grep_runs_only_on_large_batches(defaults: RuleSet, grep_runs: list[int]) -> None:
+    matcher = RuleSet.from_rules(defaults.rules)
+    assert matcher.grep_min_chars == rules_module.GREP_MIN_BATCH_CHARS == 4 * 2**20
+    lines = realistic_log(2000)
+    assert sum(map(len, lines)) < matcher.grep_min_chars
+    small = matcher.match_lines(lines)
+    assert [(i, m) for i, line in enumerate(lines) for m in matcher.match(line)] == small
+    assert grep_runs == []
+    big = lines * (matcher.grep_min_chars // sum(map(len, lines)) + 1)
+    copies = len(big) // len(lines)
+    assert matcher.match_lines(big) == [(i + n * len(lines), m) for n in range(copies) for i, m in small]
+    assert grep_runs == [0]
+
+
+def test_an_unanchored_rule_turns_grep_off(grep_runs: list[int]) -> None:
+    matcher = RuleSet.from_rules(TRICKY_RULES)
+    matcher.grep_min_chars = 0
+    expected = [(i, m.rule.name) for i, line in enumerate(LINES) for m in matcher.match(line)]
+    assert [(i, m.rule.name) for i, m in matcher.match_lines(LINES)] == expected
+    assert grep_runs == []
+
+
+@pytest.mark.parametrize("failure", ["missing", "exit_2", "timeout"])
+def test_grep_failure_falls_back_to_python(
+    failure: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = tmp_path / "grep"
+    if failure == "missing":
+        fake = tmp_path / "no-such-grep"
+    else:
+        fake.write_text("#!/bin/sh\nexit 2\n" if failure == "exit_2" else "#!/bin/sh\nexec sleep 10\n")
+        fake.chmod(0o755)
+        monkeypatch.setattr(rules_module, "GREP_TIMEOUT", 0.2)
+    lines = realistic_log(3000) + TRICKY_GREP_LINES
+    expected = RuleSet.load([default_rules_dir()])
+    expected.grep_executable = None
+    matcher = RuleSet.load([default_rules_dir()])
+    matcher.grep_executable = str(fake)
+    matcher.grep_min_chars = 0
+    with caplog.at_level(logging.DEBUG, logger="ajr_agent.rules"):
+        assert matcher.match_lines(lines) == expected.match_lines(lines)
+    assert "matching without it" in caplog.text
+    assert not [record for record in caplog.records if record.levelno > logging.DEBUG]
 
 
 # --- Priority, cascade and root_cause ---------------------------------------------
