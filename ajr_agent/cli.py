@@ -387,7 +387,7 @@ def requeue(ctx: Context, job_id: int) -> None:
 @click.pass_obj
 @_fail_on_ajr_errors
 def release(ctx: Context, job_id: int) -> None:
-    """Release a held job now (scontrol release, StartTime=now), journaled."""
+    """Release a held job now (scontrol release, StartTime=now+2), journaled."""
     _run_operator_action(ctx, ActionKind.RELEASE, job_id, "release")
 
 

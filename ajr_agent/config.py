@@ -112,7 +112,7 @@ class Settings(BaseModel):
     )
     dry_run: bool = Field(default=False, description="decide and record, but run no changing Slurm command")
     clear_begin_time: bool = Field(
-        default=True, description="after a release, set StartTime=now so Slurm's ~120 s requeue wait is skipped"
+        default=True, description="after a release, set StartTime=now+2 s instead of Slurm's ~120 s requeue wait"
     )
     slurm_backend: SlurmBackend = SlurmBackend.AUTO
     slurm_command_timeout: float = Field(default=15.0, gt=0, description="seconds before a Slurm command counts as hung")

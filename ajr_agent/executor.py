@@ -17,6 +17,12 @@ from .store import ActionStatus, JournalEntry, Store
 
 log = logging.getLogger(__name__)
 
+# Seconds between a release and the earliest restart. Slurm revokes the job's credential
+# when it requeues the job, and slurmd refuses a credential created in that same second
+# ("Killing non-startable batch job: Job credential revoked", seen here when a restart
+# came 37 ms after the requeue); Slurm's own wait is ~120 s for this reason.
+RESTART_DELAY = 2
+
 
 class Executor:
     """Carries out journaled actions and reports their outcome as events."""
@@ -67,7 +73,7 @@ class Executor:
         # Without this Slurm holds a requeued job back for ~120 s (BeginTime). Failing here
         # only costs that wait, so it must not turn a good release into a failed one.
         try:
-            self.gateway.update(job_id, StartTime="now")
+            self.gateway.update(job_id, StartTime=f"now+{RESTART_DELAY}")
         except SlurmError as exc:
             log.warning("job %s: released, but clearing the requeue wait failed (it starts in ~2 min): %s",
                         job_id, exc)  # fmt: skip

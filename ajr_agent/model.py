@@ -269,7 +269,7 @@ class ActionKind(str, Enum):
     """The Slurm operations AJR performs."""
 
     REQUEUE_HOLD = "requeue_hold"  # scontrol requeuehold
-    RELEASE = "release"  # scontrol release (and StartTime=now)
+    RELEASE = "release"  # scontrol release (and StartTime=now+2)
     CANCEL = "cancel"  # scancel: a failing singleton job must stop before its successor runs
     ANNOTATE = "annotate"  # scontrol update AdminComment=: the decision trail users see
     REQUEUE = "requeue"  # scontrol requeue: an operator's own request

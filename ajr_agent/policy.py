@@ -411,7 +411,7 @@ def _action_done(job: ManagedJob, event: ActionDone, settings: Settings) -> Deci
             release = _release(job, notes=(note,))
             return replace(release, actions=(*release.actions, *trail))
         # Released only once Slurm shows the job pending: a release while the failed attempt
-        # is still COMPLETING lets Slurm set its ~120 s requeue wait after our StartTime=now.
+        # is still COMPLETING lets Slurm set its ~120 s requeue wait after our StartTime.
         return Decision(held, actions=trail, notes=(note,))
     if action.kind is ActionKind.RELEASE and job.phase is Phase.RELEASING:
         return Decision(

@@ -129,7 +129,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/jobs/{job_id}/requeue", "post_requeue", "Requeue the job now (scontrol requeue), journaled",
           "operator", api.ActionResult, errors=(401, 403, 404, 502), operator=True),  # fmt: skip
     Route("POST", "/api/jobs/{job_id}/release", "post_release",
-          "Release the held job now (scontrol release, StartTime=now), journaled", "operator", api.ActionResult,
+          "Release the held job now (scontrol release, StartTime=now+2), journaled", "operator", api.ActionResult,
           errors=(401, 403, 404, 502), operator=True),  # fmt: skip
     Route("POST", "/api/jobs/{job_id}/forget", "post_forget",
           "Stop managing the job: the agent leaves it alone from its next poll", "operator", api.ActionResult,

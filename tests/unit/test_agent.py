@@ -94,7 +94,7 @@ def test_segfault_line_requeues_held_then_releases_once_pending(agent: Agent, qu
     assert queue.calls == ["requeue_hold 7", annotate]
     assert agent.jobs[7].phase is Phase.HELD
     agent.poll(202.0)
-    assert queue.calls == ["requeue_hold 7", annotate, "release 7", "update 7 StartTime=now"]
+    assert queue.calls == ["requeue_hold 7", annotate, "release 7", "update 7 StartTime=now+2"]
     assert agent.jobs[7].phase is Phase.RESTARTING
 
 

@@ -80,7 +80,7 @@ def test_release_also_clears_the_requeue_wait(tmp_path: Path) -> None:
     executor, store, _ = setup(tmp_path, slurm)
     release = store.journal(Action(ActionKind.RELEASE, 7, 0, "r"), False, 0.0)
     executor.run(release, 1.0)
-    assert slurm.calls == [("release", 7, {}), ("update", 7, {"StartTime": "now"})]
+    assert slurm.calls == [("release", 7, {}), ("update", 7, {"StartTime": "now+2"})]
 
 
 class UpdateRefused(ScriptedSlurm):
