@@ -7,6 +7,7 @@ benchmarks run as `python bench/<name>.py` from a checkout without installing AJ
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -62,6 +63,15 @@ def other_agents() -> list[int]:
         if b"ajr_agent.agent" in argv or any(arg.endswith(b"/ajr-agent") for arg in argv):
             found.append(int(entry.name))
     return found
+
+
+def prepare(others_note: str) -> None:
+    """What every benchmark does first: make SIGTERM unwind like Ctrl-C (so its jobs are
+    cancelled), start the local cluster, and warn when other agents share it."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    start_slurm()
+    if others := other_agents():
+        print(f"note: other AJR agents are running (pids {others}); {others_note}", file=sys.stderr)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from _common import ROOT, median, other_agents, percentile, sbatch, scancel, start_slurm, verdict
+from _common import ROOT, median, percentile, prepare, sbatch, scancel, verdict
 
 from ajr_agent.model import ActionKind, Phase
 from ajr_agent.store import Store
@@ -400,12 +400,7 @@ def main() -> None:
     parser.add_argument("--config-timeout", type=float, default=240.0, help="seconds of sampling per configuration")
     parser.add_argument("--keep-logs", metavar="DIR", help="copy each configuration's agent log into DIR")
     args = parser.parse_args()
-    # SIGTERM unwinds like Ctrl-C, so that the agent stops and the bench jobs are cancelled.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    start_slurm()
-    if others := other_agents():
-        print(f"warning: other AJR agents are running (pids {others}); they may act on the bench jobs too",
-              file=sys.stderr)  # fmt: skip
+    prepare("they may act on the bench jobs too")
     results = []
     for files in args.files:
         started = time.monotonic()

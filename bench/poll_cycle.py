@@ -29,9 +29,7 @@ import argparse
 import json
 import logging
 import os
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -39,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import median, other_agents, sbatch, start_slurm, verdict
+from _common import median, prepare, sbatch, verdict
 
 from ajr_agent.agent import Agent, load_rules
 from ajr_agent.config import Settings
@@ -186,12 +184,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=16, help="sbatch calls at once while submitting")
     parser.add_argument("--keep", action="store_true", help="leave the bench jobs queued for the next run")
     args = parser.parse_args()
-    # SIGTERM unwinds like Ctrl-C, so that the bench jobs are cancelled.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    start_slurm()
-    if others := other_agents():
-        print(f"note: other AJR agents are running (pids {others}); they poll the same 10,000 jobs meanwhile",
-              file=sys.stderr)  # fmt: skip
+    prepare("they poll the same 10,000 jobs meanwhile")
     gateway = CommandGateway(15)
     try:
         submit(args.jobs, args.managed, gateway, args.parallel)
