@@ -196,3 +196,24 @@ def test_forget_is_recorded_for_the_agent(filled: Path, tmp_path: Path) -> None:
     code, out = run(filled, "forget", "42")
     assert code == 0 and "stops managing it" in out
     assert Store(tmp_path / "ajr.db").forgotten() == {42: "root"}
+
+
+def test_every_command_is_documented_in_the_readme() -> None:
+    """An operator finds every `ajr` command in the README, with its help text in the CLI."""
+    import click
+
+    from tests.conftest import ROOT
+
+    def walk(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+        found = []
+        for name, command in group.commands.items():
+            found.append((f"{prefix}{name}", command))
+            if isinstance(command, click.Group):
+                found += walk(command, f"{prefix}{name} ")
+        return found
+
+    readme = (ROOT / "README.md").read_text()
+    commands = walk(main)
+    assert {name for name, _ in commands} >= {"status", "show", "kpi", "explain", "rules check", "install", "doctor"}
+    assert [name for name, _ in commands if f"ajr {name}" not in readme] == []
+    assert [name for name, command in commands if not (command.help or "").strip()] == []
