@@ -23,13 +23,13 @@ import click
 from . import __version__, efficiency
 from .config import Settings, load_settings
 from .errors import AjrError
-from .executor import Executor
+from .executor import run_operator_action
 from .explain import Facts, explain
 from .logs import log_prefix
 from .model import Action, ActionKind, Attempt, ManagedJob
 from .policy import OVER, RECOVERING
 from .rules import RuleFileError, RuleSet, default_rules_dir
-from .slurm import CommandGateway, SlurmError, open_gateway
+from .slurm import CommandGateway, SlurmError
 from .store import ActionStatus, Store
 from .web import make_server
 
@@ -361,16 +361,11 @@ def _run_operator_action(ctx: Context, kind: ActionKind, job_id: int, verb: str)
     who = _operator(ctx, verb)
     store = ctx.store()
     job = store.job(job_id)
-    # Operators act for real even when the agent runs in dry run: they asked explicitly.
-    # One try: the operator is there to see a failure and decide.
-    settings = ctx.settings.with_overrides(dry_run=False, action_max_tries=1)
-    action = store.journal(Action(kind, job_id, job.attempt if job else 0, f"operator request by {who}"),
-                           dry_run=False, now=time.time(), origin=f"operator:{who}")  # fmt: skip
-    Executor(open_gateway(settings), store, settings).run(action, time.time())
-    entry = next(e for e in store.actions(job_id) if e.id == action.journal_id)
+    action = Action(kind, job_id, job.attempt if job else 0, f"operator request by {who}")
+    entry = run_operator_action(store, ctx.settings, action, f"operator:{who}", time.time())
     if entry.status != ActionStatus.DONE:
         raise click.ClickException(f"{verb} of job {job_id} failed: {entry.error}")
-    click.echo(f"job {job_id}: {verb} done (journal entry {action.journal_id})")
+    click.echo(f"job {job_id}: {verb} done (journal entry {entry.id})")
 
 
 @main.command()

@@ -8,11 +8,12 @@ instead of being run blindly a second time.
 from __future__ import annotations
 
 import logging
+import time
 
 from .config import Settings
 from .metrics import Metrics
 from .model import Action, ActionDone, ActionFailed, ActionKind, Event
-from .slurm import JobSnapshot, SlurmError, SlurmGateway
+from .slurm import JobSnapshot, SlurmError, SlurmGateway, open_gateway
 from .store import ActionStatus, JournalEntry, Store
 
 log = logging.getLogger(__name__)
@@ -110,3 +111,15 @@ class Executor:
             self.store.update_action(action, ActionStatus.DRY_RUN, now, tried=False)
             return [ActionDone(action, now, dry_run=True)]
         return self.run(action, now, tries_before=entry.tries)
+
+
+def run_operator_action(store: Store, settings: Settings, action: Action, origin: str, now: float) -> JournalEntry:
+    """An operator's requeue or release (CLI or cockpit): journaled with its origin, run once, for real.
+
+    For real even when the agent runs in dry run: the operator asked explicitly. One try:
+    the operator is there to see a failure and decide.
+    """
+    settings = settings.with_overrides(dry_run=False, action_max_tries=1)
+    journaled = store.journal(action, dry_run=False, now=now, origin=origin)
+    Executor(open_gateway(settings), store, settings).run(journaled, time.time())
+    return next(e for e in store.actions(action.job_id) if e.id == journaled.journal_id)

@@ -37,11 +37,10 @@ from pydantic.json_schema import models_json_schema
 from . import __version__, api
 from .config import Settings
 from .errors import AjrError
-from .executor import Executor
+from .executor import run_operator_action
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics, exposition
 from .model import Action, ActionKind, ManagedJob
-from .slurm import open_gateway
 from .store import ActionStatus, Store
 
 log = logging.getLogger(__name__)
@@ -368,17 +367,12 @@ class Service:
         return job
 
     def _slurm_action(self, kind: ActionKind, verb: Literal["requeue", "release"], job_id: int, client: str) -> Reply:
-        """The CLI's path: journal with the operator as origin, then run through the Executor, once."""
-        # Operators act for real even when the agent runs in dry run: they asked explicitly.
-        # One try: the operator is there to see a failure and decide.
-        settings = self.settings.with_overrides(dry_run=False, action_max_tries=1)
+        """The CLI's path: journaled with the operator as origin, run once."""
         with closing(self._store()) as store:
             job = self._known(store, job_id)
-            action = store.journal(Action(kind, job_id, job.attempt, f"operator request from the cockpit ({client})"),
-                                   dry_run=False, now=time.time(), origin="operator:web")  # fmt: skip
             log.warning("job %s: operator (cockpit, %s) asked for %s", job_id, client, verb)
-            Executor(open_gateway(settings), store, settings).run(action, time.time())
-            entry = next(e for e in store.actions(job_id) if e.id == action.journal_id)
+            action = Action(kind, job_id, job.attempt, f"operator request from the cockpit ({client})")
+            entry = run_operator_action(store, self.settings, action, "operator:web", time.time())
         if entry.status == ActionStatus.DONE:
             result = api.ActionResult(job_id=job_id, action=verb, status="done", journal_id=entry.id,
                                       message=f"{verb} of job {job_id} done")  # fmt: skip
