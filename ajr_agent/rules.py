@@ -29,27 +29,34 @@ through has no anchor and is always run. Admin patterns are untrusted: every
 regex call carries a timeout, and a pattern that hits it counts as not
 matching.
 
+Throughput rules are the exception: they match a large share of a training
+log's lines, so a batch is searched for them as a whole, its lines joined
+into one string, and each line takes the first match that lies within it
+(see `block_scannable` for when that equals searching the line alone).
+
 A large batch (a backlog the agent catches up on) is first handed to GNU grep,
-which searches for an alternation of every anchor (``grep -E -i``) faster than
-Python can look at each line; only the lines it picks go through the path
-above. It pays off when few lines match, and is about even when many do.
+which searches for an alternation of every anchor of the other rules
+(``grep -E -i``) faster than Python can look at each line; only the lines it
+picks go through the path above.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
-from bisect import bisect_right
+from bisect import bisect_right, insort
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from itertools import accumulate, compress
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import regex
 from pydantic import (
@@ -75,14 +82,14 @@ DEFAULT_MATCH_TIMEOUT = 0.05
 DEFAULT_PRIORITY = 50
 """Priority of an anomaly rule that does not set one: the middle of the 0-1000 scale."""
 
-GREP_MIN_BATCH_CHARS = 4 << 20
+GREP_MIN_BATCH_CHARS = 1 << 20
 """Characters a `RuleSet.match_lines` batch needs before grep prefilters it.
 
-Starting grep costs a few milliseconds. Measured with the shipped rules on
-the benchmark's logs (bench/rules_throughput.py): at 1 MiB, grep makes free
-text about 4 times faster and a training log where a third of the lines are
-throughput readings (which Python must still match) about 10% slower; at
-4 MiB that log breaks even, so 4 MiB it is; at 64 KiB grep is slower on both.
+Starting grep costs about 2 ms (it compiles the alternation each time).
+Measured on one core with the shipped rules on the benchmark's logs
+(bench/rules_throughput.py): with grep, a batch of 1 MiB of free text goes
+3.4 times faster and one of a training log 1.1 times; at 512 KiB the training
+log is 10% slower with grep, at 4 MiB 1.4 times faster.
 """
 
 GREP_TIMEOUT = 10.0
@@ -183,7 +190,7 @@ class _RuleDisable(BaseModel):
         return _check_rule_name(name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RuleMatch:
     """A rule that matched a line; ``value`` is the number a throughput rule captured."""
 
@@ -424,20 +431,23 @@ def _skip_group(pattern: str, start: int) -> int | None:
 def required_literals(pattern: str) -> frozenset[str] | None:
     """Return lower-case ASCII literals of which every match of ``pattern`` contains one.
 
-    The result holds one literal run of each top-level alternative: the
-    longest that is not in :data:`_COMMON_TEXT`, or the longest if all are
-    (so ``loss\\w*=nan`` is anchored on ``=nan``, which few lines hold, rather
-    than on ``loss``, which most training lines do). ``None`` means no such
-    set could be worked out (an alternative without a literal, or syntax the
-    scanner does not follow): the pattern must then be tried on every line. A
-    literal is only taken from outside groups and classes, and a character
-    followed by a quantifier is never part of one, so the answer errs on the
-    side of "no anchor", never of a wrong one.
+    For each top-level alternative the result holds its best *anchor*: a run
+    of literal characters, or the literals of a group that is nothing but
+    literal alternatives, such as ``(?:failed|error)``, and has no quantifier.
+    The best is the rarest, then the longest: an anchor in
+    :data:`_COMMON_TEXT` loses to one that is not (so ``loss\\w*=nan`` is
+    anchored on ``=nan``, which few lines hold, rather than on ``loss``,
+    which most training lines do), and a group counts as its weakest
+    literal. ``None`` means no such set could be worked out (an alternative
+    without a literal, or syntax the scanner does not follow): the pattern
+    must then be tried on every line. Only top-level runs and groups are
+    taken, and a character followed by a quantifier is never part of a run,
+    so the answer errs on the side of "no anchor", never of a wrong one.
     """
     if "(?#" in pattern or _UNSCANNABLE_FLAGS_RE.search(pattern):
         return None
     anchors: set[str] = set()
-    best = ""  # best run of the current alternative so far
+    best: frozenset[str] = frozenset()  # best anchor of the current alternative so far
     run = ""  # literal run being read
     last_is_literal = False  # a quantifier would apply to run's last character
     i = 0
@@ -459,6 +469,8 @@ def required_literals(pattern: str) -> frozenset[str] | None:
             if end is None:
                 return None
             step = end - i
+            if char == "(" and not pattern.startswith(("?", "*", "+", "{"), end):
+                best = _rarer(_group_literals(pattern[i:end]), best)
         elif char in "*+?{":
             if char == "{":
                 quantifier = _QUANTIFIER_RE.match(pattern, i)
@@ -468,11 +480,12 @@ def required_literals(pattern: str) -> frozenset[str] | None:
             if last_is_literal:
                 run = run[:-1]
         elif char == "|":
-            best = _rarer(run, best)
+            best = _rarer(frozenset([run] if run else []), best)
             if not best:
                 return None
-            anchors.add(best.lower())
-            best = run = ""
+            anchors.update(anchor.lower() for anchor in best)
+            best = frozenset()
+            run = ""
         elif char == ")":
             return None
         elif char not in ".^$":
@@ -481,19 +494,37 @@ def required_literals(pattern: str) -> frozenset[str] | None:
             run += literal
             last_is_literal = True
         else:
-            best = _rarer(run, best)
+            best = _rarer(frozenset([run] if run else []), best)
             run = ""
             last_is_literal = False
         i += step
     return frozenset(anchors)
 
 
-def _rarer(run: str, best: str) -> str:
-    """Return the better anchor of two literal runs: a rare one, then a long one."""
-    def score(text: str) -> tuple[bool, int]:
-        return text.lower() not in _COMMON_TEXT, len(text)
+# A group whose alternatives are all plain literal text: (?:a|b), (a|b) or (?P<n>a|b).
+_LITERAL_GROUP_RE = regex.compile(r"\((?:\?:|\?P<\w+>)?((?:[^\\()\[\]{}|*+?.^$]|\\[^\w])+(?:\|(?:[^\\()\[\]{}|*+?.^$]|\\[^\w])+)*)\)")
 
-    return run if score(run) > score(best) else best
+
+_ALTERNATIVE_RE = regex.compile(r"(?:[^\\|]|\\.)+")
+
+
+def _group_literals(group: str) -> frozenset[str]:
+    """Return the alternatives of ``group`` if it is a group of literal alternatives, else nothing."""
+    found = _LITERAL_GROUP_RE.fullmatch(group)
+    if found is None or not found[1].isascii():
+        return frozenset()
+    alternatives = _ALTERNATIVE_RE.findall(found[1])
+    return frozenset(regex.sub(r"\\(.)", r"\1", alternative) for alternative in alternatives)
+
+
+def _rarer(candidate: frozenset[str], best: frozenset[str]) -> frozenset[str]:
+    """Return the better of two anchors (sets of literals): a rare one, then a long one."""
+    def score(anchor: frozenset[str]) -> tuple[bool, int]:
+        if not anchor:
+            return False, -1
+        return min((text.lower() not in _COMMON_TEXT, len(text)) for text in anchor)
+
+    return candidate if score(candidate) > score(best) else best
 
 
 # --- Matching ----------------------------------------------------------------
@@ -569,6 +600,66 @@ def _choose_gates(anchors: Iterable[str]) -> dict[str, list[str]]:
     return gates
 
 
+# Throughput rules report on most lines of a training log, so a literal prefilter
+# passes nearly every line to them; one search through a whole batch, joined into
+# one string, is then cheaper than a call per line. That search finds the match a
+# line alone would give (see `RuleSet._scan`) unless the pattern looks beyond the
+# text it consumes: anchors, lookarounds, and inline flags (which may turn on
+# DOTALL or reverse searching) or fuzzy matching, whose effects the scanner does
+# not model. Escapes that are assertions about the string's ends: \A \Z \z \G \K.
+_EDGE_ESCAPES = frozenset("AZzGK")
+
+
+def block_scannable(pattern: str) -> bool:
+    """Return whether a search of ``pattern`` through lines joined by "\\n" finds, in a line, what
+    a search of the line alone finds.
+
+    True when the pattern has no anchor (``^``, ``$``, ``\\A``, ``\\Z``,
+    ``\\z``, ``\\G``, ``\\K``), no group other than ``(?:...)`` and
+    ``(?P<name>...)`` (so no lookaround and no inline flag) and no brace that
+    is not a quantifier (fuzzy matching). Then a match lying within one line
+    of the block is that line's first match, and a match crossing a line
+    break is detected by its span; ``\\b`` sees the same at a line's edge as
+    at the string's, since "\\n" is not a word character. Errs on the side
+    of False.
+    """
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            if i + 1 >= len(pattern) or pattern[i + 1] in _EDGE_ESCAPES:
+                return False
+            i += 2
+        elif char == "[":
+            end = _skip_class(pattern, i)
+            if end is None:
+                return False
+            i = end
+        elif char == "(":
+            if pattern.startswith("(?", i) and not pattern.startswith(("(?:", "(?P<"), i):
+                return False
+            i += 1
+        elif char in "^$" or (char == "{" and not _QUANTIFIER_RE.match(pattern, i)):
+            return False
+        else:
+            i += 1
+    return True
+
+
+# How long a block scan may run, per character of the block, before the rest of
+# the batch is searched line by line instead (with the per-line timeout). The
+# shipped throughput rule scans a training log at about 2 ns per character, so
+# this leaves a margin of 50 for slower site patterns.
+_SCAN_SECONDS_PER_CHAR = 100e-9
+
+_Found = tuple[int, "RuleMatch"]
+"""One match in a batch: (index of the line, the match)."""
+
+# At most this many matches are inserted one by one into a batch's sorted
+# matches; more are sorted in with them.
+_INSERT_AT_MOST = 256
+
+
 class RuleSet:
     """Compiled rules, ready to match log lines.
 
@@ -593,11 +684,19 @@ class RuleSet:
         self.grep_executable: str | None = shutil.which("grep")
         self.grep_min_chars = GREP_MIN_BATCH_CHARS
         self._compiled = tuple(_compile(rule) for rule in active)
+        self._rank = {rule.name: index for index, rule in enumerate(active)}
+        # Rules a batch is scanned for as a whole; the others are prefiltered.
+        self._scanned: tuple[int, ...] = tuple(
+            index for index, rule in enumerate(active)
+            if rule.kind is RuleKind.THROUGHPUT and block_scannable(rule.pattern)
+        )  # fmt: skip
 
         by_anchor: dict[str, list[int]] = {}
         unanchored: list[int] = []
         literals: set[str] = set()
         for index, rule in enumerate(active):
+            if index in self._scanned:
+                continue
             anchors = required_literals(rule.pattern)
             if anchors is None:
                 unanchored.append(index)
@@ -605,7 +704,7 @@ class RuleSet:
                 by_anchor.setdefault(_key(anchor), []).append(index)
                 literals.add(anchor)
         self._unanchored: tuple[int, ...] = tuple(unanchored)
-        self._grep_args = _grep_args(literals) if literals and not unanchored else None
+        self._grep_args = _grep_args(literals) if not unanchored else None
         gates = _choose_gates(by_anchor)
         self._gates: tuple[str, ...] = tuple(gates)
         self._gate_anchors: tuple[tuple[tuple[str, tuple[int, ...]], ...], ...] = tuple(
@@ -633,48 +732,131 @@ class RuleSet:
         if candidates is None:
             gated = compress(range(len(self._gates)), map(key.__contains__, self._gates))
             candidates = self._remember(key, self._anchored(key, gated))
-        return self._search(line, candidates) if candidates else []
+        if self._scanned:
+            candidates = tuple(sorted((*candidates, *self._scanned)))
+        return [match for _, match in self._search(line, candidates)]
 
     def match_lines(self, lines: Sequence[str]) -> list[tuple[int, RuleMatch]]:
         """Match a batch of lines; return ``(index in lines, match)`` in line, then rule, order.
 
-        The same as calling :meth:`match` on each line, but faster on lines
-        whose key is not cached: the gates are searched for in all of them at
-        once. The agent hands over the lines of one read. A batch of at least
-        ``grep_min_chars`` characters is prefiltered with grep when every rule
-        has anchors; if grep is missing, fails or times out, the batch is
-        matched without it.
+        The same as calling :meth:`match` on each line, but faster: the
+        throughput rules search the whole batch at once, and the other rules'
+        prefilter looks at each distinct line key once. The agent hands over
+        the lines of one read. A batch of at least ``grep_min_chars``
+        characters is prefiltered with grep when every prefiltered rule has
+        anchors; if grep is missing, fails or times out, the batch is matched
+        without it.
         """
+        if not lines:
+            return []
+        text = "\n".join(lines)
+        scans = [self._scan(index, text, lines) for index in self._scanned]
+        prefiltered: list[_Found] | None = None
         grep, args = self.grep_executable, self._grep_args
-        if grep is not None and args is not None and sum(map(len, lines)) >= self.grep_min_chars:
-            picked = self._grep_pick([grep, *args], lines)
+        if grep is not None and args is not None and len(text) >= self.grep_min_chars:
+            picked = self._grep_pick([grep, *args], text, len(lines))
             if picked is not None:
-                found = self._match_batch([lines[index] for index in picked])
-                return [(picked[index], match) for index, match in found]
-        return self._match_batch(lines)
+                prefiltered = [
+                    (picked[line], match) for line, match in self._match_batch([lines[index] for index in picked])
+                ]  # fmt: skip
+        if prefiltered is None:
+            prefiltered = self._match_batch(lines)
+        return self._merge([*scans, prefiltered])
 
-    def _grep_pick(self, command: list[str], lines: Sequence[str]) -> list[int] | None:
-        """Return the indexes of the lines that may match, by grep ``command``; None if it failed.
+    def _merge(self, runs: list[list[_Found]]) -> list[_Found]:
+        """Merge runs of matches, each in line then rule order, into one in that order.
 
-        A match contains an anchor of its rule, an ASCII literal that grep
-        finds case-insensitively in the C locale; but there ``-i`` folds ASCII
-        letters only, while a rule ignoring case matches e.g. KELVIN SIGN for
-        "k". A line with a line break would shift grep's line numbers. So only
-        ASCII lines without one are searched, the others are always picked,
-        and grep sees an empty line in their place to keep its line numbers
-        those of ``lines``.
+        Usually one run is long (the readings of a throughput rule) and the
+        others short (a few failure lines): those are inserted into it rather
+        than sorted with it. The first run may be reused.
         """
-        searched = [line.isascii() and "\n" not in line for line in lines]
-        text = "\n".join(line if ok else "" for line, ok in zip(lines, searched))
+        runs = sorted((run for run in runs if run), key=len, reverse=True)
+        if not runs:
+            return []
+        merged, rest = runs[0], [found for run in runs[1:] for found in run]
+        rank = self._rank
+
+        def order(found: _Found) -> tuple[int, int]:
+            return found[0], rank[found[1].rule.name]
+
+        if len(rest) > _INSERT_AT_MOST:
+            return sorted(merged + rest, key=order)
+        for found in rest:
+            insort(merged, found, key=order)
+        return merged
+
+    def _scan(self, index: int, text: str, lines: Sequence[str]) -> list[_Found]:
+        """Return the match of rule ``index`` in each line of ``text`` (``lines`` joined by "\\n").
+
+        A match inside one line is the match a search of that line alone
+        would find (see :func:`block_scannable`), and the first one in its line
+        counts. A match that crosses a line break may have consumed the start
+        of a later line's own match: its line is then searched alone and the
+        scan resumes at the next line. A scan that runs out of time leaves the
+        lines it has not finished to a search of each line alone, with the
+        per-line timeout.
+        """
+        pattern = self._compiled[index]
+        rule = self.rules[index]
+        value_group = pattern.groupindex["value"]
+        # Readings repeat (a throughput printed with one decimal takes a few hundred
+        # values), so each distinct text is turned into a match once.
+        readings: dict[str, RuleMatch | None] = {}
+        found: list[_Found] = []
+        done = 0  # lines before this one are settled
+        resume = 0  # where the next scan starts: a line start
+        ends: list[int] = []  # ends[i]: where line i + 1 starts; worked out at the first match
+        deadline = time.monotonic() + self.match_timeout + len(text) * _SCAN_SECONDS_PER_CHAR
+        while True:
+            crossing: int | None = None  # the line of a match that reaches past it
+            try:
+                for scanned in pattern.finditer(text, resume, timeout=max(deadline - time.monotonic(), 1e-6)):
+                    start, end = scanned.span()
+                    if not ends:
+                        ends = list(accumulate(map((1).__add__, map(len, lines))))
+                    line = bisect_right(ends, start)
+                    if end >= ends[line]:
+                        crossing = line
+                        break
+                    if line >= done:
+                        done = line + 1
+                        reading = scanned[value_group]
+                        if reading not in readings:
+                            value = _to_float(reading)
+                            readings[reading] = None if value is None else RuleMatch(rule, value)
+                        match = readings[reading]
+                        if match is not None:  # None: e.g. "[0-9.]+" caught a lone "."
+                            found.append((line, match))
+            except TimeoutError:
+                logger.debug("scan for rule %r timed out; searching the rest line by line", rule.name)
+                for line in range(done, len(lines)):
+                    found += self._search_alone(index, lines, line)
+                return found
+            if crossing is None:
+                return found
+            if crossing >= done:
+                found += self._search_alone(index, lines, crossing)
+                done = crossing + 1
+            resume = ends[crossing]
+
+    def _search_alone(self, index: int, lines: Sequence[str], line: int) -> list[_Found]:
+        """Return the match of rule ``index`` in ``lines[line]`` searched on its own, if any."""
+        return [(line, match) for _, match in self._search(lines[line], (index,))]
+
+    def _grep_pick(self, command: list[str | bytes], text: str, count: int) -> list[int] | None:
+        """Return the indexes of the lines of ``text`` that may match, by grep ``command``;
+        None if grep cannot say.
+
+        A prefiltered rule's match contains an anchor, which grep finds (see
+        :func:`_grep_args`). A line holding a line break would shift grep's
+        line numbers, so grep also gets a last line that it always selects:
+        the batch is matched without grep unless that line keeps its number.
+        """
         try:
-            done = subprocess.run(
-                command,
-                input=text.encode("ascii"),
-                capture_output=True,
-                env={"LC_ALL": "C"},
-                timeout=GREP_TIMEOUT,
-                check=False,
-            )
+            with _memory_file(text.encode("utf-8", "surrogatepass"), _GREP_SENTINEL) as batch:
+                done = subprocess.run(
+                    command, stdin=batch, capture_output=True, env={"LC_ALL": "C"}, timeout=GREP_TIMEOUT, check=False
+                )  # fmt: skip
         except (OSError, subprocess.TimeoutExpired) as exc:
             logger.debug("grep prefilter unavailable, matching without it: %s", exc)
             return None
@@ -685,16 +867,16 @@ class RuleSet:
                 done.stderr.decode("utf-8", "replace").strip(),
             )
             return None
-        picked = [not ok for ok in searched]
         # Each output row is "<line number>:<line>"; split at "\n" only, since
         # bytes.splitlines would also split at a "\r" inside a line.
-        for row in done.stdout.split(b"\n"):
-            if row:
-                picked[int(row.partition(b":")[0]) - 1] = True
-        return list(compress(range(len(lines)), picked))
+        picked = [int(row.partition(b":")[0]) - 1 for row in done.stdout.split(b"\n") if row]
+        if not picked or picked.pop() != count:
+            logger.debug("a line holds a line break, so grep's line numbers are not ours: matching without it")
+            return None
+        return picked
 
-    def _match_batch(self, lines: Sequence[str]) -> list[tuple[int, RuleMatch]]:
-        """Match a batch of lines in Python, as :meth:`match_lines` describes."""
+    def _match_batch(self, lines: Sequence[str]) -> list[_Found]:
+        """Match a batch of lines against the prefiltered rules, as :meth:`match_lines` describes."""
         keys = list(map(_key, lines))
         cached = self._cache.get
         batch = list(map(cached, keys))
@@ -702,10 +884,10 @@ class RuleSet:
         if unseen:
             computed = dict(zip(unseen, self._gate_batch(unseen)))
             batch = [computed[key] if hit is None else hit for key, hit in zip(keys, batch)]
-        found: list[tuple[int, RuleMatch]] = []
-        for index, candidates in enumerate(batch):
+        found: list[_Found] = []
+        for line, candidates in enumerate(batch):
             if candidates:
-                found.extend((index, match) for match in self._search(lines[index], candidates))
+                found += [(line, match) for _, match in self._search(lines[line], candidates)]
         return found
 
     def _gate_batch(self, keys: list[str]) -> list[tuple[int, ...]]:
@@ -748,25 +930,29 @@ class RuleSet:
             self._cache[key] = candidates
         return candidates
 
-    def _search(self, line: str, candidates: Iterable[int]) -> list[RuleMatch]:
-        matches: list[RuleMatch] = []
+    def _search(self, line: str, candidates: Iterable[int]) -> list[tuple[int, RuleMatch]]:
+        """Return ``(rule index, match)`` for each rule of ``candidates`` that matches ``line``."""
+        matches: list[tuple[int, RuleMatch]] = []
         for index in candidates:
-            rule = self.rules[index]
             try:
                 found = self._compiled[index].search(line, timeout=self.match_timeout)
             except TimeoutError:
-                self._count_timeout(rule, line)
+                self._count_timeout(self.rules[index], line)
                 continue
-            if found is None:
-                continue
-            if rule.kind is RuleKind.THROUGHPUT:
-                value = _to_float(found.group("value"))
-                if value is None:
-                    continue  # e.g. "[0-9.]+" caught a lone "."; not a reading
-                matches.append(RuleMatch(rule, value))
-            else:
-                matches.append(RuleMatch(rule))
+            if found is not None:
+                match = self._as_match(index, found)
+                if match is not None:
+                    matches.append((index, match))
         return matches
+
+    def _as_match(self, index: int, found: regex.Match[str]) -> RuleMatch | None:
+        """Return the match of rule ``index`` that ``found`` is; None for a throughput match without a number."""
+        rule = self.rules[index]
+        if rule.kind is not RuleKind.THROUGHPUT:
+            return RuleMatch(rule)
+        value = _to_float(found.group("value"))
+        # None: e.g. "[0-9.]+" caught a lone "."; not a reading.
+        return None if value is None else RuleMatch(rule, value)
 
     def _count_timeout(self, rule: Rule, line: str) -> None:
         self.timeouts[rule.name] += 1
@@ -781,12 +967,47 @@ class RuleSet:
             )
 
 
+def _memory_file(*parts: bytes) -> BinaryIO:
+    """Return an anonymous in-memory file holding ``parts``, positioned at its start.
+
+    grep reads its batch from it: feeding a pipe instead costs a poll and a
+    write per 4 KiB in `subprocess.run`, which took as long as grep itself.
+    """
+    fd = os.memfd_create("ajr-grep-batch", os.MFD_CLOEXEC)
+    batch = open(fd, "w+b", buffering=0)  # the caller closes it
+    try:
+        for part in parts:
+            view = memoryview(part)
+            while view:
+                view = view[batch.write(view) :]
+        batch.seek(0)
+    except OSError:
+        batch.close()
+        raise
+    return batch
+
+
 # Characters special in a POSIX extended regex; a backslash makes each literal.
 _ERE_SPECIAL_RE = regex.compile(r"[\\.\[\](){}*+?|^$]")
 
 
-def _grep_args(literals: Iterable[str]) -> tuple[str, ...] | None:
-    """Return grep's arguments that select the lines holding any of ``literals``.
+# The three non-ASCII characters that IGNORECASE folds to ASCII letters (KELVIN
+# SIGN ~ k, LONG S ~ s, CAPITAL I WITH DOT ABOVE ~ i); see `_key_table`.
+_ASCII_FOLDING = ("\u212a", "\u017f", "\u0130")
+
+
+# The last line of each batch grep reads, selected by every grep command (see
+# `RuleSet._grep_pick`); a log line that holds it is only picked needlessly.
+_GREP_SENTINEL_TEXT = "ajr: end of batch"
+_GREP_SENTINEL = b"\n" + _GREP_SENTINEL_TEXT.encode()
+
+
+def _grep_args(literals: Iterable[str]) -> tuple[str | bytes, ...] | None:
+    """Return grep's arguments that select the lines holding any of ``literals``, for the C locale.
+
+    There ``-i`` folds ASCII letters only, while a rule ignoring case matches
+    e.g. KELVIN SIGN for "k": the alternation also selects every line holding
+    one of the characters that fold to an ASCII letter (as UTF-8 bytes).
 
     The literals go in as one alternation (-E) rather than as fixed strings
     (-F): GNU grep then runs its DFA, which on training logs measured about
@@ -797,8 +1018,8 @@ def _grep_args(literals: Iterable[str]) -> tuple[str, ...] | None:
     """
     if any("\0" in literal for literal in literals):
         return None
-    escaped = (_ERE_SPECIAL_RE.sub(r"\\\g<0>", literal) for literal in sorted(literals))
-    alternation = "|".join(escaped)
+    escaped = [_ERE_SPECIAL_RE.sub(r"\\\g<0>", literal) for literal in sorted(literals)]
+    alternation = "|".join([*escaped, *_ASCII_FOLDING, _GREP_SENTINEL_TEXT]).encode("utf-8")
     # -a: a NUL byte in a line must not make grep report "binary file matches".
     return ("-n", "-E", "-i", "-a", "-e", alternation)
 

@@ -488,7 +488,12 @@ def test_catastrophic_pattern_times_out_counts_and_does_not_raise(
         (r"\*\*\* JOB \S+ ON", {"*** job "}),
         (r"TFLOP[^:]{0,20}:\s*(?P<value>[0-9.]+)", {"tflop"}),
         (r"a|", None),  # the empty alternative matches every line
-        (r"(?:foo|bar)", None),  # literals inside groups are not taken
+        (r"(?:foo|bar)", {"foo", "bar"}),  # a group of literal alternatives is an anchor
+        (r"(?P<v>foo|ba\|r)baz", {"foo", "ba|r"}),  # as rare as "baz": the first wins
+        (r"(?:foo|bar)?x", {"x"}),  # an optional group is not
+        (r"(?:foo|bar)+", None),  # nor, to keep the scanner simple, a repeated one
+        (r"(?:fo+|bar)", None),  # nor one with more than literals
+        (r"^(?!.*\bNCCL INFO\b).*?\bmlx5.{0,80}?\b(?:failed|error)\b", {"failed", "error"}),
         (r"\x41BCD", None),  # escapes with arguments are not followed
         (r"(?x) s e g v", None),  # verbose mode changes what a space means
         (r"(?:segfault){e<=1}", None),  # fuzzy matching
@@ -521,6 +526,7 @@ TRICKY_RULES = [
     Rule(name="long_s", kind="anomaly", category="x", pattern=r"segv"),
     Rule(name="dotted_i", kind="anomaly", category="x", pattern=r"ibv"),
     Rule(name="digits", kind="anomaly", category="x", pattern=r"Errno 28\]"),
+    Rule(name="anchored_value", kind="throughput", pattern=r"^step \d+ rate (?P<value>\d+)"),
 ]
 
 LINES = [
@@ -629,6 +635,87 @@ def test_candidate_cache_stays_bounded_and_correct(monkeypatch: pytest.MonkeyPat
 
 
 
+# --- The block scan of throughput rules -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "scannable"),
+    [
+        (r"TFLOP[^:=|\d]{0,20}[:=]\s*(?P<value>\d+(?:\.\d+)?)", True),
+        (r"\brate (?P<value>\d+)\b", True),  # \b sees "\n" as at a string's edge
+        (r"[$^](?P<value>\d+)", True),  # in a class they are plain characters
+        (r"^rate (?P<value>\d+)", False),
+        (r"rate (?P<value>\d+)$", False),
+        (r"\Arate (?P<value>\d+)", False),
+        (r"rate (?P<value>\d+)\Z", False),
+        (r"(?<=rate )(?P<value>\d+)", False),
+        (r"rate (?P<value>\d+)(?! ms)", False),
+        (r"(?s)rate.(?P<value>\d+)", False),  # an inline flag
+        (r"(?:rate){e<=1} (?P<value>\d+)", False),  # fuzzy matching
+        (r"rate (?P<value>\d+)\\", True),
+        ("rate \\", False),  # a dangling backslash
+    ],
+)
+def test_block_scannable(pattern: str, scannable: bool) -> None:
+    assert rules_module.block_scannable(pattern) is scannable
+
+
+# Throughput patterns whose matches can run across a line break in a joined batch.
+SPANNING_RULES = [
+    Rule(name="spanning", kind="throughput", pattern=r"TFLOP[^\d]*(?P<value>\d+)"),
+    Rule(name="dots", kind="throughput", pattern=r"tok\W{0,3}(?P<value>[0-9.]*)"),
+    Rule(name="spaces", kind="throughput", pattern=r"rate\s*(?P<value>\d+)\b"),
+]
+
+
+def per_line(matcher: RuleSet, lines: Sequence[str]) -> list[tuple[int, str, float | None]]:
+    return [(i, m.rule.name, m.value) for i, line in enumerate(lines) for m in matcher.match(line)]
+
+
+def batch(matcher: RuleSet, lines: Sequence[str]) -> list[tuple[int, str, float | None]]:
+    return [(i, m.rule.name, m.value) for i, m in matcher.match_lines(lines)]
+
+
+def test_a_match_across_a_line_break_does_not_hide_the_next_lines_match() -> None:
+    matcher = RuleSet.from_rules(SPANNING_RULES)
+    lines = ["TFLOP none", "TFLOPS 7 TFLOP 8", "x 3", "tok", ".", "tok 5", "rate", "4", "rate 6"]
+    assert batch(matcher, lines) == per_line(matcher, lines) == [
+        (1, "spanning", 7.0), (5, "dots", 5.0), (8, "spaces", 6.0),
+    ]  # fmt: skip
+
+
+def test_block_scan_agrees_with_line_by_line_on_random_lines() -> None:
+    rng = random.Random(3)
+    pieces = ["TFLOP", "TFLOPs: ", "tok", "rate", "rate=", "speed ", " ", ":", "=", "|", ".", "7", "12.5", "x", "\u212a"]
+    lines = ["".join(rng.choice(pieces) for _ in range(rng.randrange(0, 6))) for _ in range(3000)]
+    matcher = RuleSet.from_rules([*SPANNING_RULES, *TRICKY_RULES])
+    expected = per_line(matcher, lines)
+    assert len({name for _, name, _ in expected}) >= 5  # the lines do exercise the rules
+    assert batch(matcher, lines) == expected
+    matcher.grep_min_chars = 0
+    assert batch(matcher, lines) == expected
+
+
+def test_first_match_of_a_line_counts_even_without_a_number() -> None:
+    # As when searching the line alone: "tok ." is the line's match, and not a reading.
+    matcher = RuleSet.from_rules(SPANNING_RULES)
+    lines = ["tok . tok 9", "tok 3 tok 4"]
+    assert batch(matcher, lines) == per_line(matcher, lines) == [(1, "dots", 3.0)]
+
+
+def test_a_block_scan_out_of_time_finishes_line_by_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = realistic_log(4000)
+    matcher = RuleSet.load([default_rules_dir()])
+    expected = per_line(matcher, lines)
+    monkeypatch.setattr(rules_module, "_SCAN_SECONDS_PER_CHAR", -1.0)  # a deadline already past
+    with caplog.at_level(logging.DEBUG, logger="ajr_agent.rules"):
+        assert batch(matcher, lines) == expected
+    assert "timed out; searching the rest line by line" in caplog.text
+    assert sum(name == "tflops" for _, name, _ in expected) > 500
+
+
 # --- The grep prefilter of large batches --------------------------------------------
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "corpus"
@@ -640,7 +727,7 @@ GREP_RULES = [rule for rule in TRICKY_RULES if rule.name != "unanchored"] + [
 ]
 
 TRICKY_GREP_LINES = LINES + [
-    "", "\r", "Bus error\r", "\rsegmentation fault", "nul\0 Bus error", "\0", "a\nBus error",
+    "", "\r", "Bus error\r", "\rsegmentation fault", "nul\0 Bus error", "\0",
     "x.y|z()[]{}*+?^$\\ ok", "xay|z()[]{}*+?^$\\ ok", "bad byte \udcff then segmentation fault",
     "Bus 7error", "seg1mentation fault", "RuntimeError: CUDA error: an illegal memory access was encountered",
     "caf\u00e9 CUDA error: out of memory", "oom-\u212aill", "\u212aILLED oom_kill",
@@ -720,7 +807,19 @@ def test_grep_prefilter_gives_the_same_matches_as_python(
 ) -> None:
     by_grep, by_python = grep_and_python(list(defaults.rules) + extra_rules, lines)
     assert by_grep == by_python
-    assert grep_runs in ([0], [1])  # grep ran and did not fail (and fall back)
+    assert grep_runs == ([] if not lines else [0])  # ran and did not fail (its sentinel line matches)
+
+
+def test_a_line_break_inside_a_line_sets_grep_aside(
+    defaults: RuleSet, grep_runs: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    # grep numbers such a line as two; the tailer never hands one over.
+    lines = ["a\nBus error", " throughput per GPU (TFLOP/s/GPU): 400.0 |\nsegmentation fault", "plain"]
+    with caplog.at_level(logging.DEBUG, logger="ajr_agent.rules"):
+        by_grep, by_python = grep_and_python(defaults.rules, lines)
+    assert by_grep == by_python == [(0, "bus_error", None), (1, "segfault", None), (1, "tflops", 400.0)]
+    assert grep_runs == [0]
+    assert "line break" in caplog.text
 
 
 def test_grep_prefilter_finds_the_events_of_a_realistic_log(
@@ -735,7 +834,7 @@ def test_grep_prefilter_finds_the_events_of_a_realistic_log(
 
 def test_grep_runs_only_on_large_batches(defaults: RuleSet, grep_runs: list[int]) -> None:
     matcher = RuleSet.from_rules(defaults.rules)
-    assert matcher.grep_min_chars == rules_module.GREP_MIN_BATCH_CHARS == 4 * 2**20
+    assert matcher.grep_min_chars == rules_module.GREP_MIN_BATCH_CHARS == 2**20
     lines = realistic_log(2000)
     assert sum(map(len, lines)) < matcher.grep_min_chars
     small = matcher.match_lines(lines)
