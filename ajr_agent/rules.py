@@ -45,8 +45,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from bisect import bisect_right, insort
@@ -750,17 +752,16 @@ class RuleSet:
         if not lines:
             return []
         text = "\n".join(lines)
-        scans = [self._scan(index, text, lines) for index in self._scanned]
-        prefiltered: list[_Found] | None = None
         grep, args = self.grep_executable, self._grep_args
+        prefilter = None
         if grep is not None and args is not None and len(text) >= self.grep_min_chars:
-            picked = self._grep_pick([grep, *args], text, len(lines))
-            if picked is not None:
-                prefiltered = [
-                    (picked[line], match) for line, match in self._match_batch([lines[index] for index in picked])
-                ]  # fmt: skip
-        if prefiltered is None:
+            prefilter = _GrepPrefilter.start([grep, *args], text)  # runs beside the scans
+        scans = [self._scan(index, text, lines) for index in self._scanned]
+        picked = prefilter.picked(len(lines)) if prefilter is not None else None
+        if picked is None:
             prefiltered = self._match_batch(lines)
+        else:
+            prefiltered = [(picked[line], match) for line, match in self._match_batch([lines[i] for i in picked])]
         return self._merge([*scans, prefiltered])
 
     def _merge(self, runs: list[list[_Found]]) -> list[_Found]:
@@ -842,38 +843,6 @@ class RuleSet:
     def _search_alone(self, index: int, lines: Sequence[str], line: int) -> list[_Found]:
         """Return the match of rule ``index`` in ``lines[line]`` searched on its own, if any."""
         return [(line, match) for _, match in self._search(lines[line], (index,))]
-
-    def _grep_pick(self, command: list[str | bytes], text: str, count: int) -> list[int] | None:
-        """Return the indexes of the lines of ``text`` that may match, by grep ``command``;
-        None if grep cannot say.
-
-        A prefiltered rule's match contains an anchor, which grep finds (see
-        :func:`_grep_args`). A line holding a line break would shift grep's
-        line numbers, so grep also gets a last line that it always selects:
-        the batch is matched without grep unless that line keeps its number.
-        """
-        try:
-            with _memory_file(text.encode("utf-8", "surrogatepass"), _GREP_SENTINEL) as batch:
-                done = subprocess.run(
-                    command, stdin=batch, capture_output=True, env={"LC_ALL": "C"}, timeout=GREP_TIMEOUT, check=False
-                )  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            logger.debug("grep prefilter unavailable, matching without it: %s", exc)
-            return None
-        if done.returncode not in (0, 1):  # 1: no line selected
-            logger.debug(
-                "grep prefilter exited with %d, matching without it: %s",
-                done.returncode,
-                done.stderr.decode("utf-8", "replace").strip(),
-            )
-            return None
-        # Each output row is "<line number>:<line>"; split at "\n" only, since
-        # bytes.splitlines would also split at a "\r" inside a line.
-        picked = [int(row.partition(b":")[0]) - 1 for row in done.stdout.split(b"\n") if row]
-        if not picked or picked.pop() != count:
-            logger.debug("a line holds a line break, so grep's line numbers are not ours: matching without it")
-            return None
-        return picked
 
     def _match_batch(self, lines: Sequence[str]) -> list[_Found]:
         """Match a batch of lines against the prefiltered rules, as :meth:`match_lines` describes."""
@@ -967,11 +936,72 @@ class RuleSet:
             )
 
 
+class _GrepPrefilter:
+    """One grep run that picks a batch's candidate lines for the prefiltered rules.
+
+    It is started before the throughput scan and collected after it, so that
+    on a machine with a core to spare grep costs no wall time. A prefiltered
+    rule's match contains an anchor, which grep finds (see `_grep_args`). A
+    line holding a line break would shift grep's line numbers, so grep also
+    reads a last line that it always selects: the batch is matched without
+    grep unless that line keeps its number. grep's output goes to an
+    in-memory file, so that it never waits for this process to read.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], output: BinaryIO, errors: BinaryIO) -> None:
+        self._process = process
+        self._output = output
+        self._errors = errors
+
+    @classmethod
+    def start(cls, command: list[str | bytes], text: str) -> _GrepPrefilter | None:
+        """Start grep ``command`` on the lines of ``text``; None (logged) if it cannot start."""
+        output = _memory_file()
+        errors = _memory_file()
+        try:
+            with _memory_file(text.encode("utf-8", "surrogatepass"), _GREP_SENTINEL) as batch:
+                process = subprocess.Popen(command, stdin=batch, stdout=output, stderr=errors, env={"LC_ALL": "C"})
+        except OSError as exc:
+            output.close()
+            errors.close()
+            logger.debug("grep prefilter unavailable, matching without it: %s", exc)
+            return None
+        return cls(process, output, errors)
+
+    def picked(self, count: int) -> list[int] | None:
+        """Wait for grep; return the indexes of the ``count`` lines it picked, or None (logged)."""
+        # A timer rather than wait(timeout=...), which polls with growing sleeps.
+        watchdog = threading.Timer(GREP_TIMEOUT, self._process.kill)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            returncode = self._process.wait()
+            self._output.seek(0)
+            self._errors.seek(0)
+            output, errors = self._output.read(), self._errors.read()
+        finally:
+            watchdog.cancel()
+            self._output.close()
+            self._errors.close()
+        if returncode not in (0, 1):  # 1: no line selected
+            reason = f"timed out after {GREP_TIMEOUT} s" if returncode == -signal.SIGKILL else f"exited with {returncode}"
+            logger.debug("grep prefilter %s, matching without it: %s", reason, errors.decode("utf-8", "replace").strip())
+            return None
+        # Each output row is "<line number>:<line>"; split at "\n" only, since
+        # bytes.splitlines would also split at a "\r" inside a line.
+        picked = [int(row.partition(b":")[0]) - 1 for row in output.split(b"\n") if row]
+        if not picked or picked.pop() != count:
+            logger.debug("a line holds a line break, so grep's line numbers are not ours: matching without it")
+            return None
+        return picked
+
+
 def _memory_file(*parts: bytes) -> BinaryIO:
     """Return an anonymous in-memory file holding ``parts``, positioned at its start.
 
-    grep reads its batch from it: feeding a pipe instead costs a poll and a
-    write per 4 KiB in `subprocess.run`, which took as long as grep itself.
+    grep reads its batch from one and writes to another: feeding a pipe
+    instead cost a poll and a write per 4 KiB in `subprocess.run`, as long as
+    grep itself took.
     """
     fd = os.memfd_create("ajr-grep-batch", os.MFD_CLOEXEC)
     batch = open(fd, "w+b", buffering=0)  # the caller closes it
@@ -997,7 +1027,7 @@ _ASCII_FOLDING = ("\u212a", "\u017f", "\u0130")
 
 
 # The last line of each batch grep reads, selected by every grep command (see
-# `RuleSet._grep_pick`); a log line that holds it is only picked needlessly.
+# `_GrepPrefilter`); a log line that holds it is only picked needlessly.
 _GREP_SENTINEL_TEXT = "ajr: end of batch"
 _GREP_SENTINEL = b"\n" + _GREP_SENTINEL_TEXT.encode()
 

@@ -768,14 +768,14 @@ def corpus_lines() -> list[str]:
 def grep_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Record the exit status of each command that the rule engine runs."""
     runs: list[int] = []
-    real_run = subprocess.run
 
-    def recording_run(*args: Any, **kwargs: Any) -> Any:
-        done = real_run(*args, **kwargs)
-        runs.append(done.returncode)
-        return done
+    class RecordingPopen(subprocess.Popen):  # type: ignore[type-arg]
+        def wait(self, timeout: float | None = None) -> int:
+            returncode = super().wait(timeout)
+            runs.append(returncode)
+            return returncode
 
-    monkeypatch.setattr(rules_module.subprocess, "run", recording_run)
+    monkeypatch.setattr(rules_module.subprocess, "Popen", RecordingPopen)
     return runs
 
 
