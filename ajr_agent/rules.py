@@ -706,7 +706,7 @@ class RuleSet:
                 by_anchor.setdefault(_key(anchor), []).append(index)
                 literals.add(anchor)
         self._unanchored: tuple[int, ...] = tuple(unanchored)
-        self._grep_args = _grep_args(literals) if not unanchored else None
+        self._grep_args = _grep_args(literals) if literals and not unanchored else None
         gates = _choose_gates(by_anchor)
         self._gates: tuple[str, ...] = tuple(gates)
         self._gate_anchors: tuple[tuple[tuple[str, tuple[int, ...]], ...], ...] = tuple(
@@ -735,7 +735,7 @@ class RuleSet:
             gated = compress(range(len(self._gates)), map(key.__contains__, self._gates))
             candidates = self._remember(key, self._anchored(key, gated))
         if self._scanned:
-            candidates = tuple(sorted((*candidates, *self._scanned)))
+            candidates = tuple(sorted((*candidates, *self._scanned))) if candidates else self._scanned
         return [match for _, match in self._search(line, candidates)]
 
     def match_lines(self, lines: Sequence[str]) -> list[tuple[int, RuleMatch]]:
