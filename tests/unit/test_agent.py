@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ajr_agent import rules as rules_module
 from ajr_agent.agent import Agent, load_rules
 from ajr_agent.config import Settings
 from ajr_agent.model import Phase
@@ -204,4 +205,35 @@ def test_a_job_end_record_makes_the_agent_poll_until_slurm_shows_the_end(tmp_pat
     queue.jobs[7] = running(tmp_path, state="FAILED", end_time=101.0)
     agent.poll(101.3)
     assert agent.awaiting_end == {}
+    assert queue.calls[0] == "requeue_hold 7"
+
+
+def test_a_backlog_goes_through_grep_and_the_block_scan(agent: Agent, queue: ScriptedQueue, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    # Over 1 MiB in one read: grep prefilters it, the TFLOP rule scans it whole.
+    started: list[int] = []
+    real_start = rules_module._GrepPrefilter.start
+
+    def counting_start(command: list[str | bytes], text: str) -> rules_module._GrepPrefilter | None:
+        started.append(len(text))
+        return real_start(command, text)
+
+    monkeypatch.setattr(rules_module._GrepPrefilter, "start", staticmethod(counting_start))
+    queue.jobs[7] = running(tmp_path)
+    log = tmp_path / LOG_NAME
+    log.write_text("step 1\n")
+    agent.poll(200.0)
+    shapes = [
+        " iteration {i:8d}/ 1000000 | elapsed time per iteration (ms): 812.3 | throughput per GPU (TFLOP/s/GPU): "
+        "{tflops:.1f} | lm loss: 2.345678E+00 | loss scale: 1.0 | grad norm: 0.812 | number of nan iterations:   0 |",
+        "gpu-node-{i:03d}:4000{i}:4010{i} [3] NCCL INFO Channel 07/0 : 3[3] -> 4[4] via NET/IB/3/GDRDMA and mlx5_0:1",
+        "sample {i}: the quick brown fox jumps over the lazy dog, an error-free sentence of {i} words",
+    ]
+    lines = [shapes[i % 3].format(i=i, tflops=400 + i % 7) for i in range(10_000)]
+    with log.open("a") as handle:
+        handle.write("\n".join(lines) + "\nRank0: (1) segmentation fault: artificial segfault\n")
+    agent.read_logs(201.0)
+    assert started and started[0] > rules_module.GREP_MIN_BATCH_CHARS
+    readings = [value for _, _, value in agent.store.throughput(7)]
+    assert readings == [400.0 + i % 7 for i in range(0, 10_000, 3)]
     assert queue.calls[0] == "requeue_hold 7"
