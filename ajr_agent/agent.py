@@ -44,7 +44,7 @@ from .rules import RuleKind, RuleSet, default_rules_dir
 from .slurm import JobSnapshot, SlurmError, SlurmGateway, open_gateway
 from .notify import Notifier
 from .spec import SPEC_KEY, parse_comment
-from .store import FollowedFile, Store
+from .store import FollowedFile, Reading, Store
 
 log = logging.getLogger("ajr.agent")
 
@@ -350,6 +350,7 @@ class Agent:
         touched = {line.path for line in lines}
         if lines:
             self.last_output[job.job_id] = now
+        readings: list[Reading] = []
         # One batch per read: the rule engine finds the candidate lines of a whole backlog at once.
         for index, match in self.rules.match_lines([line.text for line in lines]):
             line = lines[index]
@@ -363,7 +364,10 @@ class Agent:
             elif rule.kind is RuleKind.CHECKPOINT:
                 events.append(CheckpointSaved(job.job_id, attempt, at, rule.name, line.path, line.text))
             elif match.value is not None:
+                readings.append(Reading(job.job_id, attempt, at, match.value))
                 events += self._throughput(job, attempt, at, match.value)
+        if readings:
+            self.store.add_throughput(readings)
         self._handle_all(job.job_id, events, now)
         positions += [FollowedFile(job.job_id, self.files[p].attempt, self.tailer.position(p))
                       for p in touched | {n.path for n in notices} if p in self.files]  # fmt: skip
@@ -375,8 +379,7 @@ class Agent:
         del items[:-limit]
 
     def _throughput(self, job: ManagedJob, attempt: int, at: float, value: float) -> list[Event]:
-        """Record a throughput report; a sustained drop below the attempt's baseline is a straggler."""
-        self.store.add_throughput(job.job_id, attempt, at, value)
+        """Follow a throughput report; a sustained drop below the attempt's baseline is a straggler."""
         self._keep(self.series, (job.job_id, attempt), value, 500)
         if attempt != job.attempt or job.straggler_reported:
             return []

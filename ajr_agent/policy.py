@@ -528,8 +528,12 @@ def straggling(values: Sequence[float], settings: Settings) -> tuple[float, tupl
     window = settings.straggler_reports
     if len(values) < 2 * window:
         return None
-    baseline = statistics.median(values[:-window])
-    recent = tuple(values[-window:])
+    earlier, recent = values[:-window], tuple(values[-window:])
+    # The agent asks at every report, so rule a drop out without sorting where possible: the
+    # median is at most the largest of any more than half of the earlier reports.
+    if recent[-1] >= settings.straggler_fraction * max(earlier[(len(earlier) - 1) // 2 :]):
+        return None
+    baseline = statistics.median(earlier)
     if baseline > 0 and all(v < settings.straggler_fraction * baseline for v in recent):
         return baseline, recent
     return None

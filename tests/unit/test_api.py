@@ -18,7 +18,7 @@ from ajr_agent.config import Settings
 from ajr_agent.logs import FilePosition
 from ajr_agent.model import Action, ActionKind, ManagedJob, Note, Outcome, Phase, UnmanagedJob, Verdict
 from ajr_agent.spec import ResumeMode
-from ajr_agent.store import ActionStatus, FollowedFile, Store
+from ajr_agent.store import ActionStatus, FollowedFile, Reading, Store
 from ajr_agent.web import ROUTES, CockpitServer, make_server
 
 MIN = 60.0
@@ -43,8 +43,8 @@ def fill(store: Store, now: float) -> None:
         for save in saves:
             store.add_note(1778, n, t0 + save * MIN, Note("checkpoint", "checkpoint saved (saved_checkpoint_to)"), log,
                            f"Saved checkpoint to /ckpt/iter_{int(save) * 10}")  # fmt: skip
-        for step in range(4):
-            store.add_throughput(1778, n, started + (step + 1) * 20 * MIN / 4, 400.0 + 10 * step - 5 * n)
+        store.add_throughput([Reading(1778, n, started + (step + 1) * 20 * MIN / 4, 400.0 + 10 * step - 5 * n)
+                              for step in range(4)])  # fmt: skip
         if outcome is Outcome.FAILED:
             line = f"Rank0: (1) segmentation fault: artificial segfault in attempt {n}"
             store.add_note(1778, n, ended, Note("failure", f"attempt {n} failed: segfault (segfault); requeueing held "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import statistics
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -131,6 +133,19 @@ def test_straggler_needs_a_sustained_drop_below_the_baseline() -> None:
     assert found == (400.5, (250.0, 260.0, 270.0))
     assert policy.straggling(steady + [250.0, 390.0, 270.0], settings) is None  # not sustained
     assert policy.straggling([400.0, 250.0, 250.0, 250.0], settings) is None  # too little history
+
+
+def test_straggler_shortcut_agrees_with_the_median_rule() -> None:
+    # straggling() skips sorting when a bound on the median already rules a drop out;
+    # the answers must be those of the rule as documented, on series of every length.
+    rng = random.Random(5)
+    settings = Settings(straggler_fraction=0.7, straggler_reports=3)
+    for _ in range(3000):
+        values = [rng.choice((100.0, 60.0, 65.0, 400.0, 250.0, 0.0)) * rng.uniform(0.9, 1.1)
+                  for _ in range(rng.randrange(6, 14))]  # fmt: skip
+        baseline, recent = statistics.median(values[:-3]), tuple(values[-3:])
+        drop = baseline > 0 and all(v < 0.7 * baseline for v in recent)
+        assert policy.straggling(values, settings) == ((baseline, recent) if drop else None), values
 
 
 @pytest.mark.parametrize(
