@@ -365,7 +365,7 @@ class Agent:
                 events.append(CheckpointSaved(job.job_id, attempt, at, rule.name, line.path, line.text))
             elif match.value is not None:
                 readings.append(Reading(job.job_id, attempt, at, match.value))
-                events += self._throughput(job, attempt, at, match.value)
+                events += self._throughput(job, readings[-1])
         if readings:
             self.store.add_throughput(readings)
         self._handle_all(job.job_id, events, now)
@@ -378,13 +378,14 @@ class Agent:
         items.append(value)
         del items[:-limit]
 
-    def _throughput(self, job: ManagedJob, attempt: int, at: float, value: float) -> list[Event]:
+    def _throughput(self, job: ManagedJob, reading: Reading) -> list[Event]:
         """Follow a throughput report; a sustained drop below the attempt's baseline is a straggler."""
-        self._keep(self.series, (job.job_id, attempt), value, 500)
-        if attempt != job.attempt or job.straggler_reported:
+        key = (job.job_id, reading.attempt)
+        self._keep(self.series, key, reading.value, 500)
+        if reading.attempt != job.attempt or job.straggler_reported:
             return []
-        found = policy.straggling(self.series[(job.job_id, attempt)], self.settings)
-        return [StragglerFound(job.job_id, attempt, at, found[0], found[1])] if found else []
+        found = policy.straggling(self.series[key], self.settings)
+        return [StragglerFound(job.job_id, reading.attempt, reading.at, found[0], found[1])] if found else []
 
     def _check_hangs(self, now: float) -> None:
         """A running job whose logs have gone quiet for its heartbeat timeout is hung."""

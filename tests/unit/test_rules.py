@@ -9,7 +9,6 @@ import subprocess
 import tomllib
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
 import regex
