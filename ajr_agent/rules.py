@@ -756,8 +756,10 @@ class RuleSet:
         prefilter = None
         if grep is not None and args is not None and len(text) >= self.grep_min_chars:
             prefilter = _GrepPrefilter.start([grep, *args], text)  # runs beside the scans
-        scans = [self._scan(index, text, lines) for index in self._scanned]
-        picked = prefilter.picked(len(lines)) if prefilter is not None else None
+        try:
+            scans = [self._scan(index, text, lines) for index in self._scanned]
+        finally:  # grep is collected even if a scan fails: no process or file is left behind
+            picked = prefilter.picked(len(lines)) if prefilter is not None else None
         if picked is None:
             prefiltered = self._match_batch(lines)
         else:

@@ -821,6 +821,21 @@ def test_a_line_break_inside_a_line_sets_grep_aside(
     assert "line break" in caplog.text
 
 
+def test_a_failing_scan_still_collects_grep(
+    defaults: RuleSet, grep_runs: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    matcher = RuleSet.from_rules(defaults.rules)
+    matcher.grep_min_chars = 0
+
+    def broken_scan(*_: object) -> list[tuple[int, RuleMatch]]:
+        raise RuntimeError("scan broke")
+
+    monkeypatch.setattr(matcher, "_scan", broken_scan)
+    with pytest.raises(RuntimeError, match="scan broke"):
+        matcher.match_lines(realistic_log(100))
+    assert grep_runs == [0]  # waited for, not left a zombie
+
+
 def test_grep_prefilter_finds_the_events_of_a_realistic_log(
     defaults: RuleSet, grep_runs: list[int]
 ) -> None:
