@@ -443,6 +443,8 @@ def rules_check(ctx: Context, dirs: tuple[Path, ...]) -> None:
         counts[rule.kind.value] = counts.get(rule.kind.value, 0) + 1
     summary = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
     click.echo(f"ok: {len(ruleset.rules)} rules ({summary}) from {', '.join(map(str, chosen))}")
+    for rule, why in ruleset.slow_rules():
+        click.echo(f"slow: rule {rule.name!r} ({rule.source or 'no file'}) {why}")
 
 
 @rules.command("test")

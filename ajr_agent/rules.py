@@ -727,6 +727,18 @@ class RuleSet:
         """Load the rule files of ``dirs`` (see :func:`load_rule_files`) and compile them."""
         return cls(load_rule_files(dirs), match_timeout)
 
+    def slow_rules(self) -> list[tuple[Rule, str]]:
+        """Return the rules that keep matching from its fast paths, each with why and what to do."""
+        slow = []
+        for index, rule in enumerate(self.rules):
+            if index in self._unanchored:
+                slow.append((rule, "has no fixed text to prefilter on: it runs on every line, and no backlog "
+                                   "goes through grep; give each top-level alternative a literal word"))  # fmt: skip
+            elif rule.kind is RuleKind.THROUGHPUT and index not in self._scanned:
+                slow.append((rule, "is a throughput pattern with an anchor (^, $, \\A, \\Z), a lookaround, an "
+                                   "inline flag or fuzzy matching: it is searched line by line, not once per batch"))  # fmt: skip
+        return slow
+
     def match(self, line: str) -> list[RuleMatch]:
         """Return every rule that matches ``line``, in rule order."""
         key = _key(line)

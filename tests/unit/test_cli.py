@@ -110,6 +110,24 @@ def test_rules_check_accepts_the_shipped_rules(config: Path) -> None:
     assert code == 0 and out.startswith("ok: ") and "checkpoint" in out and "anomaly" in out
 
 
+def test_rules_check_points_out_rules_that_slow_matching(config: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site.d"
+    site.mkdir()
+    (site / "10-site.toml").write_text(
+        '[[rule]]\nname = "any_digit_run"\nkind = "anomaly"\ncategory = "x"\npattern = "\\\\d{6,}"\n\n'
+        '[[rule]]\nname = "tokens"\nkind = "throughput"\npattern = "^tokens/s: (?P<value>\\\\d+)"\n\n'
+        '[[rule]]\nname = "fine"\nkind = "throughput"\npattern = "tokens/s: (?P<value>\\\\d+)"\n'
+    )
+    code, out = run(config, "rules", "check", str(site))
+    assert code == 0 and out.startswith("ok: 3 rules")
+    slow = [line for line in out.splitlines() if line.startswith("slow: ")]
+    assert len(slow) == 2
+    assert "'any_digit_run'" in slow[0] and "10-site.toml" in slow[0] and "every line" in slow[0]
+    assert "'tokens'" in slow[1] and "line by line" in slow[1]
+    _, shipped = run(config, "rules", "check")
+    assert "slow: " not in shipped  # the shipped rules are all on the fast paths
+
+
 def test_rules_check_names_file_rule_and_error(config: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.d"
     bad.mkdir()
