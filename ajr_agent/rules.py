@@ -94,6 +94,14 @@ Measured on one core with the shipped rules on the benchmark's logs
 log is 10% slower with grep, at 4 MiB 1.4 times faster.
 """
 
+BATCH_MIN_LINES = 6
+"""Lines a `RuleSet.match_lines` batch needs before it is matched as a batch.
+
+A live log usually brings a line or two per read; joining them and scanning the
+join costs more than matching each alone below about 6 lines (measured: 6.9
+against 3.3 µs for one line, 2.7 against 3.1 µs a line for eight).
+"""
+
 GREP_TIMEOUT = 10.0
 """Seconds grep may take on one batch before the batch is matched without it."""
 
@@ -668,7 +676,8 @@ class RuleSet:
     ``timeouts`` counts, per rule name, the lines on which that rule hit the
     match timeout (and was taken as not matching). ``grep_executable`` (None:
     never use grep) and ``grep_min_chars`` say how and from what batch size
-    :meth:`match_lines` prefilters with grep.
+    :meth:`match_lines` prefilters with grep; below ``batch_min_lines`` lines
+    it matches each line alone.
     """
 
     def __init__(self, rules: Sequence[Rule], match_timeout: float = DEFAULT_MATCH_TIMEOUT):
@@ -685,6 +694,7 @@ class RuleSet:
         self.timeouts: Counter[str] = Counter()
         self.grep_executable: str | None = shutil.which("grep")
         self.grep_min_chars = GREP_MIN_BATCH_CHARS
+        self.batch_min_lines = BATCH_MIN_LINES
         self._compiled = tuple(_compile(rule) for rule in active)
         self._rank = {rule.name: index for index, rule in enumerate(active)}
         # Rules a batch is scanned for as a whole; the others are prefiltered.
@@ -761,8 +771,8 @@ class RuleSet:
         anchors; if grep is missing, fails or times out, the batch is matched
         without it.
         """
-        if not lines:
-            return []
+        if not lines or len(lines) < self.batch_min_lines:
+            return [(index, match) for index, line in enumerate(lines) for match in self.match(line)]
         text = "\n".join(lines)
         grep, args = self.grep_executable, self._grep_args
         prefilter = None

@@ -35,6 +35,14 @@ def defaults() -> RuleSet:
     return RuleSet.load([default_rules_dir()])
 
 
+@pytest.fixture(scope="module")
+def batched(defaults: RuleSet) -> RuleSet:
+    """The shipped rules, matching even the smallest batch as a batch."""
+    rules = RuleSet.from_rules(defaults.rules)
+    rules.batch_min_lines = 0
+    return rules
+
+
 def names(matches: list[RuleMatch]) -> list[str]:
     return [m.rule.name for m in matches]
 
@@ -586,39 +594,39 @@ def test_only_three_non_ascii_letters_match_ascii_ones_case_insensitively() -> N
     assert found == [0x130, 0x17F, 0x212A]
 
 
-def test_match_lines_reports_line_indexes_in_order(defaults: RuleSet) -> None:
+def test_match_lines_reports_line_indexes_in_order(batched: RuleSet) -> None:
     lines = [
         "plain",
         "RuntimeError: CUDA error: uncorrectable ECC error encountered",
         " iteration 3 | throughput per GPU (TFLOP/s/GPU): 401.5 |",
         "save-checkpoint",
     ]
-    assert [(i, m.rule.name) for i, m in defaults.match_lines(lines)] == [
+    assert [(i, m.rule.name) for i, m in batched.match_lines(lines)] == [
         (1, "gpu_ecc_error"),
         (1, "cuda_error"),
         (2, "tflops"),
         (3, "save_checkpoint_dash"),
     ]
-    assert defaults.match_lines([]) == []
+    assert batched.match_lines([]) == []
 
 
-def test_match_lines_copes_with_a_newline_inside_a_line(defaults: RuleSet) -> None:
+def test_match_lines_copes_with_a_newline_inside_a_line(batched: RuleSet) -> None:
     lines = ["first\nsegmentation fault", "Bus error"]
-    assert [(i, m.rule.name) for i, m in defaults.match_lines(lines)] == [(0, "segfault"), (1, "bus_error")]
+    assert [(i, m.rule.name) for i, m in batched.match_lines(lines)] == [(0, "segfault"), (1, "bus_error")]
 
 
-def test_match_survives_lone_surrogates(defaults: RuleSet) -> None:
+def test_match_survives_lone_surrogates(batched: RuleSet) -> None:
     line = "bad byte \udcff then segmentation fault"  # as decoded with surrogateescape
-    assert names(defaults.match(line)) == ["segfault"]
-    assert [m.rule.name for _, m in defaults.match_lines([line])] == ["segfault"]
+    assert names(batched.match(line)) == ["segfault"]
+    assert [m.rule.name for _, m in batched.match_lines([line])] == ["segfault"]
 
 
-def test_match_lines_with_repeated_and_cached_lines(defaults: RuleSet) -> None:
+def test_match_lines_with_repeated_and_cached_lines(batched: RuleSet) -> None:
     lines = ["Bus error", "plain", "Bus error", "plain", "segmentation fault"]
-    expected = [(i, m.rule.name) for i, line in enumerate(lines) for m in defaults.match(line)]
+    expected = [(i, m.rule.name) for i, line in enumerate(lines) for m in batched.match(line)]
     assert expected == [(0, "bus_error"), (2, "bus_error"), (4, "segfault")]
     for _ in range(2):  # keys unseen in the first batch, cached in the second
-        assert [(i, m.rule.name) for i, m in defaults.match_lines(lines)] == expected
+        assert [(i, m.rule.name) for i, m in batched.match_lines(lines)] == expected
 
 
 def test_candidate_cache_stays_bounded_and_correct(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -672,7 +680,20 @@ def per_line(matcher: RuleSet, lines: Sequence[str]) -> list[tuple[int, str, flo
 
 
 def batch(matcher: RuleSet, lines: Sequence[str]) -> list[tuple[int, str, float | None]]:
+    matcher.batch_min_lines = 0  # even two lines are matched as a batch
     return [(i, m.rule.name, m.value) for i, m in matcher.match_lines(lines)]
+
+
+def test_a_few_lines_are_matched_one_by_one(defaults: RuleSet, grep_runs: list[int]) -> None:
+    matcher = RuleSet.from_rules(defaults.rules)
+    matcher.grep_min_chars = 0
+    lines = realistic_log(200)
+    expected = per_line(matcher, lines)
+    found = []
+    for start in range(0, len(lines), 5):  # under BATCH_MIN_LINES: no batch, so no grep either
+        found += [(start + i, m.rule.name, m.value) for i, m in matcher.match_lines(lines[start : start + 5])]
+    assert rules_module.BATCH_MIN_LINES == 6
+    assert found == expected and grep_runs == []
 
 
 def test_a_match_across_a_line_break_does_not_hide_the_next_lines_match() -> None:
@@ -784,9 +805,10 @@ Found = list[tuple[int, str, float | None]]
 def grep_and_python(rules: Sequence[Rule], lines: list[str]) -> tuple[Found, Found]:
     """Return what match_lines finds with grep forced on, and with grep off."""
     by_grep = RuleSet.from_rules(rules)
-    by_grep.grep_min_chars = 0
+    by_grep.grep_min_chars = by_grep.batch_min_lines = 0
     by_python = RuleSet.from_rules(rules)
     by_python.grep_executable = None
+    by_python.batch_min_lines = 0
 
     def flat(matches: list[tuple[int, RuleMatch]]) -> Found:
         return [(index, match.rule.name, match.value) for index, match in matches]
