@@ -288,14 +288,17 @@ class Store:
 
     def save_files(self, files: list[FollowedFile]) -> None:
         """Persist read positions so a restart resumes where it stopped."""
-        self.db["files"].upsert_all(
-            [
-                {"path": f.position.path, "job_id": f.job_id, "attempt": f.attempt, "inode": f.position.inode,
-                 "device": f.position.device, "offset": f.position.offset}  # fmt: skip
-                for f in files
-            ],
-            pk="path",
-        )
+        rows = [(f.position.path, f.job_id, f.attempt, f.position.inode, f.position.device, f.position.offset)
+                for f in files]  # fmt: skip
+        # One plain statement: sqlite-utils' upsert_all ran eleven per call, three quarters of
+        # the agent's CPU for each line a live log brings.
+        with self.db.atomic():
+            self.db.conn.executemany(
+                "INSERT INTO files (path, job_id, attempt, inode, device, offset) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET job_id = excluded.job_id, attempt = excluded.attempt, "
+                "inode = excluded.inode, device = excluded.device, offset = excluded.offset",
+                rows,
+            )
 
     def files(self, job_id: int | None = None) -> list[FollowedFile]:
         """Followed files (of one job, or all)."""
