@@ -763,7 +763,8 @@ class RuleSet:
     def match_lines(self, lines: Sequence[str]) -> list[tuple[int, RuleMatch]]:
         """Match a batch of lines; return ``(index in lines, match)`` in line, then rule, order.
 
-        The same as calling :meth:`match` on each line, but faster: the
+        The same as calling :meth:`match` on each line, which is what happens
+        below ``batch_min_lines`` lines; a larger batch is faster: the
         throughput rules search the whole batch at once, and the other rules'
         prefilter looks at each distinct line key once. The agent hands over
         the lines of one read. A batch of at least ``grep_min_chars``
