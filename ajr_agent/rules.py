@@ -42,6 +42,7 @@ picks go through the path above.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -981,16 +982,16 @@ class _GrepPrefilter:
     @classmethod
     def start(cls, command: list[str | bytes], text: str) -> _GrepPrefilter | None:
         """Start grep ``command`` on the lines of ``text``; None (logged) if it cannot start."""
-        output = _memory_file()
-        errors = _memory_file()
-        try:
-            with _memory_file(text.encode("utf-8", "surrogatepass"), _GREP_SENTINEL) as batch:
-                process = subprocess.Popen(command, stdin=batch, stdout=output, stderr=errors, env={"LC_ALL": "C"})
-        except OSError as exc:
-            output.close()
-            errors.close()
-            logger.debug("grep prefilter unavailable, matching without it: %s", exc)
-            return None
+        with contextlib.ExitStack() as cleanup:
+            try:
+                output = cleanup.enter_context(_memory_file())
+                errors = cleanup.enter_context(_memory_file())
+                with _memory_file(text.encode("utf-8", "surrogatepass"), _GREP_SENTINEL) as batch:
+                    process = subprocess.Popen(command, stdin=batch, stdout=output, stderr=errors, env={"LC_ALL": "C"})
+            except OSError as exc:  # no grep, or no memory file: the batch is matched without grep
+                logger.debug("grep prefilter unavailable, matching without it: %s", exc)
+                return None
+            cleanup.pop_all()  # grep writes to them: picked() closes them
         return cls(process, output, errors)
 
     def picked(self, count: int) -> list[int] | None:

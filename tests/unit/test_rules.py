@@ -913,6 +913,23 @@ def test_grep_failure_falls_back_to_python(
     assert not [record for record in caplog.records if record.levelno > logging.DEBUG]
 
 
+def test_no_memory_file_for_grep_falls_back_to_python(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_memfd(*_: object) -> int:
+        raise OSError(24, "Too many open files")
+
+    lines = realistic_log(3000)
+    expected = RuleSet.load([default_rules_dir()])
+    expected.grep_executable = None
+    matcher = RuleSet.load([default_rules_dir()])
+    matcher.grep_min_chars = 0
+    monkeypatch.setattr(rules_module.os, "memfd_create", no_memfd)
+    with caplog.at_level(logging.DEBUG, logger="ajr_agent.rules"):
+        assert matcher.match_lines(lines) == expected.match_lines(lines)
+    assert "Too many open files" in caplog.text and "matching without it" in caplog.text
+
+
 # --- Priority, cascade and root_cause ---------------------------------------------
 
 
