@@ -25,7 +25,7 @@ from .config import Settings, load_settings
 from .errors import AjrError
 from .executor import Executor
 from .handoff import EpilogRecord, read_spool
-from .logs import ChangeWatcher, FilePosition, LogLine, LogTailer, TailNotice, find_job_logs, line_time
+from .logs import ChangeWatcher, FilePosition, LogLine, LogTailer, TailNotice, TailResult, find_job_logs, line_time
 from .metrics import Metrics
 from .model import (
     Action,
@@ -50,6 +50,10 @@ log = logging.getLogger("ajr.agent")
 
 # Shortest pause between two passes over the followed files when writes keep waking the loop.
 READ_GAP = 0.05
+
+# Passes that may fail on the same lines of a job (an unexpected error while handling
+# them) before they are skipped, with a note, rather than read again.
+READ_TRIES = 3
 
 
 def load_rules(settings: Settings) -> RuleSet:
@@ -90,6 +94,7 @@ class Agent:
         self.evidence: dict[tuple[int, int], list[Evidence]] = {}
         self.series: dict[tuple[int, int], list[float]] = {}
         self.last_output: dict[int, float] = {}
+        self.failed_reads: dict[int, int] = {}  # per job: passes in a row whose lines could not be handled
         try:
             settings.spool_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -336,7 +341,10 @@ class Agent:
             job = self.jobs.get(job_id)
             if job is None:
                 continue
-            self._guarded(job_id, self._lines, job, result.lines, result.notices, now, positions)
+            if self._guarded(job_id, self._lines, job, result.lines, result.notices, now, positions):
+                self.failed_reads.pop(job_id, None)
+            else:
+                self._read_again_or_skip(job, result, now, positions)
         # Offsets are saved after the decisions, in one write for the whole pass: a crash in
         # between re-reads lines whose failure is then recognised as already handled, never lost.
         if positions:
@@ -371,6 +379,26 @@ class Agent:
         self._handle_all(job.job_id, events, now)
         positions += [FollowedFile(job.job_id, self.files[p].attempt, self.tailer.position(p))
                       for p in touched | {n.path for n in notices} if p in self.files]  # fmt: skip
+
+    def _read_again_or_skip(self, job: ManagedJob, result: TailResult, now: float,
+                            positions: list[FollowedFile]) -> None:  # fmt: skip
+        """After the lines of a read could not be handled: go back to where the job's files were
+        last saved, so that the next pass reads them again; after READ_TRIES failed passes,
+        skip them with a note instead, so that one poisonous line cannot stall the job's logs."""
+        paths = {line.path for line in result.lines} | {notice.path for notice in result.notices}
+        paths &= set(self.files)
+        tries = self.failed_reads.get(job.job_id, 0) + 1
+        if tries < READ_TRIES:
+            self.failed_reads[job.job_id] = tries
+            saved = {f.position.path: f.position for f in self.store.files(job.job_id)}
+            for path in paths:
+                self.tailer.rewind(path, saved.get(path))
+            return
+        self.failed_reads.pop(job.job_id, None)
+        positions += [FollowedFile(job.job_id, self.files[p].attempt, self.tailer.position(p)) for p in paths]
+        text = (f"{len(result.lines)} log lines of {', '.join(sorted(paths))} skipped: handling them failed "
+                f"{READ_TRIES} times (the agent's log has the error)")  # fmt: skip
+        self._guarded(job.job_id, self._record, self.jobs.get(job.job_id, job), Note("log", text), now)
 
     @staticmethod
     def _keep(store: dict, key: tuple[int, int], value: object, limit: int) -> None:  # type: ignore[type-arg]
@@ -486,14 +514,18 @@ class Agent:
         level = logging.DEBUG if job.phase is Phase.FINISHED and note.kind == "managed" else logging.INFO
         log.log(level, "job %s (%s): %s", job.job_id, job.name, note.text)
 
-    def _guarded(self, job_id: int, handler, *args) -> None:  # type: ignore[no-untyped-def]
-        # One job's surprise must not stop the agent for every other job.
+    def _guarded(self, job_id: int, handler, *args) -> bool:  # type: ignore[no-untyped-def]
+        """Run ``handler``; False if it failed, which is logged. One job's surprise must not
+        stop the agent for every other job."""
         try:
             handler(*args)
         except AjrError as exc:
             log.error("job %s: %s", job_id, exc)
         except Exception:
             log.exception("job %s: unexpected error; the agent goes on with the other jobs", job_id)
+        else:
+            return True
+        return False
 
 
 def _event_time(event: Event, now: float) -> float:

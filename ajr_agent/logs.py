@@ -222,6 +222,13 @@ class LogTailer:
                 key=key, inode=position.inode, device=position.device, offset=position.offset
             )
 
+    def rewind(self, path: str | Path, position: FilePosition | None) -> None:
+        """Go back to ``position`` of a followed ``path`` (None: its start), as :meth:`follow`
+        would resume there; the lines after it are read again."""
+        name = str(path)
+        key = self._files.pop(name).key
+        self.follow(name, key, position)
+
     def unfollow(self, path: str | Path) -> None:
         """Stop following ``path``; a no-op if it is not followed."""
         self._files.pop(str(path), None)

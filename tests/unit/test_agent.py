@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from ajr_agent import agent as agent_module
 from ajr_agent import rules as rules_module
 from ajr_agent.agent import Agent, load_rules
 from ajr_agent.config import Settings
 from ajr_agent.model import Phase
+from ajr_agent.rules import RuleMatch
 from ajr_agent.slurm import JobSnapshot, SlurmError
 from ajr_agent.store import Store
 
@@ -237,3 +239,57 @@ def test_a_backlog_goes_through_grep_and_the_block_scan(agent: Agent, queue: Scr
     readings = [value for _, _, value in agent.store.throughput(7)]
     assert readings == [400.0 + i % 7 for i in range(0, 10_000, 3)]
     assert queue.calls[0] == "requeue_hold 7"
+
+
+def test_lines_that_could_not_be_handled_are_read_again(agent: Agent, queue: ScriptedQueue, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    queue.jobs[7] = running(tmp_path)
+    log = tmp_path / LOG_NAME
+    log.write_text("step 1\n")
+    agent.poll(200.0)
+    agent.read_logs(200.5)
+    real = agent.rules.match_lines
+    failures = iter([RuntimeError("a bug in the rules"), None])
+
+    def once_broken(lines: list[str]) -> list[tuple[int, RuleMatch]]:
+        failure = next(failures)
+        if failure is not None:
+            raise failure
+        return real(lines)
+
+    monkeypatch.setattr(agent.rules, "match_lines", once_broken)
+    with log.open("a") as handle:
+        handle.write("Rank0: (1) segmentation fault: artificial segfault\n")
+    agent.read_logs(201.0)
+    assert queue.calls == []  # the pass failed
+    agent.read_logs(202.0)
+    assert queue.calls[0] == "requeue_hold 7"  # the same lines, read again
+
+
+def test_lines_that_keep_failing_are_skipped_with_a_note(agent: Agent, queue: ScriptedQueue, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    queue.jobs[7] = running(tmp_path)
+    log = tmp_path / LOG_NAME
+    log.write_text("step 1\n")
+    agent.poll(200.0)
+    agent.read_logs(200.5)
+    real = agent.rules.match_lines
+
+    def broken_on_poison(lines: list[str]) -> list[tuple[int, RuleMatch]]:
+        if any("poison" in line for line in lines):
+            raise RuntimeError("a bug in the rules")
+        return real(lines)
+
+    monkeypatch.setattr(agent.rules, "match_lines", broken_on_poison)
+    with log.open("a") as handle:
+        handle.write("poison\nRank0: (1) segmentation fault: artificial segfault\n")
+    for second in range(agent_module.READ_TRIES):
+        agent.read_logs(201.0 + second)
+    assert queue.calls == []
+    notes = [e.text for e in agent.store.events(7) if "skipped" in e.text]
+    assert notes == [f"2 log lines of {log} skipped: handling them failed 3 times (the agent's log has the error)"]
+    agent.read_logs(210.0)  # nothing is read again
+    with log.open("a") as handle:
+        handle.write("Rank0: (1) segmentation fault: artificial segfault\n")
+    agent.read_logs(211.0)
+    assert queue.calls[0] == "requeue_hold 7"  # later lines are handled

@@ -165,6 +165,20 @@ def test_lines_appear_incrementally(log_file: Path) -> None:
     assert position == FilePosition(str(log_file), info.st_ino, info.st_dev, 14)
 
 
+
+def test_rewind_reads_the_lines_after_a_position_again(log_file: Path) -> None:
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    append(log_file, b"one\n")
+    tailer.read(log_file)
+    saved = tailer.position(log_file)
+    append(log_file, b"two\nthree\n")
+    assert texts(tailer.read(log_file).lines) == ["two", "three"]
+    tailer.rewind(log_file, saved)
+    assert texts(tailer.read(log_file).lines) == ["two", "three"]
+    tailer.rewind(log_file, None)
+    assert texts(tailer.read_all()[42].lines) == ["one", "two", "three"]  # the key is kept
+
 def test_existing_content_is_read_from_the_start(log_file: Path) -> None:
     log_file.write_bytes(b"early\n")
     tailer = LogTailer()
