@@ -210,6 +210,16 @@ def test_a_job_end_record_makes_the_agent_poll_until_slurm_shows_the_end(tmp_pat
     assert queue.calls[0] == "requeue_hold 7"
 
 
+def following(agent: Agent, queue: ScriptedQueue, tmp_path: Path) -> Path:
+    """Job 7 running, its log followed and read to its end; the log's path."""
+    queue.jobs[7] = running(tmp_path)
+    log = tmp_path / LOG_NAME
+    log.write_text("step 1\n")
+    agent.poll(200.0)
+    agent.read_logs(200.5)
+    return log
+
+
 def test_a_backlog_goes_through_grep_and_the_block_scan(agent: Agent, queue: ScriptedQueue, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     # Over 1 MiB in one read: grep prefilters it, the TFLOP rule scans it whole.
@@ -221,10 +231,7 @@ def test_a_backlog_goes_through_grep_and_the_block_scan(agent: Agent, queue: Scr
         return real_start(command, text)
 
     monkeypatch.setattr(rules_module._GrepPrefilter, "start", staticmethod(counting_start))
-    queue.jobs[7] = running(tmp_path)
-    log = tmp_path / LOG_NAME
-    log.write_text("step 1\n")
-    agent.poll(200.0)
+    log = following(agent, queue, tmp_path)
     shapes = [
         " iteration {i:8d}/ 1000000 | elapsed time per iteration (ms): 812.3 | throughput per GPU (TFLOP/s/GPU): "
         "{tflops:.1f} | lm loss: 2.345678E+00 | loss scale: 1.0 | grad norm: 0.812 | number of nan iterations:   0 |",
@@ -243,11 +250,7 @@ def test_a_backlog_goes_through_grep_and_the_block_scan(agent: Agent, queue: Scr
 
 def test_lines_that_could_not_be_handled_are_read_again(agent: Agent, queue: ScriptedQueue, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    queue.jobs[7] = running(tmp_path)
-    log = tmp_path / LOG_NAME
-    log.write_text("step 1\n")
-    agent.poll(200.0)
-    agent.read_logs(200.5)
+    log = following(agent, queue, tmp_path)
     real = agent.rules.match_lines
     failures = iter([RuntimeError("a bug in the rules"), None])
 
@@ -268,11 +271,7 @@ def test_lines_that_could_not_be_handled_are_read_again(agent: Agent, queue: Scr
 
 def test_lines_that_keep_failing_are_skipped_with_a_note(agent: Agent, queue: ScriptedQueue, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    queue.jobs[7] = running(tmp_path)
-    log = tmp_path / LOG_NAME
-    log.write_text("step 1\n")
-    agent.poll(200.0)
-    agent.read_logs(200.5)
+    log = following(agent, queue, tmp_path)
     real = agent.rules.match_lines
 
     def broken_on_poison(lines: list[str]) -> list[tuple[int, RuleMatch]]:
