@@ -165,7 +165,6 @@ def test_lines_appear_incrementally(log_file: Path) -> None:
     assert position == FilePosition(str(log_file), info.st_ino, info.st_dev, 14)
 
 
-
 def test_rewind_reads_the_lines_after_a_position_again(log_file: Path) -> None:
     tailer = LogTailer()
     tailer.follow(log_file, key=42)
