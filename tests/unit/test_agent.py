@@ -83,6 +83,16 @@ def agent(tmp_path: Path, queue: ScriptedQueue) -> Agent:
     return Agent(settings, store, queue, load_rules(settings))
 
 
+def following(agent: Agent, queue: ScriptedQueue, tmp_path: Path) -> Path:
+    """Job 7 running, its log followed and read to its end; the log's path."""
+    queue.jobs[7] = running(tmp_path)
+    log = tmp_path / LOG_NAME
+    log.write_text("step 1\n")
+    agent.poll(200.0)
+    agent.read_logs(200.5)
+    return log
+
+
 def test_segfault_line_requeues_held_then_releases_once_pending(agent: Agent, queue: ScriptedQueue,
                                                                 tmp_path: Path) -> None:  # fmt: skip
     queue.jobs[7] = running(tmp_path)
@@ -116,11 +126,7 @@ def test_a_failed_poll_is_not_taken_for_vanished_jobs(agent: Agent, queue: Scrip
 
 def test_a_vanished_log_file_is_noted_and_the_agent_goes_on(agent: Agent, queue: ScriptedQueue,
                                                             tmp_path: Path) -> None:  # fmt: skip
-    queue.jobs[7] = running(tmp_path)
-    log = tmp_path / LOG_NAME
-    log.write_text("step 1\n")
-    agent.poll(200.0)
-    agent.read_logs(201.0)
+    log = following(agent, queue, tmp_path)
     log.unlink()
     agent.read_logs(202.0)
     assert any("vanished" in e.text for e in agent.store.events(7))
@@ -208,16 +214,6 @@ def test_a_job_end_record_makes_the_agent_poll_until_slurm_shows_the_end(tmp_pat
     agent.poll(101.3)
     assert agent.awaiting_end == {}
     assert queue.calls[0] == "requeue_hold 7"
-
-
-def following(agent: Agent, queue: ScriptedQueue, tmp_path: Path) -> Path:
-    """Job 7 running, its log followed and read to its end; the log's path."""
-    queue.jobs[7] = running(tmp_path)
-    log = tmp_path / LOG_NAME
-    log.write_text("step 1\n")
-    agent.poll(200.0)
-    agent.read_logs(200.5)
-    return log
 
 
 def test_a_backlog_goes_through_grep_and_the_block_scan(agent: Agent, queue: ScriptedQueue, tmp_path: Path,
