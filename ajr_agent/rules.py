@@ -849,10 +849,9 @@ class RuleSet:
                         done = line + 1
                         reading = scanned[value_group]
                         if reading not in readings:
-                            value = _to_float(reading)
-                            readings[reading] = None if value is None else RuleMatch(rule, value)
+                            readings[reading] = self._as_match(index, scanned)
                         match = readings[reading]
-                        if match is not None:  # None: e.g. "[0-9.]+" caught a lone "."
+                        if match is not None:
                             found.append((line, match))
             except TimeoutError:
                 logger.debug("scan for rule %r timed out; searching the rest line by line", rule.name)
