@@ -323,7 +323,9 @@ class Agent:
         return dirs + list(self.settings.log_dirs)
 
     def _follow(self, followed: FollowedFile) -> None:
-        self.tailer.follow(followed.position.path, key=followed.job_id, position=followed.position)
+        job = self.jobs[followed.job_id]
+        self.tailer.follow(followed.position.path, key=followed.job_id, position=followed.position,
+                           owner_uid=job.user_id)
         self.files[followed.position.path] = followed
         self.files_by_job.setdefault(followed.job_id, set()).add(followed.position.path)
         # inotify reports paths under the directory's real path, which a job's symlinked

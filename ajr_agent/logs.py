@@ -159,6 +159,9 @@ class _FollowedFile:
     """The reading state of one followed path."""
 
     key: Hashable
+    # The uid that must own whatever is read at the path (None: anyone); checked on the
+    # file actually opened, at every open, since the path can be renamed over at any time.
+    owner_uid: int | None
     # None until the file is first seen, and again after it vanished: whatever
     # appears at the path next is a new file, read from 0.
     inode: int | None
@@ -173,6 +176,13 @@ class _FollowedFile:
     # The kind of the problem notice already given; repeated failures of the same
     # kind stay quiet until the file is read successfully again.
     problem: str | None = None
+
+    def forget_file(self) -> None:
+        """The file read so far is no longer at the path: the next one there is read from 0."""
+        self.inode = self.device = None
+        self.offset = 0
+        self.skipping = False
+        self.seen_size = -1
 
 
 class LogTailer:
@@ -201,8 +211,13 @@ class LogTailer:
         self._max_read_bytes = max_read_bytes
         self._files: dict[str, _FollowedFile] = {}
 
-    def follow(self, path: str | Path, key: Hashable, position: FilePosition | None = None) -> None:
+    def follow(self, path: str | Path, key: Hashable, position: FilePosition | None = None,
+               owner_uid: int | None = None) -> None:  # fmt: skip
         """Start following ``path`` for ``key`` (a job id); a no-op if ``path`` is already followed.
+
+        With ``owner_uid``, only a file that user owns is ever read at the path: the
+        owner of the file actually opened is checked at every open, so a file of
+        someone else's renamed over the path later is refused, not read.
 
         With a saved ``position``, reading resumes at its offset if the file is
         still the same one (same inode and device) and not shorter than the offset;
@@ -216,18 +231,18 @@ class LogTailer:
             raise ValueError(f"position of {position.path!r} given to follow {name!r}")
         if position is None or position.offset == 0:
             # Nothing consumed yet: whatever the file is now, it is read from 0.
-            self._files[name] = _FollowedFile(key=key, inode=None, device=None, offset=0)
+            self._files[name] = _FollowedFile(key=key, owner_uid=owner_uid, inode=None, device=None, offset=0)
         else:
             self._files[name] = _FollowedFile(
-                key=key, inode=position.inode, device=position.device, offset=position.offset
+                key=key, owner_uid=owner_uid, inode=position.inode, device=position.device, offset=position.offset
             )
 
     def rewind(self, path: str | Path, position: FilePosition | None) -> None:
         """Go back to ``position`` of a followed ``path`` (None: its start), as :meth:`follow`
         would resume there; the lines after it are read again."""
         name = str(path)
-        key = self._files.pop(name).key
-        self.follow(name, key, position)
+        state = self._files.pop(name)
+        self.follow(name, state.key, position, state.owner_uid)
 
     def unfollow(self, path: str | Path) -> None:
         """Stop following ``path``; a no-op if it is not followed."""
@@ -298,6 +313,13 @@ class LogTailer:
             opened = os.fstat(fd)
             if not stat.S_ISREG(opened.st_mode):
                 self._unreadable(name, state, result, "not a regular file")
+                return result
+            if state.owner_uid is not None and opened.st_uid != state.owner_uid:
+                self._unreadable(name, state, result, f"owned by uid {opened.st_uid}, not by the job's user "
+                                                      f"(uid {state.owner_uid}): not read")  # fmt: skip
+                # The followed file no longer lies at the path: whatever the job's user puts
+                # there next is a new file, read from its start (as after a vanished file).
+                state.forget_file()
                 return result
             self._check_identity(name, state, opened, result)
             self._read_lines(fd, name, state, opened.st_size, result)
@@ -389,10 +411,7 @@ class LogTailer:
             detail = "the file no longer exists; its path is still followed"
             result.notices.append(TailNotice(name, "vanished", detail))
         state.problem = "vanished"
-        state.inode = state.device = None
-        state.offset = 0
-        state.skipping = False
-        state.seen_size = -1
+        state.forget_file()
 
     def _unreadable(self, name: str, state: _FollowedFile, result: TailResult, detail: str) -> None:
         """Note a file that cannot be read, once per streak of failures; the position is kept."""

@@ -160,6 +160,18 @@ def test_logs_of_another_user_or_symlinks_are_not_followed(agent: Agent, queue: 
     assert agent.store.files(7) == [] and queue.calls == []
 
 
+def test_a_foreign_file_renamed_over_a_followed_log_is_not_read(agent: Agent, queue: ScriptedQueue,
+                                                                tmp_path: Path) -> None:  # fmt: skip
+    log = following(agent, queue, tmp_path)
+    forged = tmp_path / "forged"
+    forged.write_text("Rank0: (1) segmentation fault: forged by someone else\n")
+    os.chown(forged, os.getuid() + 1000, -1)
+    forged.replace(log)
+    agent.read_logs(202.0)
+    assert queue.calls == [] and agent.jobs[7].phase is Phase.WATCHING
+    assert any(f"owned by uid {os.getuid() + 1000}" in e.text for e in agent.store.events(7))
+
+
 def test_agent_restarted_between_requeuehold_and_release_releases_once(agent: Agent, queue: ScriptedQueue,
                                                                        tmp_path: Path) -> None:  # fmt: skip
     queue.jobs[7] = running(tmp_path)
