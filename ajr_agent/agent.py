@@ -95,6 +95,7 @@ class Agent:
         self.series: dict[tuple[int, int], list[float]] = {}
         self.last_output: dict[int, float] = {}
         self.failed_reads: dict[int, int] = {}  # per job: passes in a row whose lines could not be handled
+        self.deferred: set[str] = set()  # files with lines the last pass left for the next (rules_pass_budget)
         try:
             settings.spool_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -131,11 +132,16 @@ class Agent:
                 # shared storage, whose writes from other hosts raise no inotify event.
                 self.read_logs(time.time())
                 next_full_read = read_at + self.settings.tail_interval
-            elif self.watcher is not None:
-                # In between, only the files the kernel says were written.
-                changed = self.watcher.take_changed()
-                self.read_logs(time.time(), {self.real_paths.get(path, path) for path in changed})
+            else:
+                # In between, only the files the kernel says were written, and those whose
+                # lines the last pass had no time for.
+                changed = self.watcher.take_changed() if self.watcher is not None else set()
+                wanted = {self.real_paths.get(path, path) for path in changed} | self.deferred
+                if wanted:
+                    self.read_logs(time.time(), wanted)
             wait = max(0.0, min(next_full_read - time.monotonic(), next_poll - time.time()))
+            if self.deferred:
+                wait = min(wait, READ_GAP)
             if self.watcher is not None and self.watcher.wait(wait):
                 # Busy logs wake the loop at every write: reading at most every READ_GAP
                 # seconds keeps the agent's CPU bounded and costs detection no more than that.
@@ -274,6 +280,7 @@ class Agent:
         """Stop following a job and its log files."""
         self.jobs.pop(job_id, None)
         for path in self.files_by_job.pop(job_id, set()):
+            self.deferred.discard(path)
             self.tailer.unfollow(path)
             del self.files[path]
             self.real_paths.pop(os.path.realpath(path), None)
@@ -338,6 +345,10 @@ class Agent:
         """Read what the followed files (all, or those of `paths`) have added and turn matching
         lines into events."""
         positions: list[FollowedFile] = []
+        if paths is None:
+            self.deferred.clear()
+        else:
+            self.deferred -= paths
         for job_id, result in self.tailer.read_all(paths).items():
             self.metrics.lines_read(result.lines)
             job = self.jobs.get(job_id)
@@ -361,8 +372,12 @@ class Agent:
         if lines:
             self.last_output[job.job_id] = now
         readings: list[Reading] = []
-        # One batch per read: the rule engine finds the candidate lines of a whole backlog at once.
-        for index, match in self.rules.match_lines([line.text for line in lines]):
+        # One batch per read: the rule engine finds the candidate lines of a whole backlog at once,
+        # within the pass's budget for this job; lines past it are read again at the next pass.
+        matched, done = self.rules.match_within([line.text for line in lines], self.settings.rules_pass_budget)
+        if done < len(lines):
+            self._defer(lines[done:])
+        for index, match in matched:
             line = lines[index]
             attempt = self.files[line.path].attempt
             rule = match.rule
@@ -381,6 +396,16 @@ class Agent:
         self._handle_all(job.job_id, events, now)
         positions += [FollowedFile(job.job_id, self.files[p].attempt, self.tailer.position(p))
                       for p in touched | {n.path for n in notices} if p in self.files]  # fmt: skip
+
+    def _defer(self, lines: list[LogLine]) -> None:
+        """Leave lines this pass had no time for to the next one: each of their files is read
+        again from the first of them."""
+        first: dict[str, LogLine] = {}
+        for line in lines:
+            first.setdefault(line.path, line)
+        for path, line in first.items():
+            self.tailer.rewind(path, replace(self.tailer.position(path), offset=line.start_offset))
+        self.deferred.update(first)
 
     def _read_again_or_skip(self, job: ManagedJob, result: TailResult, now: float,
                             positions: list[FollowedFile]) -> None:  # fmt: skip

@@ -120,6 +120,10 @@ class Settings(BaseModel):
     action_retry_max_delay: float = Field(default=60.0, gt=0, description="longest wait between two tries of an action")
     action_max_tries: int = Field(default=10, ge=1, description="tries before a failing Slurm action is given up")
     max_line_bytes: int = Field(default=65536, ge=256, description="longer log lines are cut to this many bytes")
+    rules_pass_budget: float = Field(
+        default=0.1, gt=0, le=10,
+        description="seconds the rules may spend on one job's new lines per pass; the rest wait for the next pass",
+    )  # fmt: skip
     http_bind: str = Field(
         default="127.0.0.1", description="address the cockpit, API and /metrics listen on (loopback: reach it by SSH)"
     )

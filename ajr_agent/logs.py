@@ -126,12 +126,15 @@ class LogLine:
     ending. ``end_offset`` is the byte offset just after the line's newline; for a
     ``truncated`` line (longer than ``max_line_bytes``, cut to that length) whose
     newline has not been read yet, it is the offset where reading stopped.
+    ``start_offset`` is where the line begins: reading again from there (see
+    :meth:`LogTailer.rewind`) returns this line again.
     """
 
     path: str
     text: str
     end_offset: int
     truncated: bool
+    start_offset: int
 
 
 @dataclass(frozen=True)
@@ -389,16 +392,16 @@ class LogTailer:
                 # An overlong line without its newline yet: return its head now and
                 # drop the rest as it comes, rather than holding or re-reading it.
                 head = data[pos : pos + limit]
-                result.lines.append(LogLine(name, _decode(head), base + len(data), True))
+                result.lines.append(LogLine(name, _decode(head), base + len(data), True, base + pos))
                 pos = len(data)
                 state.skipping = True
                 break
             raw = data[pos:newline]
             if len(raw) > limit:
-                result.lines.append(LogLine(name, _decode(raw[:limit]), base + newline + 1, True))
+                result.lines.append(LogLine(name, _decode(raw[:limit]), base + newline + 1, True, base + pos))
             else:
                 text = _decode(raw.removesuffix(b"\r"))
-                result.lines.append(LogLine(name, text, base + newline + 1, False))
+                result.lines.append(LogLine(name, text, base + newline + 1, False, base + pos))
             pos = newline + 1
         state.offset = base + pos
         # Only when the end of the file was reached may an unchanged size mean "nothing new".

@@ -103,6 +103,13 @@ join costs more than matching each alone below about 6 lines (measured: 6.9
 against 3.3 µs for one line, 2.7 against 3.1 µs a line for eight).
 """
 
+LINE_TIMEOUTS_AT_MOST = 2
+"""Rules that may time out on one line before its other candidate rules are skipped.
+
+A line that holds the anchors of many slow patterns would otherwise cost one
+timeout for each of them.
+"""
+
 GREP_TIMEOUT = 10.0
 """Seconds grep may take on one batch before the batch is matched without it."""
 
@@ -773,22 +780,54 @@ class RuleSet:
         anchors; if grep is missing, fails or times out, the batch is matched
         without it.
         """
+        return self._match(lines, None)[0]
+
+    def _match(self, lines: Sequence[str], deadline: float | None) -> tuple[list[_Found], int]:
+        """Match ``lines`` as :meth:`match_lines` describes, until ``deadline`` (None: all of them);
+        return the matches and how many lines were matched."""
         if not lines or len(lines) < self.batch_min_lines:
-            return [(index, match) for index, line in enumerate(lines) for match in self.match(line)]
+            found: list[_Found] = []
+            for index, line in enumerate(lines):
+                if index and _past(deadline):
+                    return found, index
+                found += [(index, match) for match in self.match(line)]
+            return found, len(lines)
         text = "\n".join(lines)
         grep, args = self.grep_executable, self._grep_args
         prefilter = None
         if grep is not None and args is not None and len(text) >= self.grep_min_chars:
             prefilter = _GrepPrefilter.start([grep, *args], text)  # runs beside the scans
+        done = len(lines)
         try:
-            scans = [self._scan(index, text, lines) for index in self._scanned]
+            scans = []
+            for index in self._scanned:
+                scanned, reached = self._scan(index, text, lines, deadline)
+                scans.append(scanned)
+                done = min(done, reached)
         finally:  # grep is collected even if a scan fails: no process or file is left behind
             picked = prefilter.picked(len(lines)) if prefilter is not None else None
         if picked is None:
-            prefiltered = self._match_batch(lines)
+            prefiltered, reached = self._match_batch(lines, deadline)
         else:
-            prefiltered = [(picked[line], match) for line, match in self._match_batch([lines[i] for i in picked])]
-        return self._merge([*scans, prefiltered])
+            chosen, reached = self._match_batch([lines[i] for i in picked], deadline)
+            prefiltered = [(picked[line], match) for line, match in chosen]
+            reached = picked[reached] if reached < len(picked) else len(lines)
+        done = min(done, reached)
+        merged = self._merge([*scans, prefiltered])
+        return (merged if done == len(lines) else [found for found in merged if found[0] < done]), done
+
+    def match_within(self, lines: Sequence[str], budget: float) -> tuple[list[tuple[int, RuleMatch]], int]:
+        """Match as many of the first ``lines`` as fit in about ``budget`` seconds.
+
+        Returns the matches as :meth:`match_lines` gives them and ``done``: the
+        lines before it are matched, the others are left to a later call. The
+        first line is always matched, so every call makes progress. The regex
+        timeout bounds one line; this bounds a pass: the agent reads the rest of
+        a job's lines at its next pass, so lines built to be slow (a user's own
+        log) cost the loop about ``budget`` per pass, not seconds. Ordinary lines
+        are matched as one batch, as :meth:`match_lines` does.
+        """
+        return self._match(lines, time.monotonic() + budget)
 
     def _merge(self, runs: list[list[_Found]]) -> list[_Found]:
         """Merge runs of matches, each in line then rule order, into one in that order.
@@ -812,7 +851,7 @@ class RuleSet:
             insort(merged, found, key=order)
         return merged
 
-    def _scan(self, index: int, text: str, lines: Sequence[str]) -> list[_Found]:
+    def _scan(self, index: int, text: str, lines: Sequence[str], deadline: float | None) -> tuple[list[_Found], int]:
         """Return the match of rule ``index`` in each line of ``text`` (``lines`` joined by "\\n").
 
         A match inside one line is the match a search of that line alone
@@ -821,7 +860,8 @@ class RuleSet:
         of a later line's own match: its line is then searched alone and the
         scan resumes at the next line. A scan that runs out of time leaves the
         lines it has not finished to a search of each line alone, with the
-        per-line timeout.
+        per-line timeout, until ``deadline``. Returns the matches and the number
+        of lines searched.
         """
         pattern = self._compiled[index]
         rule = self.rules[index]
@@ -833,11 +873,13 @@ class RuleSet:
         done = 0  # lines before this one are settled
         resume = 0  # where the next scan starts: a line start
         ends: list[int] = []  # ends[i]: where line i + 1 starts; worked out at the first match
-        deadline = time.monotonic() + self.match_timeout + len(text) * _SCAN_SECONDS_PER_CHAR
+        scan_deadline = time.monotonic() + self.match_timeout + len(text) * _SCAN_SECONDS_PER_CHAR
+        if deadline is not None:
+            scan_deadline = min(scan_deadline, deadline)
         while True:
             crossing: int | None = None  # the line of a match that reaches past it
             try:
-                for scanned in pattern.finditer(text, resume, timeout=max(deadline - time.monotonic(), 1e-6)):
+                for scanned in pattern.finditer(text, resume, timeout=max(scan_deadline - time.monotonic(), 1e-6)):
                     start, end = scanned.span()
                     if not ends:
                         ends = list(accumulate(map((1).__add__, map(len, lines))))
@@ -856,10 +898,12 @@ class RuleSet:
             except TimeoutError:
                 logger.debug("scan for rule %r timed out; searching the rest line by line", rule.name)
                 for line in range(done, len(lines)):
+                    if line and _past(deadline):
+                        return found, line
                     found += self._search_alone(index, lines, line)
-                return found
+                return found, len(lines)
             if crossing is None:
-                return found
+                return found, len(lines)
             if crossing >= done:
                 found += self._search_alone(index, lines, crossing)
                 done = crossing + 1
@@ -869,8 +913,9 @@ class RuleSet:
         """Return the match of rule ``index`` in ``lines[line]`` searched on its own, if any."""
         return [(line, match) for _, match in self._search(lines[line], (index,))]
 
-    def _match_batch(self, lines: Sequence[str]) -> list[_Found]:
-        """Match a batch of lines against the prefiltered rules, as :meth:`match_lines` describes."""
+    def _match_batch(self, lines: Sequence[str], deadline: float | None) -> tuple[list[_Found], int]:
+        """Match a batch of lines against the prefiltered rules, as :meth:`match_lines` describes,
+        until ``deadline``; return the matches and the number of lines matched."""
         keys = list(map(_key, lines))
         cached = self._cache.get
         batch = list(map(cached, keys))
@@ -881,8 +926,10 @@ class RuleSet:
         found: list[_Found] = []
         for line, candidates in enumerate(batch):
             if candidates:
+                if line and _past(deadline):
+                    return found, line
                 found += [(line, match) for _, match in self._search(lines[line], candidates)]
-        return found
+        return found, len(lines)
 
     def _gate_batch(self, keys: list[str]) -> list[tuple[int, ...]]:
         """Return the candidate rules of each of ``keys`` (distinct, not cached) and cache them.
@@ -927,10 +974,17 @@ class RuleSet:
     def _search(self, line: str, candidates: Iterable[int]) -> list[tuple[int, RuleMatch]]:
         """Return ``(rule index, match)`` for each rule of ``candidates`` that matches ``line``."""
         matches: list[tuple[int, RuleMatch]] = []
+        timed_out = 0
         for index in candidates:
+            if timed_out >= LINE_TIMEOUTS_AT_MOST:
+                # A line that has already cost this many timeouts is not tried against
+                # the rest: it counts as not matching them, as a timeout does.
+                self.timeouts[self.rules[index].name] += 1
+                continue
             try:
                 found = self._compiled[index].search(line, timeout=self.match_timeout)
             except TimeoutError:
+                timed_out += 1
                 self._count_timeout(self.rules[index], line)
                 continue
             if found is not None:
@@ -1019,6 +1073,11 @@ class _GrepPrefilter:
             logger.debug("a line holds a line break, so grep's line numbers are not ours: matching without it")
             return None
         return picked
+
+
+def _past(deadline: float | None) -> bool:
+    """Whether a pass's deadline (None: none) has passed."""
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def _memory_file(*parts: bytes) -> BinaryIO:

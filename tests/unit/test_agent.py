@@ -259,16 +259,16 @@ def test_a_backlog_goes_through_grep_and_the_block_scan(agent: Agent, queue: Scr
 def test_lines_that_could_not_be_handled_are_read_again(agent: Agent, queue: ScriptedQueue, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     log = following(agent, queue, tmp_path)
-    real = agent.rules.match_lines
+    real = agent.rules.match_within
     failures = iter([RuntimeError("a bug in the rules"), None])
 
-    def once_broken(lines: list[str]) -> list[tuple[int, RuleMatch]]:
+    def once_broken(lines: list[str], budget: float) -> tuple[list[tuple[int, RuleMatch]], int]:
         failure = next(failures)
         if failure is not None:
             raise failure
-        return real(lines)
+        return real(lines, budget)
 
-    monkeypatch.setattr(agent.rules, "match_lines", once_broken)
+    monkeypatch.setattr(agent.rules, "match_within", once_broken)
     with log.open("a") as handle:
         handle.write("Rank0: (1) segmentation fault: artificial segfault\n")
     agent.read_logs(201.0)
@@ -280,14 +280,14 @@ def test_lines_that_could_not_be_handled_are_read_again(agent: Agent, queue: Scr
 def test_lines_that_keep_failing_are_skipped_with_a_note(agent: Agent, queue: ScriptedQueue, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     log = following(agent, queue, tmp_path)
-    real = agent.rules.match_lines
+    real = agent.rules.match_within
 
-    def broken_on_poison(lines: list[str]) -> list[tuple[int, RuleMatch]]:
+    def broken_on_poison(lines: list[str], budget: float) -> tuple[list[tuple[int, RuleMatch]], int]:
         if any("poison" in line for line in lines):
             raise RuntimeError("a bug in the rules")
-        return real(lines)
+        return real(lines, budget)
 
-    monkeypatch.setattr(agent.rules, "match_lines", broken_on_poison)
+    monkeypatch.setattr(agent.rules, "match_within", broken_on_poison)
     with log.open("a") as handle:
         handle.write("poison\nRank0: (1) segmentation fault: artificial segfault\n")
     for second in range(agent_module.READ_TRIES):
@@ -300,3 +300,35 @@ def test_lines_that_keep_failing_are_skipped_with_a_note(agent: Agent, queue: Sc
         handle.write("Rank0: (1) segmentation fault: artificial segfault\n")
     agent.read_logs(211.0)
     assert queue.calls[0] == "requeue_hold 7"  # later lines are handled
+
+
+def test_one_jobs_slow_lines_wait_for_later_passes_while_another_job_is_recovered(
+    agent: Agent, queue: ScriptedQueue, tmp_path: Path
+) -> None:
+    slow_dir, victim_dir = tmp_path / "slow", tmp_path / "victim"
+    slow_dir.mkdir()
+    victim_dir.mkdir()
+    queue.jobs[7] = running(slow_dir)
+    queue.jobs[8] = running(victim_dir, job_id=8, name="other")
+    slow_log = slow_dir / LOG_NAME
+    victim_log = victim_dir / "other_8_date_26-01-01_time_00-00-00.log"
+    slow_log.write_text("")
+    victim_log.write_text("")
+    agent.poll(200.0)
+    # Each of these lines costs the shipped Megatron checkpoint rule its whole 50 ms timeout.
+    slow = "SAVE_CHECKPOINT: iteration:" + ", ckpt saving takes " * 3000
+    slow_log.write_text(f"{slow}\n" * 40 + "Saved checkpoint to /ckpt/1\n")
+    victim_log.write_text("Rank0: (1) segmentation fault: artificial segfault\n")
+    agent.read_logs(201.0)
+    assert "requeue_hold 8" in queue.calls, "the other job's failure is handled in the same pass"
+    assert agent.tailer.position(str(slow_log)).offset < slow_log.stat().st_size
+    assert agent.deferred == {str(slow_log)}
+    # The deferred position is what a restart would resume from.
+    assert {f.position.path: f.position.offset for f in agent.store.files(7)}[str(slow_log)] == \
+        agent.tailer.position(str(slow_log)).offset
+    for second in range(200):
+        if not agent.deferred:
+            break
+        agent.read_logs(202.0 + second, set(agent.deferred))
+    assert agent.deferred == set()
+    assert agent.jobs[7].attempt_first_checkpoint is not None, "every line is matched in the end"

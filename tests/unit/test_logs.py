@@ -153,8 +153,8 @@ def test_lines_appear_incrementally(log_file: Path) -> None:
     append(log_file, b"one\ntwo\n")
     result = tailer.read(log_file)
     assert result.lines == [
-        LogLine(str(log_file), "one", 4, False),
-        LogLine(str(log_file), "two", 8, False),
+        LogLine(str(log_file), "one", 4, False, 0),
+        LogLine(str(log_file), "two", 8, False, 4),
     ]
     assert result.notices == []
     assert tailer.read(log_file).lines == []
@@ -195,7 +195,7 @@ def test_partial_line_waits_for_its_newline(log_file: Path) -> None:
     append(log_file, b"ial")
     assert tailer.read(log_file).lines == []
     append(log_file, b" line\n")
-    assert tailer.read(log_file).lines == [LogLine(str(log_file), "partial line", 18, False)]
+    assert tailer.read(log_file).lines == [LogLine(str(log_file), "partial line", 18, False, 5)]
 
 
 def test_resume_from_saved_position_does_not_reread(log_file: Path) -> None:
@@ -259,7 +259,7 @@ def test_truncation_gives_notice_and_rereads(log_file: Path) -> None:
     assert log_file.stat().st_ino == inode
     result = tailer.read(log_file)
     assert kinds(result.notices) == ["truncated"]
-    assert result.lines == [LogLine(str(log_file), "after", 6, False)]
+    assert result.lines == [LogLine(str(log_file), "after", 6, False, 0)]
     assert tailer.read(log_file) == TailResult([], [])
 
 
@@ -369,8 +369,8 @@ def test_overlong_line_is_cut_and_following_line_intact(log_file: Path) -> None:
     append(log_file, b"0123456789ABCDEFGHIJ\nnext\n")
     result = tailer.read(log_file)
     assert result.lines == [
-        LogLine(str(log_file), "0123456789", 21, True),
-        LogLine(str(log_file), "next", 26, False),
+        LogLine(str(log_file), "0123456789", 21, True, 0),
+        LogLine(str(log_file), "next", 26, False, 21),
     ]
 
 
@@ -379,7 +379,7 @@ def test_overlong_line_without_newline_is_not_held(log_file: Path) -> None:
     tailer.follow(log_file, key=42)
     append(log_file, b"0123456789ABCDEF")
     result = tailer.read(log_file)
-    assert result.lines == [LogLine(str(log_file), "0123456789", 16, True)]
+    assert result.lines == [LogLine(str(log_file), "0123456789", 16, True, 0)]
     # The cut head is not returned again, and the offset moved past what was read.
     assert tailer.position(log_file).offset == 16
     assert tailer.read(log_file).lines == []
@@ -387,7 +387,7 @@ def test_overlong_line_without_newline_is_not_held(log_file: Path) -> None:
     assert tailer.read(log_file).lines == []
     assert tailer.position(log_file).offset == 40
     append(log_file, b" end\nafter\n")
-    assert tailer.read(log_file).lines == [LogLine(str(log_file), "after", 51, False)]
+    assert tailer.read(log_file).lines == [LogLine(str(log_file), "after", 51, False, 45)]
 
 
 def test_overlong_line_longer_than_one_read_is_skipped_across_reads(log_file: Path) -> None:
@@ -397,8 +397,8 @@ def test_overlong_line_longer_than_one_read_is_skipped_across_reads(log_file: Pa
     results = [tailer.read(log_file) for _ in range(5)]
     lines = [line for result in results for line in result.lines]
     assert lines == [
-        LogLine(str(log_file), "L" * 10, 32, True),
-        LogLine(str(log_file), "ok", 104, False),
+        LogLine(str(log_file), "L" * 10, 32, True, 0),
+        LogLine(str(log_file), "ok", 104, False, 101),
     ]
 
 
@@ -407,7 +407,7 @@ def test_line_of_exactly_max_bytes_is_whole(log_file: Path) -> None:
     tailer.follow(log_file, key=42)
     append(log_file, b"0123456789\nabc\n")
     first = tailer.read(log_file)
-    assert first.lines == [LogLine(str(log_file), "0123456789", 11, False)]
+    assert first.lines == [LogLine(str(log_file), "0123456789", 11, False, 0)]
     assert texts(tailer.read(log_file).lines) == ["abc"]
 
 

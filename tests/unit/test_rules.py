@@ -481,6 +481,39 @@ def test_catastrophic_pattern_times_out_counts_and_does_not_raise(
     assert names(rules.match("aaaaab")) == ["good"]
 
 
+def test_a_line_stops_trying_rules_after_a_few_timeouts() -> None:
+    # Five slow site patterns all anchored on what one hostile line holds.
+    slow = [Rule(name=f"slow{i}", kind="anomaly", category="segfault", pattern=f"slow{i}.*(a+)+$") for i in range(5)]
+    rules = RuleSet.from_rules(slow, match_timeout=0.001)
+    line = "".join(f"slow{i}" for i in range(5)) + "a" * 5000 + "!"
+    assert rules.match(line) == []
+    assert sum(rules.timeouts.values()) == 5, "every rule counts as not matching"
+    assert rules_module.LINE_TIMEOUTS_AT_MOST < 5
+
+
+def test_a_pass_matches_what_fits_in_its_budget_and_leaves_the_rest(defaults: RuleSet) -> None:
+    # A line the shipped Megatron checkpoint rule needs its whole timeout for.
+    slow = "SAVE_CHECKPOINT: iteration:" + ", ckpt saving takes " * 3000
+    lines = [slow] * 40 + ["Rank0: (1) segmentation fault"]
+    rules = RuleSet.from_rules(defaults.rules)
+    found, done = rules.match_within(lines, budget=0.05)
+    assert 1 <= done < len(lines), "40 lines of one timeout each cannot fit in 50 ms"
+    assert found == rules.match_lines(lines[:done])
+    # Read again pass after pass, every line is matched in the end, the failure too.
+    while done < len(lines):
+        more, step = rules.match_within(lines[done:], budget=0.05)
+        found += [(done + index, match) for index, match in more]
+        done += step
+    assert [(i, m.rule.name) for i, m in found] == [(40, "segfault")]
+
+
+def test_a_pass_over_ordinary_lines_matches_them_all_as_one_batch_would(defaults: RuleSet) -> None:
+    lines = [f"iteration {i} | TFLOPs: {100 + i % 7}.5 | loss 2.1" for i in range(3000)] + ["CUDA error: an illegal memory access was encountered"]
+    found, done = defaults.match_within(lines, budget=10.0)
+    assert done == len(lines)
+    assert found == defaults.match_lines(lines)
+
+
 # --- The literal prefilter -----------------------------------------------------
 
 
