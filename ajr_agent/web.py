@@ -1,6 +1,7 @@
 """The HTTP service: the cockpit page, the JSON API with its OpenAPI document, and /metrics.
 
-Built on the standard library's `ThreadingHTTPServer`; started as a thread of
+Built on the standard library's `http.server`, with bounds of its own against hostile
+clients (`HttpLimits`: request size, deadlines, threads, connections); started as a thread of
 `ajr-agent` (`http_port`, 0 for none) or alone by `ajr serve`, reading the same store.
 Every JSON answer is a pydantic model from `ajr_agent.api`, and the OpenAPI 3.1
 document is generated from the same models and the route table below, so the two
@@ -17,16 +18,20 @@ browser send it (and no CORS header lets a foreign origin add it).
 from __future__ import annotations
 
 import hmac
-from contextlib import closing
+import io
 import json
 import logging
 import re
+import selectors
+import socket
 import threading
 import time
+from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import cached_property
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from importlib import resources
 from typing import Any, Callable, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -382,22 +387,162 @@ class Service:
         return Reply.json(result, 502)
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one client may take of the service. Past a limit it is answered with an error at once,
+    from the listening thread, before any of its request is handed to the service."""
+
+    # Seconds for a client to send its whole request head: a deadline, not a per-recv timeout,
+    # so that a client trickling a byte at a time cannot hold a connection for ever.
+    request_timeout: float = 10.0
+    # Seconds for a client to take the whole answer (it may stop reading).
+    response_timeout: float = 30.0
+    # Requests answered at once, a thread each; one more is answered 503 without a thread.
+    max_workers: int = 16
+    # Connections still sending their request head; they hold a file descriptor, no thread. A new
+    # connection beyond this pushes out the one that has waited longest, so that a flood of idle
+    # connections churns itself and a real client, which sends its request at once, gets in.
+    max_pending: int = 64
+    max_request_line: int = 8192
+    max_header_bytes: int = 16384  # the request line and every header line
+    max_headers: int = 64
+    # The POST endpoints take no body; a client that sends a little anyway is not refused for it.
+    max_body: int = 1024
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request is answered with an error before it reaches the service."""
+
+    status: HTTPStatus
+    message: str
+
+
+def head_end(data: bytes) -> int | None:
+    """Where the request head (request line and headers, up to the blank line) ends; None while incomplete."""
+    ends = [i + len(mark) for mark in (b"\n\r\n", b"\n\n") if (i := data.find(mark)) >= 0]
+    return min(ends) if ends else None
+
+
+def check_head(head: bytes, complete: bool, limits: HttpLimits) -> Refusal | None:
+    """The refusal a request head earns under `limits`, None while it is acceptable so far.
+
+    `head` is what has arrived of it, the whole head when `complete`. Only sizes and the body's
+    framing are checked here; the request itself is the service's business.
+    """
+    line_end = head.find(b"\n")
+    if (line_end if line_end >= 0 else len(head)) > limits.max_request_line:
+        return Refusal(HTTPStatus.REQUEST_URI_TOO_LONG, f"the request line is longer than {limits.max_request_line} bytes")
+    if len(head) > limits.max_header_bytes:
+        return Refusal(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                       f"the request head is larger than {limits.max_header_bytes} bytes")  # fmt: skip
+    if not complete:
+        return None
+    lines = [line.strip() for line in head[line_end + 1 :].split(b"\n")]
+    fields = [line.partition(b":") for line in lines if line]
+    if len(fields) > limits.max_headers:
+        return Refusal(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"more than {limits.max_headers} header fields")
+    names = [name.strip().lower() for name, _, _ in fields]
+    if b"transfer-encoding" in names:
+        return Refusal(HTTPStatus.LENGTH_REQUIRED, "Transfer-Encoding is not accepted: these endpoints take no "
+                       "body; send none, or Content-Length: 0")  # fmt: skip
+    lengths = [value.strip() for name, (_, _, value) in zip(names, fields) if name == b"content-length"]
+    if len(lengths) > 1:
+        return Refusal(HTTPStatus.BAD_REQUEST, "more than one Content-Length header")
+    if lengths and not lengths[0].isdigit():  # bytes.isdigit(): ASCII digits only, so no sign, no space
+        return Refusal(HTTPStatus.BAD_REQUEST, "Content-Length must be a non-negative integer")
+    # The digits are counted first: the value is the client's, and int() of it is work of its choosing.
+    digits = lengths[0].lstrip(b"0") if lengths else b""
+    if len(digits) > len(str(limits.max_body)) or int(digits or 0) > limits.max_body:
+        return Refusal(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a body of at most {limits.max_body} bytes is accepted")
+    return None
+
+
+def _raw_answer(status: HTTPStatus, message: str, headers: dict[str, str] | None = None) -> bytes:
+    """A whole error answer as bytes, for the listening thread to send without a handler."""
+    reply = error_reply(status, message, headers)
+    lines = [f"HTTP/1.0 {status.value} {status.phrase}", f"Server: ajr/{__version__}",
+             f"Content-Type: {reply.content_type}", f"Content-Length: {len(reply.body)}", "Connection: close"]  # fmt: skip
+    lines += [f"{key}: {value}" for key, value in {**_COMMON_HEADERS, **reply.headers}.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + reply.body
+
+
+def _close(sock: socket.socket) -> None:
+    """Close a client's connection without resetting it: what it sent and nobody read is dropped first,
+    or the kernel answers it with a reset that can destroy our answer before the client reads it."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        for _ in range(4):  # what has already arrived, never waiting for more
+            if not sock.recv(65536, socket.MSG_DONTWAIT):
+                break
+    except OSError:
+        pass
+    sock.close()
+
+
+@dataclass
+class _Pending:
+    """A connection whose request head is still arriving."""
+
+    sock: socket.socket
+    client: tuple[str, int]
+    deadline: float  # time.monotonic()
+    data: bytearray = field(default_factory=bytearray)
+
+
+@dataclass(frozen=True)
+class _Received:
+    """A whole request head (and what came of a small body with it), handed to a handler thread."""
+
+    sock: socket.socket
+    data: bytes
+
+
+class _DeadlineWriter(io.BufferedIOBase):
+    """The handler's wfile: every write to the client within one deadline, started at the first write."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.timeout = timeout
+        self.deadline: float | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        """Send all of `data`, or raise TimeoutError once the answer's deadline has passed."""
+        now = time.monotonic()
+        self.deadline = self.deadline or now + self.timeout
+        if now >= self.deadline:
+            raise TimeoutError(f"the client took more than {self.timeout:g} s to read the answer")
+        # Since Python 3.5 a socket timeout bounds the whole sendall, not each send.
+        self.sock.settimeout(self.deadline - now)
+        self.sock.sendall(data)
+        return len(data)
+
+
 class _Handler(BaseHTTPRequestHandler):
-    """Hands each request to the Service; nothing else happens here."""
+    """Hands each request to the Service; nothing else happens here.
+
+    It gets the request head already received and checked by the CockpitServer (HTTP/1.0: one
+    request per connection) and never reads from the client itself.
+    """
 
     server: "CockpitServer"
+    request: _Received
     server_version = f"ajr/{__version__}"
-    # A client that stops sending must not hold a thread for ever.
-    timeout = 30
+
+    def setup(self) -> None:
+        self.connection = self.request.sock
+        self.rfile = io.BytesIO(self.request.data)
+        self.wfile = _DeadlineWriter(self.request.sock, self.server.limits.response_timeout)
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
         self._answer("GET")
 
     def do_POST(self) -> None:  # noqa: N802
-        # The operator actions take no body; read whatever came so the connection stays sane.
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(min(length, 65536))
+        # No body is read: the operator actions take none, and the token is checked first anyway.
         self._answer("POST")
 
     def _answer(self, method: str) -> None:
@@ -420,15 +565,30 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.client_address[0], format % args)
 
 
-class CockpitServer(ThreadingHTTPServer):
-    """The HTTP server; each request in its own thread."""
+class CockpitServer(HTTPServer):
+    """The HTTP server, bounded against hostile clients (see HttpLimits).
 
-    daemon_threads = True
+    One thread (serve_forever) accepts connections and receives their request heads without
+    blocking, each under the request deadline; a complete, acceptable head is answered by a
+    thread of its own, at most `max_workers` at once. Refusals are answered from the listening
+    thread and counted, and logged once a minute so that a flood cannot flood the log.
+    """
 
-    def __init__(self, address: tuple[str, int], service: Service) -> None:
+    request_queue_size = 128  # the listen() backlog: a burst of connections waits in the kernel
+    SUMMARY_EVERY = 60.0
+
+    def __init__(self, address: tuple[str, int], service: Service, limits: HttpLimits = HttpLimits()) -> None:
         super().__init__(address, _Handler)
         self.service = service
+        self.limits = limits
         self.thread: threading.Thread | None = None
+        self._workers = threading.BoundedSemaphore(limits.max_workers)
+        # In arrival order, which is also deadline order: every connection gets the same time.
+        self._pending: dict[socket.socket, _Pending] = {}
+        self._stop = threading.Event()
+        self._serving = threading.Lock()  # held by serve_forever while it runs
+        self._refused: Counter[HTTPStatus] = Counter()
+        self._summary_at = time.monotonic() + self.SUMMARY_EVERY
 
     @property
     def url(self) -> str:
@@ -443,16 +603,145 @@ class CockpitServer(ThreadingHTTPServer):
         self.thread.start()
         return self
 
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept, receive and dispatch until shutdown(); `poll_interval` bounds how long that takes."""
+        self.socket.setblocking(False)
+        with self._serving, selectors.DefaultSelector() as selector:
+            try:
+                selector.register(self.socket, selectors.EVENT_READ)
+                while not self._stop.is_set():
+                    now = time.monotonic()
+                    oldest = next(iter(self._pending.values()), None)
+                    wait = poll_interval if oldest is None else min(poll_interval, max(0.0, oldest.deadline - now))
+                    for key, _ in selector.select(wait):
+                        if key.fileobj is self.socket:
+                            self._accept(selector)
+                        else:
+                            self._receive(selector, key.data)
+                    self._expire(selector, time.monotonic())
+            finally:
+                for pending in self._pending.values():
+                    _close(pending.sock)
+                self._pending.clear()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever for good and wait until it has; requests being answered finish on their own."""
+        self._stop.set()
+        with self._serving:
+            pass
+
     def close(self) -> None:
         """Stop serving and release the socket."""
         self.shutdown()
         self.server_close()
 
+    # ---- the listening thread -------------------------------------------------------------------------
 
-def make_server(settings: Settings, metrics: Metrics | None, bind: str, port: int) -> CockpitServer:
+    def _accept(self, selector: selectors.BaseSelector) -> None:
+        for _ in range(self.limits.max_pending):
+            try:
+                sock, client = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # Out of file descriptors (or memory): the connections wait in the backlog meanwhile.
+                log.warning("cockpit cannot accept a connection: %s; trying again in 0.1 s", exc)
+                self._stop.wait(0.1)
+                return
+            if len(self._pending) >= self.limits.max_pending:
+                self._refuse(selector, next(iter(self._pending.values())), Refusal(
+                    HTTPStatus.SERVICE_UNAVAILABLE, "too many connections are waiting to send their request"))  # fmt: skip
+            sock.setblocking(False)
+            pending = _Pending(sock, client, time.monotonic() + self.limits.request_timeout)
+            self._pending[sock] = pending
+            selector.register(sock, selectors.EVENT_READ, pending)
+
+    def _receive(self, selector: selectors.BaseSelector, pending: _Pending) -> None:
+        try:
+            chunk = pending.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:  # the client went away
+            self._forget(selector, pending)
+            _close(pending.sock)
+            return
+        pending.data += chunk
+        end = head_end(pending.data)
+        refusal = check_head(bytes(pending.data[:end]) if end else bytes(pending.data), end is not None, self.limits)
+        if refusal is not None:
+            self._refuse(selector, pending, refusal)
+        elif end is not None:
+            self._dispatch(selector, pending)
+
+    def _dispatch(self, selector: selectors.BaseSelector, pending: _Pending) -> None:
+        if not self._workers.acquire(blocking=False):
+            self._refuse(selector, pending, Refusal(HTTPStatus.SERVICE_UNAVAILABLE,
+                                                    f"all {self.limits.max_workers} request threads are busy"))  # fmt: skip
+            return
+        self._forget(selector, pending)
+        worker = threading.Thread(target=self._work, args=(_Received(pending.sock, bytes(pending.data)), pending.client),
+                                  name="ajr-http-request", daemon=True)  # fmt: skip
+        try:
+            worker.start()
+        except RuntimeError:  # no thread to be had
+            self._workers.release()
+            self._send_refusal(pending.sock, Refusal(HTTPStatus.SERVICE_UNAVAILABLE, "no thread to answer with"))
+
+    def _expire(self, selector: selectors.BaseSelector, now: float) -> None:
+        while self._pending:
+            oldest = next(iter(self._pending.values()))
+            if oldest.deadline > now:
+                break
+            self._refuse(selector, oldest, Refusal(HTTPStatus.REQUEST_TIMEOUT,
+                                                   f"the request did not arrive within {self.limits.request_timeout:g} s"))  # fmt: skip
+        if now >= self._summary_at:
+            self._summary_at = now + self.SUMMARY_EVERY
+            if self._refused:
+                counts = ", ".join(f"{n} × {status.value} {status.phrase}" for status, n in self._refused.most_common())
+                log.warning("cockpit refused %d request(s) in the last %.0f s (%s); HttpLimits in ajr_agent/web.py "
+                            "says why", self._refused.total(), self.SUMMARY_EVERY, counts)  # fmt: skip
+                self._refused.clear()
+
+    def _forget(self, selector: selectors.BaseSelector, pending: _Pending) -> None:
+        selector.unregister(pending.sock)
+        del self._pending[pending.sock]
+
+    def _refuse(self, selector: selectors.BaseSelector, pending: _Pending, refusal: Refusal) -> None:
+        self._forget(selector, pending)
+        self._send_refusal(pending.sock, refusal)
+        log.debug("cockpit: %s refused with %d: %s", pending.client[0], refusal.status.value, refusal.message)
+
+    def _send_refusal(self, sock: socket.socket, refusal: Refusal) -> None:
+        self._refused[refusal.status] += 1
+        retry = {"Retry-After": "1"} if refusal.status is HTTPStatus.SERVICE_UNAVAILABLE else {}
+        try:
+            # A fresh connection's send buffer takes this small answer whole, without blocking.
+            sock.send(_raw_answer(refusal.status, refusal.message, retry), socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        _close(sock)
+
+    # ---- a request thread ---------------------------------------------------------------------------------
+
+    def _work(self, received: _Received, client: tuple[str, int]) -> None:
+        try:
+            _Handler(received, client, self)
+        except OSError as exc:  # the client went away or stopped reading: its loss
+            log.debug("cockpit: answer to %s not delivered: %s", client[0], exc)
+        except Exception:
+            log.exception("cockpit: request from %s failed", client[0])
+        finally:
+            _close(received.sock)
+            self._workers.release()
+
+
+def make_server(settings: Settings, metrics: Metrics | None, bind: str, port: int,
+                limits: HttpLimits = HttpLimits()) -> CockpitServer:  # fmt: skip
     """A server on bind:port (0: any free port); WebError when the address cannot be taken."""
     try:
-        return CockpitServer((bind, port), Service(settings, metrics))
+        return CockpitServer((bind, port), Service(settings, metrics), limits)
     except OSError as exc:
         raise WebError(f"cannot listen on {bind}:{port}: {exc.strerror or exc}") from exc
 
