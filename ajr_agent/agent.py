@@ -29,6 +29,8 @@ from .logs import ChangeWatcher, FilePosition, LogLine, LogTailer, TailNotice, T
 from .metrics import Metrics
 from .model import (
     Action,
+    ActionDone,
+    ActionFailed,
     ActionKind,
     AnomalyFound,
     Attributed,
@@ -462,12 +464,18 @@ class Agent:
             event = queue.pop(0)
             current = self.jobs.get(job_id, job)
             if current is None:
-                return
+                if isinstance(event, (ActionDone, ActionFailed)):
+                    self.executor.settle(event)  # the job is gone; its action is over all the same
+                continue
             successor = policy.next_in_chain(current, self.snapshots.values()) if current.chain else None
             decision = policy.decide(current, event, self.settings, successor)
             self.metrics.decided(current, event, decision)
             self.notifier.decided(current, event, decision)
             with self.store.transaction():
+                # An action's outcome and what it leads to land together: a crash in between
+                # leaves the action open, and start-up finishes it against Slurm's state.
+                if isinstance(event, (ActionDone, ActionFailed)):
+                    self.executor.settle(event)
                 self.store.save_job(decision.job)
                 for note in decision.notes:
                     self._note(decision.job, note, _event_time(event, now), event)

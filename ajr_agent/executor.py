@@ -1,8 +1,10 @@
 """Runs the policy's actions against Slurm: journaled first, dry-run aware, retried with back-off.
 
-Every action is in the journal before its command runs and marked after, so a crash
-between the two is found at start-up and reconciled against Slurm's own state
-instead of being run blindly a second time.
+Every action is in the journal before its command runs. Its outcome is marked in the
+journal by `settle`, which the agent calls in the same transaction that saves the
+decision the outcome leads to (the job held, released...): a crash anywhere leaves
+the action open with the job's phase from before it, and start-up reconciles the
+open action against Slurm's own state instead of running it blindly a second time.
 """
 
 from __future__ import annotations
@@ -35,19 +37,28 @@ class Executor:
         self.metrics = metrics or Metrics()
 
     def run(self, action: Action, now: float, tries_before: int = 0) -> list[Event]:
-        """Run one journaled action; its outcome as events (none while a retry is pending)."""
+        """Run one journaled action; its outcome as events (none while a retry is pending), for
+        `settle` to record."""
         if self.settings.dry_run:
-            self.store.update_action(action, ActionStatus.DRY_RUN, now, tried=False)
             log.info("job %s: DRY_RUN: would %s job %s (%s)", action.job_id, action.kind.value, action.acts_on,
                      action.reason)  # fmt: skip
-            return [ActionDone(action, now, dry_run=True)]
+            return [ActionDone(action, now, dry_run=True, tried=False)]
         try:
             self._perform(action)
         except SlurmError as exc:
             return self._failed(action, exc, now, tries_before + 1)
-        self.store.update_action(action, ActionStatus.DONE, now)
         log.info("job %s: %s of job %s done", action.job_id, action.kind.value, action.acts_on)
         return [ActionDone(action, now)]
+
+    def settle(self, outcome: ActionDone | ActionFailed) -> None:
+        """Mark an action's outcome in the journal. Call it inside the transaction that saves
+        what the outcome leads to, so that a crash keeps both or neither."""
+        if isinstance(outcome, ActionDone):
+            status = ActionStatus.DRY_RUN if outcome.dry_run else ActionStatus.DONE
+            self.store.update_action(outcome.action, status, outcome.at, tried=outcome.tried)
+        else:
+            self.store.update_action(outcome.action, ActionStatus.FAILED, outcome.at, error=outcome.reason,
+                                     tried=outcome.tried)  # fmt: skip
 
     def _perform(self, action: Action) -> None:
         job_id = action.acts_on
@@ -88,7 +99,6 @@ class Executor:
                         tries, self.settings.action_max_tries, delay, exc)  # fmt: skip
             return []
         reason = exc.reason if not exc.transient else f"gave up after {tries} tries: {exc.reason}"
-        self.store.update_action(action, ActionStatus.FAILED, now, error=reason)
         log.error("job %s: %s failed: %s", action.job_id, action.kind.value, reason)
         return [ActionFailed(action, now, reason)]
 
@@ -96,21 +106,29 @@ class Executor:
         """Finish an action left open by a crash or waiting for a retry, checking Slurm first.
 
         A requeuehold whose job already shows a higher restart count has happened: running it
-        again would requeue the job twice for one failure.
+        again would requeue the job twice for one failure. A release whose job is no longer
+        held has happened too.
         """
         action = entry.action
         if snapshot is None:
-            self.store.update_action(action, ActionStatus.FAILED, now, error="job no longer in Slurm", tried=False)
-            return [ActionFailed(action, now, "job no longer in Slurm")]
-        if action.kind is ActionKind.REQUEUE_HOLD and snapshot.restart_count > action.attempt:
-            self.store.update_action(action, ActionStatus.DONE, now, tried=False)
-            log.info("job %s: requeuehold of attempt %d had already happened", action.job_id, action.attempt)
-            return [ActionDone(action, now, dry_run=entry.dry_run)]
+            return [ActionFailed(action, now, "job no longer in Slurm", tried=False)]
         if entry.dry_run:
             # Decided in dry run: it stays a would-be action even if the agent now runs for real.
-            self.store.update_action(action, ActionStatus.DRY_RUN, now, tried=False)
-            return [ActionDone(action, now, dry_run=True)]
+            return [ActionDone(action, now, dry_run=True, tried=False)]
+        if _already_done(action, snapshot):
+            log.info("job %s: %s of attempt %d had already happened", action.job_id, action.kind.value, action.attempt)
+            return [ActionDone(action, now, tried=False)]
         return self.run(action, now, tries_before=entry.tries)
+
+
+def _already_done(action: Action, snapshot: JobSnapshot) -> bool:
+    """Slurm shows that an action left open by a crash took effect before it."""
+    if action.kind is ActionKind.REQUEUE_HOLD:
+        return snapshot.restart_count > action.attempt
+    if action.kind is ActionKind.RELEASE:
+        # Only a held job is ever released: one no longer held was released already.
+        return not (snapshot.state == "PENDING" and snapshot.reason.startswith("JobHeld"))
+    return False
 
 
 def run_operator_action(store: Store, settings: Settings, action: Action, origin: str, now: float) -> JournalEntry:
@@ -121,5 +139,8 @@ def run_operator_action(store: Store, settings: Settings, action: Action, origin
     """
     settings = settings.with_overrides(dry_run=False, action_max_tries=1)
     journaled = store.journal(action, dry_run=False, now=now, origin=origin)
-    Executor(open_gateway(settings), store, settings).run(journaled, time.time())
+    executor = Executor(open_gateway(settings), store, settings)
+    for outcome in executor.run(journaled, time.time()):
+        if isinstance(outcome, (ActionDone, ActionFailed)):
+            executor.settle(outcome)
     return next(e for e in store.actions(action.job_id) if e.id == journaled.journal_id)

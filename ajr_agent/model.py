@@ -240,11 +240,16 @@ class CheckpointSaved:
 
 @dataclass(frozen=True)
 class ActionDone:
-    """Slurm carried out an action (or, in dry run, it would have been)."""
+    """Slurm carried out an action (or, in dry run, it would have been).
+
+    `tried` is False when no command ran for it now: a dry run, or an action found
+    already done in Slurm after a crash.
+    """
 
     action: "Action"
     at: float
     dry_run: bool = False
+    tried: bool = True
 
 
 @dataclass(frozen=True)
@@ -254,6 +259,7 @@ class ActionFailed:
     action: "Action"
     at: float
     reason: str
+    tried: bool = True
 
 
 Event = (

@@ -46,6 +46,8 @@ class ScriptedQueue:
 
     def release(self, job_id: int) -> None:
         self.calls.append(f"release {job_id}")
+        job = self.jobs[job_id]
+        self.jobs[job_id] = replace(job, reason="None" if job.reason.startswith("JobHeld") else job.reason)
 
     def requeue(self, job_id: int) -> None:
         self.calls.append(f"requeue {job_id}")
@@ -332,3 +334,38 @@ def test_one_jobs_slow_lines_wait_for_later_passes_while_another_job_is_recovere
         agent.read_logs(202.0 + second, set(agent.deferred))
     assert agent.deferred == set()
     assert agent.jobs[7].attempt_first_checkpoint is not None, "every line is matched in the end"
+
+
+class Crash(BaseException):
+    """The agent killed at one instant: nothing after it runs, and nothing catches it."""
+
+
+@pytest.mark.parametrize("instant", [Phase.HELD, Phase.RESTARTING], ids=["after-requeuehold", "after-release"])
+def test_a_crash_after_slurm_acted_and_before_the_phase_was_saved_is_finished_at_start(
+    agent: Agent, queue: ScriptedQueue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, instant: Phase
+) -> None:
+    log = following(agent, queue, tmp_path)
+    real_save = agent.store.save_job
+
+    def crash_when_saving(job: object) -> None:
+        if getattr(job, "phase", None) is instant:
+            raise Crash()
+        real_save(job)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(agent.store, "save_job", crash_when_saving)
+    with log.open("a") as handle:
+        handle.write("Rank0: (1) segmentation fault: artificial segfault\n")
+    with pytest.raises(Crash):
+        agent.read_logs(201.0)
+        agent.poll(202.0)
+    agent.store.close()
+
+    settings = agent.settings
+    again = Agent(settings, Store(settings.state_db), queue, load_rules(settings))
+    for second in range(3):
+        again.poll(300.0 + second)
+        again.read_logs(300.5 + second)
+    assert queue.calls.count("requeue_hold 7") == 1, "one failure, one requeue"
+    assert queue.calls.count("release 7") == 1, "the held job is released once, never left held"
+    assert again.jobs[7].phase is Phase.RESTARTING
+    assert [e.status for e in again.store.actions(7) if e.action.kind.value != "annotate"] == ["done", "done"]

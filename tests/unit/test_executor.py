@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -70,9 +71,12 @@ def snapshot(restart_count: int) -> JobSnapshot:
 def test_success_is_recorded_and_reported(tmp_path: Path) -> None:
     slurm = ScriptedSlurm()
     executor, store, action = setup(tmp_path, slurm)
-    assert executor.run(action, 1.0) == [ActionDone(action, 1.0)]
+    [done] = executor.run(action, 1.0)
+    assert done == ActionDone(action, 1.0)
     assert slurm.calls == [("requeue_hold", 7, {})]
-    assert store.actions(7)[0].status == ActionStatus.DONE
+    assert store.actions(7)[0].status == ActionStatus.PENDING, "marked only with what it leads to"
+    executor.settle(done)
+    assert store.actions(7)[0].status == ActionStatus.DONE and store.actions(7)[0].tries == 1
 
 
 def test_release_also_clears_the_requeue_wait(tmp_path: Path) -> None:
@@ -116,6 +120,7 @@ def test_transient_failures_back_off_then_give_up(tmp_path: Path) -> None:
     assert entry.next_try_at == 16.0 and entry.tries == 2  # doubled
     [failed] = executor.resume(entry, snapshot(0), 16.0)
     assert isinstance(failed, ActionFailed) and "gave up after 3 tries: Socket timed out" in failed.reason
+    executor.settle(failed)
     assert store.open_actions() == [] and store.actions(7)[0].status == ActionStatus.FAILED
 
 
@@ -136,13 +141,16 @@ def test_refusal_fails_at_once_with_slurms_reason(tmp_path: Path) -> None:
     executor, store, action = setup(tmp_path, slurm)
     [failed] = executor.run(action, 1.0)
     assert isinstance(failed, ActionFailed) and failed.reason == "Requested operation is presently disabled"
+    executor.settle(failed)
     assert store.actions(7)[0].error == "Requested operation is presently disabled"
 
 
 def test_dry_run_records_and_runs_nothing(tmp_path: Path) -> None:
     slurm = ScriptedSlurm()
     executor, store, action = setup(tmp_path, slurm, SETTINGS.with_overrides(dry_run=True))
-    assert executor.run(action, 1.0) == [ActionDone(action, 1.0, dry_run=True)]
+    [done] = executor.run(action, 1.0)
+    assert done == ActionDone(action, 1.0, dry_run=True, tried=False)
+    executor.settle(done)
     assert slurm.calls == [] and store.actions(7)[0].status == ActionStatus.DRY_RUN
     assert store.actions(7)[0].dry_run
 
@@ -153,9 +161,21 @@ def test_resume_after_a_crash_checks_slurm_before_requeueing(tmp_path: Path, res
     executor, store, _ = setup(tmp_path, slurm)
     [entry] = store.open_actions()
     [outcome] = executor.resume(entry, snapshot(restart_count), 5.0)
-    assert isinstance(outcome, ActionDone)
+    assert isinstance(outcome, ActionDone) and outcome.tried is runs
     assert (slurm.calls == [("requeue_hold", 7, {})]) is runs
+    executor.settle(outcome)
     assert store.open_actions() == []
+
+
+@pytest.mark.parametrize(("reason", "runs"), [("JobHeldAdmin", True), ("BeginTime", False)])
+def test_resume_releases_only_a_job_still_held(tmp_path: Path, reason: str, runs: bool) -> None:
+    slurm = ScriptedSlurm()
+    executor, store, _ = setup(tmp_path, slurm, SETTINGS.with_overrides(clear_begin_time=False))
+    release = store.journal(Action(ActionKind.RELEASE, 7, 0, "release after requeue"), False, 0.0)
+    entry = next(e for e in store.open_actions() if e.id == release.journal_id)
+    [outcome] = executor.resume(entry, replace(snapshot(1), reason=reason), 5.0)
+    assert isinstance(outcome, ActionDone)
+    assert (slurm.calls == [("release", 7, {})]) is runs
 
 
 def test_resume_for_a_job_slurm_forgot_fails_it(tmp_path: Path) -> None:
