@@ -98,6 +98,7 @@ class Agent:
         self.last_output: dict[int, float] = {}
         self.failed_reads: dict[int, int] = {}  # per job: passes in a row whose lines could not be handled
         self.deferred: set[str] = set()  # files with lines the last pass left for the next (rules_pass_budget)
+        self.files_capped: set[int] = set()  # jobs told that they reached max_log_files_per_job
         try:
             settings.spool_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -293,6 +294,7 @@ class Agent:
                 del per_attempt[key]
         self.last_output.pop(job_id, None)
         self.last_scan.pop(job_id, None)
+        self.files_capped.discard(job_id)
 
     def _vanish(self, job_id: int, now: float) -> None:
         job = self.jobs.pop(job_id)
@@ -312,6 +314,15 @@ class Agent:
         self.last_scan[job.job_id] = now
         for path in find_job_logs(job.name, job.job_id, self.log_dirs(job), owner_uid=job.user_id):
             if str(path) not in self.files:
+                if len(self.files_by_job.get(job.job_id, ())) >= self.settings.max_log_files_per_job:
+                    # A job may name any number of files after itself: each one followed costs a
+                    # stat per pass and a row, so past the cap new ones are left alone, said once.
+                    if job.job_id not in self.files_capped:
+                        self.files_capped.add(job.job_id)
+                        self._record(job, Note("warning", f"not following {path} nor any further log file: the "
+                                                          f"job already has {self.settings.max_log_files_per_job} "
+                                                          "followed (max_log_files_per_job)"), now)  # fmt: skip
+                    break
                 try:
                     stat = path.lstat()
                 except OSError:

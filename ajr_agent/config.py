@@ -120,6 +120,9 @@ class Settings(BaseModel):
     action_retry_max_delay: float = Field(default=60.0, gt=0, description="longest wait between two tries of an action")
     action_max_tries: int = Field(default=10, ge=1, description="tries before a failing Slurm action is given up")
     max_line_bytes: int = Field(default=65536, ge=256, description="longer log lines are cut to this many bytes")
+    max_log_files_per_job: int = Field(
+        default=256, ge=1, le=100_000, description="log files followed per job at most; further ones are not read"
+    )
     rules_pass_budget: float = Field(
         default=0.1, gt=0, le=10,
         description="seconds the rules may spend on one job's new lines per pass; the rest wait for the next pass",

@@ -369,3 +369,18 @@ def test_a_crash_after_slurm_acted_and_before_the_phase_was_saved_is_finished_at
     assert queue.calls.count("release 7") == 1, "the held job is released once, never left held"
     assert again.jobs[7].phase is Phase.RESTARTING
     assert [e.status for e in again.store.actions(7) if e.action.kind.value != "annotate"] == ["done", "done"]
+
+
+def test_a_job_naming_ever_more_files_after_itself_is_followed_up_to_its_cap(
+    tmp_path: Path, queue: ScriptedQueue
+) -> None:
+    settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), max_log_files_per_job=3)
+    agent = Agent(settings, Store(settings.state_db), queue, load_rules(settings))
+    queue.jobs[7] = running(tmp_path)
+    for second in range(10):
+        (tmp_path / f"train_7_date_26-01-01_time_00-00-{second:02d}.log").write_text("step\n")
+    agent.poll(200.0)
+    agent.poll(200.0 + settings.log_scan_interval + 1)
+    assert len(agent.store.files(7)) == 3 and len(agent.files) == 3
+    warnings = [e.text for e in agent.store.events(7) if e.kind == "warning"]
+    assert len(warnings) == 1 and "max_log_files_per_job" in warnings[0]
