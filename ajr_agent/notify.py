@@ -4,6 +4,12 @@ Two kinds of sink, both optional: a webhook (`notify_webhook_url`; a JSON body w
 event's fields and a Slack-compatible `text`) and a command (`notify_command`; the
 event as JSON on stdin and as `AJR_EVENT_*` environment variables).
 
+Job names, Slurm's messages and log text are the users' and hostile: every field is cut to
+a bounded length and loses its control characters, and in `text` user text is escaped by
+Slack's rules and its @-mentions lose their ping. The command gets it as data only (stdin,
+environment), never in its command line, and runs without a shell unless the admin's
+command starts one.
+
 The agent only enqueues. One worker thread delivers, each sink on its own: a sink that
 fails is tried again with exponential back-off while the others go on, every HTTP call
 and command runs under `notify_timeout`, and a full queue drops its oldest entry with a
@@ -16,6 +22,7 @@ import heapq
 import itertools
 import logging
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -26,7 +33,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from . import __version__
 from .config import Settings
@@ -40,6 +47,38 @@ log = logging.getLogger(__name__)
 HELD_PHASES = frozenset({Phase.HOLDING, Phase.HELD, Phase.RELEASING})
 # Back-off between tries of one delivery never grows beyond this.
 MAX_RETRY_DELAY = 300.0
+# Characters a notification passes on of one field of user text, and of its whole `text`.
+FIELD_LIMIT = 200
+TEXT_LIMIT = 1000
+
+# Control characters (line breaks, terminal escapes, NUL, which no environment variable can
+# hold) and the invisible marks that reorder text on screen.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
+# Slack's markup: <!channel>, <@U123>, <url|label> and entities; these three escaped leave none.
+_SLACK_MARKUP = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+# Bare @channel, @here, @everyone (and @name on Mattermost, Discord...): a zero-width space
+# after the @ keeps the words and loses the ping.
+_MENTION = re.compile(r"@(?=\w)")
+_CUT_ENTITY = re.compile(r"&[a-z]{0,3}$")
+# The agent's own settings (AJR_OPERATOR_TOKEN among them) are not the command's business.
+_OWN_VARIABLES = "AJR_"
+
+
+def plain(value: str, limit: int = FIELD_LIMIT) -> str:
+    """User text made safe to pass on as data: each run of control characters becomes one space,
+    and it is cut to `limit` characters (the cut marked with an ellipsis)."""
+    cleaned = _CONTROL.sub(" ", value)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+def slack(value: str) -> str:
+    """User text for the inside of a Slack message: plain(), its markup escaped, its mentions defused."""
+    return _MENTION.sub("@\u200b", plain(value).translate(_SLACK_MARKUP))
+
+
+def cut_text(text: str, limit: int = TEXT_LIMIT) -> str:
+    """A message cut to `limit` characters, never inside an entity (Slack would show the rest of it raw)."""
+    return text if len(text) <= limit else _CUT_ENTITY.sub("", text[: limit - 1]) + "…"
 
 
 class NotifyError(AjrError):
@@ -62,7 +101,17 @@ class Notification(BaseModel):
     nodes: str = ""
     dry_run: bool = False
     host: str = Field(default_factory=socket.gethostname, description="where the agent runs")
-    text: str = Field(description="a one-line summary (Slack's `text`)")
+    text: str = Field(description="a one-line summary (Slack's `text`); user text in it escaped for Slack")
+
+    @field_validator("name", "user", "mode", "reason", "nodes", "host")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        return plain(value)
+
+    @field_validator("text")
+    @classmethod
+    def _bounded(cls, value: str) -> str:
+        return cut_text(_CONTROL.sub(" ", value))
 
     def environment(self) -> dict[str, str]:
         """The fields as `AJR_EVENT_<FIELD>` variables for a command sink."""
@@ -109,14 +158,16 @@ class CommandSink:
     name = "command"
 
     def __init__(self, command: str, timeout: float) -> None:
+        # The admin's words only: no notification text is ever put in the command line.
         self.argv = shlex.split(command)
         self.timeout = timeout
 
     def deliver(self, note: Notification) -> None:
         """Run the command under the timeout; a non-zero exit is a failed delivery."""
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_VARIABLES)}
         try:
             done = subprocess.run(self.argv, input=note.model_dump_json(), text=True, capture_output=True,
-                                  env={**os.environ, **note.environment()}, timeout=self.timeout, check=False)  # fmt: skip
+                                  env={**inherited, **note.environment()}, timeout=self.timeout, check=False)  # fmt: skip
         except subprocess.TimeoutExpired as exc:
             raise NotifyError(f"{self.argv[0]}: no exit within {self.timeout:g} s") from exc
         except OSError as exc:
@@ -171,22 +222,21 @@ class Notifier:
         """Notify what a decision brings: a recovery done, a requeue refused, a node drained."""
         job = decision.job
         dry_run = bool(getattr(event, "dry_run", False))
-        prefix = "(dry run) " if dry_run else ""
         at = float(getattr(event, "at", time.time()))
         if recovered(before, event, decision):
             target = event.action.target if isinstance(event, ActionDone) else None
             what = f"released job {target}, the next of its chain" if target else f"released for attempt {job.attempt + 1}"
             cause = job.attempt_end_reason or job.last_anomaly or "a failure"
-            self.publish(_note("recovered", job, at, f"{prefix}AJR recovered job {job.job_id} ({job.name}, {job.user}) "
-                               f"after {cause}: {what} ({job.requeues_used}/{job.limit})", cause, dry_run=dry_run))  # fmt: skip
+            self.publish(_note("recovered", job, at, cause, "{prefix}AJR recovered job {job_id} ({name}, {user}) after "
+                               "{cause}: {what} ({used}/{limit})", dry_run=dry_run, cause=cause, what=what))  # fmt: skip
         reason = refusal_reason(before, event, decision)
         if reason is not None:
-            self.publish(_note("requeue_refused", job, at, f"AJR will not requeue job {job.job_id} ({job.name}, "
-                               f"{job.user}) again: {job.stop_reason}", job.stop_reason or reason))  # fmt: skip
+            self.publish(_note("requeue_refused", job, at, job.stop_reason or reason, "AJR will not requeue job "
+                               "{job_id} ({name}, {user}) again: {why}", why=job.stop_reason or ""))  # fmt: skip
         if isinstance(event, ActionDone) and event.action.kind is ActionKind.DRAIN:
-            nodes = event.action.nodes
-            self.publish(_note("node_drained", job, at, f"{prefix}AJR drained {nodes} after job {job.job_id} "
-                               f"({job.name}): {event.action.reason}", event.action.reason, nodes, dry_run))  # fmt: skip
+            action = event.action
+            self.publish(_note("node_drained", job, at, action.reason, "{prefix}AJR drained {nodes} after job {job_id} "
+                               "({name}): {why}", action.nodes, dry_run, why=action.reason))  # fmt: skip
 
     def check_held(self, jobs: Iterable[ManagedJob], now: float) -> None:
         """Notify once per attempt when a job AJR requeued held has stayed held longer than `held_after`."""
@@ -200,9 +250,9 @@ class Notifier:
             since = self._held_since.setdefault(key, job.attempt_ended or now)
             if now - since >= self.held_after and key not in self._held_told:
                 self._held_told.add(key)
-                self.publish(_note("held_too_long", job, now, f"job {job.job_id} ({job.name}, {job.user}) has been "
-                                   f"held by AJR for {(now - since) / 60:.0f} min ({job.phase.value}): "
-                                   f"`scontrol release {job.job_id}` releases it", f"held {now - since:.0f} s"))  # fmt: skip
+                self.publish(_note("held_too_long", job, now, f"held {now - since:.0f} s", "job {job_id} ({name}, "
+                                   "{user}) has been held by AJR for {minutes} min ({phase}): `scontrol release "
+                                   "{job_id}` releases it", minutes=f"{(now - since) / 60:.0f}", phase=job.phase.value))  # fmt: skip
 
     # ---- the queue --------------------------------------------------------------------
 
@@ -290,11 +340,16 @@ class Notifier:
             self._wake.notify()
 
 
-def _note(kind: str, job: ManagedJob, at: float, text: str, reason: str, nodes: str = "",
-          dry_run: bool = False) -> Notification:  # fmt: skip
+def _note(kind: str, job: ManagedJob, at: float, reason: str, template: str, nodes: str = "",
+          dry_run: bool = False, **parts: str) -> Notification:  # fmt: skip
+    """A notification whose text is `template` filled in; every text put into it is escaped for Slack,
+    the job's own fields (job_id, name, user, used, limit, nodes, prefix) as well as `parts`."""
+    nodes = nodes or job.nodes
+    known = {"job_id": str(job.job_id), "name": job.name, "user": job.user, "used": str(job.requeues_used),
+             "limit": str(job.limit), "nodes": nodes, "prefix": "(dry run) " if dry_run else ""}  # fmt: skip
+    text = template.format(**{key: slack(value) for key, value in {**known, **parts}.items()})
     return Notification.model_validate({
         "kind": kind, "job_id": job.job_id, "name": job.name, "user": job.user, "mode": job.mode.value,
         "attempt": job.attempt, "requeues_used": job.requeues_used, "limit": job.limit, "at": at, "reason": reason,
-        "nodes": nodes or job.nodes, "dry_run": dry_run, "text": text,
+        "nodes": nodes, "dry_run": dry_run, "text": text,
     })  # fmt: skip
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from ajr_agent import policy
 from ajr_agent.agent import Agent, load_rules
 from ajr_agent.config import Settings
 from ajr_agent.model import Action, ActionDone, ActionKind, AnomalyFound, ManagedJob, Phase
-from ajr_agent.notify import CommandSink, Notification, Notifier, NotifyError, WebhookSink
+from ajr_agent.notify import CommandSink, Notification, Notifier, NotifyError, WebhookSink, plain
 from ajr_agent.spec import ResumeMode
 from ajr_agent.store import Store
 from tests.conftest import wait_for
@@ -244,3 +245,70 @@ def test_the_agent_notifies_a_recovery_through_a_real_sink(tmp_path: Path, recei
     notifier.stop(grace=1)
     assert [(b["kind"], b["job_id"], b["requeues_used"]) for b in receiver.bodies] == [("recovered", 7, 1)]
     assert "after segfault (segfault)" in receiver.bodies[0]["text"]
+
+
+# ---- user text is hostile ------------------------------------------------------------------------
+
+HOSTILE_NAME = "<!channel> @here @everyone <@U024BE7LH> <https://evil.example|click here> & x\njob_id=9\x1b[31m\x00"
+
+
+def recovered_note(name: str) -> Notification:
+    notifier, seen = collected()
+    releasing = ManagedJob(**{**vars(JOB), "name": name, "phase": Phase.RELEASING, "requeues_used": 1,
+                              "attempt_end_reason": "segfault <b>&</b> @channel"})  # fmt: skip
+    event = ActionDone(Action(ActionKind.RELEASE, 7, 0, "release after requeue"), 5.0)
+    notifier.decided(releasing, event, policy.decide(releasing, event, Settings(rules_dirs=())))
+    [recovered] = seen
+    return recovered
+
+
+def test_a_hostile_job_name_reaches_slack_as_text_not_as_markup_or_a_mention(receiver: Receiver) -> None:
+    notifier = started(WebhookSink(receiver.url, timeout=5))
+    notifier.publish(recovered_note(HOSTILE_NAME))
+    wait_for(lambda: receiver.bodies, 10, "the webhook call")
+    notifier.stop(grace=1)
+    text = receiver.bodies[0]["text"]
+    # Slack's markup is <...> and &: user text keeps none of it, only the entities.
+    assert "<" not in text and ">" not in text
+    assert "&lt;!channel&gt;" in text and "&lt;https://evil.example|click here&gt;" in text and "&amp; x" in text
+    assert "&lt;b&gt;&amp;&lt;/b&gt;" in text  # the cause is escaped too
+    # Bare mentions (Slack with link_names, Mattermost, Discord) lose their ping, keep their words.
+    for mention in ("@here", "@everyone", "@channel", "@U024BE7LH"):
+        assert mention not in text and mention.replace("@", "@\u200b") in text
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in text), repr(text)
+    assert "x job_id=9" in text  # the line break is gone, its words stay on the one line
+    assert not any(ord(c) < 32 for c in receiver.bodies[0]["name"])
+
+
+def test_user_text_is_bounded_in_length() -> None:
+    note = recovered_note("n" * 100_000)
+    assert len(note.name) <= 200 and note.name.endswith("…")
+    assert len(note.text) <= 1000
+
+
+def test_an_escape_is_never_cut_in_half() -> None:
+    note = recovered_note("&" * 5000)
+    assert len(note.text) <= 1000
+    assert "&" not in re.sub(r"&(amp|lt|gt);", "", note.text), "an entity was cut: Slack would show it raw"
+
+
+def test_a_command_sink_gets_user_text_as_data_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AJR_OPERATOR_TOKEN", "do-not-leak")
+    pwned = tmp_path / "pwned"
+    name = f"$(touch {pwned}) `touch {pwned}`; touch {pwned} ' \" \\ *\n{HOSTILE_NAME}"
+    out = tmp_path / "seen.json"
+    script = tmp_path / "sink.py"
+    script.write_text(
+        "import json, os, sys\n"
+        f"json.dump({{'argv': sys.argv[1:], 'stdin': json.load(sys.stdin)['name'], 'env': os.environ['AJR_EVENT_NAME'],"
+        " 'token': os.environ.get('AJR_OPERATOR_TOKEN')}, open(sys.argv[1], 'w'))\n"
+    )
+    # A shell in the command, as admins write them: the name must reach it as a variable's value only.
+    CommandSink(f"{sys.executable} {script} {out}", timeout=10).deliver(recovered_note(name))
+    CommandSink(f"sh -c 'printf %s \"$AJR_EVENT_NAME\" > {tmp_path}/by-sh'", timeout=10).deliver(recovered_note(name))
+    seen = json.loads(out.read_text())
+    assert seen["argv"] == [str(out)]
+    assert seen["stdin"] == seen["env"] == (tmp_path / "by-sh").read_text()
+    assert seen["env"] == plain(name) and seen["env"].startswith(f"$(touch {pwned}) `touch {pwned}`;")
+    assert not pwned.exists()
+    assert seen["token"] is None, "the agent's AJR_* settings (its operator token) leaked to the command"
