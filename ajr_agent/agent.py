@@ -47,6 +47,7 @@ from .slurm import JobSnapshot, SlurmError, SlurmGateway, open_gateway
 from .notify import Notifier
 from .spec import SPEC_KEY, parse_comment
 from .store import FollowedFile, Reading, Store
+from .text import printable
 
 log = logging.getLogger("ajr.agent")
 
@@ -533,7 +534,9 @@ class Agent:
             self._record(job, Note("warning", f"not drained: {text}"), now)
         evidence = attributed.verdict.evidence[0] if attributed.verdict.evidence else attributed.verdict.cause
         for node in drain:
-            reason = f"ajr: job {job.job_id} {attributed.verdict.cause}: {evidence}"[:250]
+            # The evidence is a line of the user's log: in a node's Reason, every admin's
+            # `sinfo -R` shows it, so it goes in as one printable line.
+            reason = printable(f"ajr: job {job.job_id} {attributed.verdict.cause}: {evidence}", 250)
             action = self.store.journal(Action(ActionKind.DRAIN, job.job_id, attempt, reason, nodes=node),
                                         self.settings.dry_run, now)  # fmt: skip
             self._handle_all(job.job_id, self.executor.run(action, time.time()), now)
