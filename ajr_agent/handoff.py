@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,14 @@ log = logging.getLogger(__name__)
 SUFFIX = ".end"
 # A spool file is a handful of short lines; anything bigger is not ours.
 MAX_RECORD_BYTES = 8192
+# The keys the agent reads and the shape of each value: anything else in a record is ignored,
+# and a value of another shape is read as missing.
+_SHAPES = {
+    "job_id": re.compile(r"[0-9]{1,18}"),
+    "restart_count": re.compile(r"[0-9]{1,9}"),
+    "exit_code": re.compile(r"[0-9]{1,9}:[0-9]{1,9}"),
+    "nodes": re.compile(r"[A-Za-z0-9._,\[\]-]{1,4096}"),
+}
 
 
 @dataclass(frozen=True)
@@ -62,14 +71,18 @@ def _parse(path: Path) -> EpilogRecord:
     fields: dict[str, str] = {}
     for line in path.read_text(errors="replace").splitlines():
         key, sep, value = line.partition("=")
-        if sep:
-            fields[key.strip()] = value.strip()
-    if not fields.get("job_id", "").isdigit():
-        raise ValueError(f"job_id {fields.get('job_id')!r} is not a number")
-    restarts = fields.get("restart_count", "0")
+        # The first of each key wins: the hook writes Slurm's values first, and a hook of an older
+        # release wrote the job's name and user after them, where a line break can forge a key.
+        if sep and key in _SHAPES and key not in fields:
+            fields[key] = value.strip() if _SHAPES[key].fullmatch(value.strip()) else ""
+    if not fields.get("job_id"):
+        raise ValueError("no job_id of digits in it")
+    job_id, restarts = int(fields["job_id"]), int(fields.get("restart_count") or 0)
+    if path.name != f"{job_id}.{restarts}{SUFFIX}":
+        raise ValueError(f"it says job {job_id}, restart {restarts}, and its name says otherwise")
     return EpilogRecord(
-        job_id=int(fields["job_id"]),
-        restart_count=int(restarts) if restarts.isdigit() else 0,
+        job_id=job_id,
+        restart_count=restarts,
         exit_code=fields.get("exit_code", ""),
         nodes=fields.get("nodes", ""),
         written_at=stat.st_mtime,
