@@ -1,37 +1,59 @@
 """The gateway to Slurm: read every job in one light call, and act on one job.
 
-The command backend reads the queue with one `squeue -O` per poll (0.1 s at 10,000
+The command backend reads the queue with one `squeue` per poll (0.1 s at 10,000
 jobs where `squeue --json` takes 1-2 s and 470 MB) and acts with `scontrol`, each
 call under a timeout. A pyslurm backend is used instead when an importable pyslurm
 matches the running Slurm's major.minor. Every command inherits the environment, so
 `SLURM_CONF` picks the cluster.
+
+Slurm prints job names, paths and comments exactly as users typed them, line breaks
+and control characters included, so no character is safe to separate fields or
+records with. Every squeue read ends each field with a token drawn for that read
+alone (`new_token`) and splits on the token, never on line breaks. The token reaches
+squeue through its environment: every user can read a root process's argv in /proc,
+not its environment, and no one can type into a job name a token that does not exist
+yet.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
+import os
 import re
+import secrets
 import shutil
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import product
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 from .config import Settings, SlurmBackend
 from .errors import AjrError
 
 log = logging.getLogger(__name__)
 
-# Unit separator: it cannot appear in job names, paths or JSON comments typed by users,
-# unlike '|' or spaces.
-SEP = "\x1f"
-# Comment goes last: whatever it holds, it ends the line.
+SQUEUE_COMMAND = ("squeue", "-h", "-t", "all")
+# Every field ends with the read's token, those without user text too: then no field's
+# content, Reason included, is trusted to shape the output. (Reason is Slurm's own text:
+# `scontrol update JobId=N Reason=...` is refused, even to the job's owner.)
 SQUEUE_FIELDS = (
     "JobID", "State", "UserId", "UserName", "RestartCnt", "StartTime", "EndTime", "BatchFlag",
     "Requeue", "NodeList", "Reason", "Partition", "WorkDir", "STDOUT", "Name", "Comment",
 )  # fmt: skip
-SQUEUE_FORMAT = ",".join(f"{field}:{SEP}" for field in SQUEUE_FIELDS)
+# Array tasks ("12_3", "12_[1-5%2]") and heterogeneous job components ("12+0"): not managed.
+_COMPONENT_ID = re.compile(r"[0-9]+[_+][0-9\[\],%-]+")
+_NUMBER = re.compile(r"[0-9]+")
+# Slurm's own host list code takes at most 64K names from one bracket (hostlist.c, MAX_RANGE).
+MAX_HOSTLIST_NAMES = 65536
+# The kernel refuses (E2BIG) any one argument over 32 pages (MAX_ARG_STRLEN: 128 KiB with
+# 4 KiB pages, its NUL included), and argv with the environment over sysconf(SC_ARG_MAX).
+MAX_ARGUMENT_BYTES = 32 * 4096 - 1
+# Failures to start a command that may pass: out of memory or processes, a file being replaced.
+_TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR, errno.ETXTBSY, errno.EMFILE, errno.ENFILE})
 
 # Job states in which the job's current attempt is over.
 ENDED_STATES = frozenset(
@@ -54,11 +76,49 @@ _TRANSIENT = re.compile(
 class SlurmError(AjrError):
     """A Slurm command failed. `transient` says whether trying again may help."""
 
-    def __init__(self, command: list[str], message: str, transient: bool) -> None:
-        super().__init__(f"`{' '.join(command)}` failed: {message}")
-        self.command = command
+    def __init__(self, command: Sequence[str], message: str, transient: bool) -> None:
+        super().__init__(f"`{_shown(command)}` failed: {message}")
+        self.command = list(command)
         self.reason = message
         self.transient = transient
+
+
+class SlurmOutputError(SlurmError):
+    """Slurm answered, but not in the form AJR asked for: nothing of that answer is used."""
+
+    def __init__(self, command: Sequence[str], message: str) -> None:
+        super().__init__(command, message, transient=False)
+
+
+class CommandTooLong(SlurmError):
+    """A command AJR was about to run is bigger than the kernel takes; it was not run."""
+
+    def __init__(self, command: Sequence[str], message: str) -> None:
+        super().__init__(command, message, transient=False)
+
+
+class HostlistError(AjrError, ValueError):
+    """A string that is not a Slurm host list."""
+
+
+class HostlistTooLarge(HostlistError):
+    """A host list that names more nodes than it may (the cluster's size, where that is known)."""
+
+
+def _shown(command: Sequence[str]) -> str:
+    """The command as an error message shows it, long arguments cut so that the message stays readable."""
+    return " ".join(arg if len(arg) <= 200 else f"{arg[:80]}...[{len(arg)} characters]" for arg in command)
+
+
+def _text(data: bytes) -> str:
+    # Slurm passes users' bytes through as they are: an invalid UTF-8 name must neither stop
+    # the read of everyone's jobs nor change a path, so undecodable bytes round-trip as
+    # surrogates, the way os.fsdecode reads file names.
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True)
@@ -142,6 +202,50 @@ class SlurmGateway(Protocol):
         """Slurm's version, e.g. `22.05.8`."""
 
 
+def new_token() -> str:
+    """A field terminator for one squeue read: \\x1f and 32 random hex digits.
+
+    squeue reads digits right after `Field:` as the field's width (and cuts values to it),
+    and a comma would end the field; \\x1f is neither. As that first character appears
+    nowhere else in the token, no text ending in a part of the token can form, with the
+    real token after it, a match that starts early.
+    """
+    return "\x1f" + secrets.token_hex(16)
+
+
+def squeue_format(token: str) -> str:
+    """The SQUEUE_FORMAT2 of a queue read: every field of SQUEUE_FIELDS whole (no width), ended by `token`."""
+    return ",".join(f"{field}:{token}" for field in SQUEUE_FIELDS)
+
+
+def split_records(output: str, token: str, width: int, command: Sequence[str]) -> list[list[str]]:
+    """squeue's output under a format that ends each of `width` fields with `token`: each record's fields.
+
+    squeue prints a newline after each record's last token, so the output split on the
+    token is `width` pieces per record and a last piece "\\n", and every record but the
+    first starts with the newline that ended the one before. Anything else is a
+    SlurmOutputError: no user can print the token, so it means squeue did not print what
+    AJR asked for.
+    """
+    if not output:
+        return []
+    pieces = output.split(token)
+    tail = pieces.pop()
+    if tail != "\n" or len(pieces) % width:
+        raise SlurmOutputError(
+            command,
+            f"the output is not whole records of {width} fields each ended by the token AJR passed in "
+            f"SQUEUE_FORMAT/SQUEUE_FORMAT2 ({len(pieces)} fields, then {tail[:80]!r}); does this squeue "
+            f"read those variables? (`squeue --version`; a SLURM_CLUSTERS or -M header breaks it too)",
+        )  # fmt: skip
+    records = [pieces[start : start + width] for start in range(0, len(pieces), width)]
+    for fields in records[1:]:
+        if not fields[0].startswith("\n"):
+            raise SlurmOutputError(command, f"a record does not start on a line of its own: {fields[0][:80]!r}")
+        fields[0] = fields[0][1:]
+    return records
+
+
 def parse_time(value: str) -> float | None:
     """Slurm's local ISO time to an epoch; its placeholders (N/A, Unknown, None) to None."""
     if not value or not value[0].isdigit():
@@ -152,74 +256,177 @@ def parse_time(value: str) -> float | None:
         return None
 
 
-def parse_squeue(output: str) -> list[JobSnapshot]:
-    """Parse the output of `squeue -h -t all -O SQUEUE_FORMAT`; a malformed line is logged and skipped."""
-    jobs = []
-    width = len(SQUEUE_FIELDS)
-    for line in output.splitlines():
-        if not line:
-            continue
-        parts = line.split(SEP, width - 1)
-        if len(parts) != width:
-            log.warning("squeue line with %d fields instead of %d skipped: %.200r", len(parts), width, line)
-            continue
+def parse_squeue(output: str, token: str) -> list[JobSnapshot]:
+    """The jobs of a queue read: `squeue -h -t all` run with SQUEUE_FORMAT2 = `squeue_format(token)`.
+
+    Array tasks and heterogeneous job components are left out: AJR does not manage them.
+    Anything else this parser cannot read, and a job listed twice, fail the whole read
+    (SlurmOutputError): a record left out would pass for a job gone from Slurm, and of two
+    records for one job neither can be trusted.
+    """
+    jobs: dict[int, JobSnapshot] = {}
+    for fields in split_records(output, token, len(SQUEUE_FIELDS), SQUEUE_COMMAND):
         (job_id, state, uid, user, restarts, start, end, batch, requeue, nodes, reason, partition, work_dir, stdout,
-         name, comment) = parts  # fmt: skip
-        # A trailing separator follows the last field too.
-        comment = comment[:-1] if comment.endswith(SEP) else comment
-        if not (job_id.isdigit() and uid.isdigit()):
-            # Array tasks ("12_3") are not managed; int() would read "12_3" as 123.
-            log.debug("squeue line with a non-numeric id skipped: %.200r", line)
+         name, comment) = fields  # fmt: skip
+        if _COMPONENT_ID.fullmatch(job_id):
             continue
-        try:
-            jobs.append(
-                JobSnapshot(
-                    job_id=int(job_id),
-                    state=state.split()[0] if state else "",
-                    user_id=int(uid),
-                    user=user,
-                    restart_count=int(restarts or 0),
-                    start_time=parse_time(start),
-                    end_time=parse_time(end),
-                    batch=batch.strip() == "1",
-                    requeueable=requeue.strip() == "1",
-                    nodes=nodes if nodes not in ("(null)", "") else "",
-                    reason=reason,
-                    partition=partition,
-                    work_dir=work_dir,
-                    stdout=stdout,
-                    name=name,
-                    comment=comment if comment != "(null)" else "",
-                )
-            )
-        except ValueError:
-            log.warning("squeue line with a malformed number skipped: %.200r", line)
-    return jobs
+        if not (_NUMBER.fullmatch(job_id) and _NUMBER.fullmatch(uid) and _NUMBER.fullmatch(restarts or "0")):
+            raise SlurmOutputError(
+                SQUEUE_COMMAND,
+                f"a record with JobID={job_id[:40]!r} UserId={uid[:40]!r} RestartCnt={restarts[:40]!r} is no job "
+                f"AJR can read; nothing of this read is used",
+            )  # fmt: skip
+        if int(job_id) in jobs:
+            raise SlurmOutputError(
+                SQUEUE_COMMAND,
+                f"squeue listed job {job_id} twice in one read; nothing of this read is used (does a SQUEUE_* "
+                f"variable or a federation make squeue show jobs once per partition or cluster?)",
+            )  # fmt: skip
+        jobs[int(job_id)] = JobSnapshot(
+            job_id=int(job_id),
+            state=state.split()[0] if state else "",
+            user_id=int(uid),
+            user=user,
+            restart_count=int(restarts or 0),
+            start_time=parse_time(start),
+            end_time=parse_time(end),
+            batch=batch.strip() == "1",
+            requeueable=requeue.strip() == "1",
+            nodes=nodes if nodes not in ("(null)", "") else "",
+            reason=reason,
+            partition=partition,
+            work_dir=work_dir,
+            stdout=_whole_stdout(stdout, work_dir, job_id),
+            name=name,
+            comment=comment if comment != "(null)" else "",
+        )
+    return list(jobs.values())
 
 
-def expand_hostlist(hostlist: str) -> list[str]:
-    """Expand Slurm's compact node lists: `gpu-[01-03,7],login1` -> gpu-01, gpu-02, gpu-03, gpu-7, login1."""
+def _whole_stdout(stdout: str, work_dir: str, job_id: str) -> str:
+    # Slurm 22.05's squeue prints the default "WorkDir/slurm-N.out" through a 1024-byte
+    # buffer (print.c, _print_job_std_out): under a deep working directory it comes out cut.
+    default = f"{work_dir}/slurm-{job_id}.out"
+    printed = _bytes(stdout)
+    return default if len(printed) == 1023 and _bytes(default).startswith(printed) else stdout
+
+
+def expand_hostlist(hostlist: str, limit: int = MAX_HOSTLIST_NAMES) -> list[str]:
+    """Expand Slurm's compact node lists: `gpu-[01-03,7],login1` -> gpu-01, gpu-02, gpu-03, gpu-7, login1.
+
+    A list that names more than `limit` nodes is a HostlistTooLarge, raised before any name
+    is made: pass the cluster's size where the list does not come straight from slurmctld.
+    A string that is no host list is a HostlistError.
+    """
     names: list[str] = []
-    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,\[]*", hostlist):
-        found = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", item)
-        if not found:
-            names.append(item)
-            continue
-        prefix, ranges, suffix = found.groups()
-        for part in ranges.split(","):
-            low, _, high = part.partition("-")
-            if not high:
-                names.append(f"{prefix}{low}{suffix}")
-                continue
-            width = len(low) if low.startswith("0") else 0
-            names += [f"{prefix}{n:0{width}d}{suffix}" for n in range(int(low), int(high) + 1)]
+    for item in _hostlist_items(hostlist):
+        parts = re.split(r"\[([^\]]*)\]", item)
+        texts, brackets = parts[0::2], [_bracket_spans(spec, hostlist) for spec in parts[1::2]]
+        count = math.prod(sum(high - low + 1 for low, high, _ in spans) for spans in brackets)
+        if len(names) + count > limit:
+            raise HostlistTooLarge(
+                f"host list {hostlist[:100]!r} names at least {len(names) + count} nodes, more than the {limit} "
+                f"it may name (the nodes this cluster has)"
+            )
+        numbers = [[f"{n:0{width}d}" for low, high, width in spans for n in range(low, high + 1)] for spans in brackets]
+        for chosen in product(*numbers):
+            names.append("".join(text + number for text, number in zip(texts, (*chosen, ""))))
     return names
+
+
+def _hostlist_items(hostlist: str) -> list[str]:
+    """The comma-separated items of a host list (commas inside brackets are the bracket's own)."""
+    items, start, inside = [], 0, False
+    for index, char in enumerate(hostlist):
+        if char in "[]" and inside == (char == "["):
+            raise HostlistError(f"host list {hostlist[:100]!r}: unbalanced or nested '{char}' at {index}")
+        if char in "[]":
+            inside = char == "["
+        elif char == "," and not inside:
+            items.append(hostlist[start:index])
+            start = index + 1
+    if inside:
+        raise HostlistError(f"host list {hostlist[:100]!r}: a '[' is never closed")
+    items.append(hostlist[start:])
+    return [item for item in items if item]
+
+
+def _bracket_spans(spec: str, hostlist: str) -> list[tuple[int, int, int]]:
+    """`01-03,7` -> (low, high, width) spans; Slurm pads each to the width of its first number."""
+    spans = []
+    for part in spec.split(","):
+        found = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)
+        if not found:
+            raise HostlistError(f"host list {hostlist[:100]!r}: {part[:40]!r} is no number or range of numbers")
+        low, high = found.group(1), found.group(2) or found.group(1)
+        spans.append((int(low), int(high), len(low)))
+    return spans
+
+
+def compress_hostlist(names: Iterable[str]) -> str:
+    """The compact Slurm host list of `names`, duplicates left out: n3, n1, n2, n7 -> `n[1-3,7]`."""
+    groups: dict[tuple[str, int], set[int]] = {}
+    others: list[str] = []
+    for name in dict.fromkeys(names):
+        found = re.fullmatch(r"(.*?)([0-9]+)", name)
+        if not found:
+            others.append(name)
+            continue
+        prefix, digits = found.groups()
+        # Slurm reads a span's width from its first number (n[08-10]: n08, n09, n10; n[8-10]:
+        # n8, n9, n10), so zero-padded numbers only share a span with numbers of their length.
+        width = len(digits) if digits.startswith("0") and len(digits) > 1 else 0
+        groups.setdefault((prefix, width), set()).add(int(digits))
+    parts = []
+    for (prefix, width), numbers in groups.items():
+        spans: list[list[int]] = []
+        for number in sorted(numbers):
+            if spans and number == spans[-1][1] + 1:
+                spans[-1][1] = number
+            else:
+                spans.append([number, number])
+        shown = [f"{low:0{width}d}" + (f"-{high:0{width}d}" if high > low else "") for low, high in spans]
+        parts.append(f"{prefix}{shown[0]}" if len(numbers) == 1 else f"{prefix}[{','.join(shown)}]")
+    return ",".join(parts + others)
 
 
 def expand_stdout(pattern: str, job: JobSnapshot) -> str:
     """Expand the filename patterns Slurm 22.05 leaves in STDOUT (newer Slurm expands them itself)."""
     replacements = {"%j": str(job.job_id), "%A": str(job.job_id), "%x": job.name, "%u": job.user, "%%": "%"}
     return re.sub(r"%[jAxu%]", lambda m: replacements[m.group(0)], pattern)
+
+
+def _check_size(command: Sequence[str], env: Mapping[str, str]) -> None:
+    """CommandTooLong when the kernel would refuse to start `command` for its size (E2BIG)."""
+    for index, arg in enumerate(command):
+        if (size := len(_bytes(arg))) > MAX_ARGUMENT_BYTES:
+            raise CommandTooLong(command, f"argument {index} is {size} bytes, over the {MAX_ARGUMENT_BYTES} the "
+                                          f"kernel takes for one argument; not run")  # fmt: skip
+    # Each string counts with its NUL and its pointer.
+    total = sum(len(_bytes(arg)) + 9 for arg in command)
+    total += sum(len(_bytes(key)) + len(_bytes(value)) + 10 for key, value in env.items())
+    if total > (limit := os.sysconf("SC_ARG_MAX")):
+        raise CommandTooLong(command, f"its arguments and environment take {total} bytes, over the {limit} the "
+                                      f"kernel takes (getconf ARG_MAX); not run")  # fmt: skip
+
+
+def _start_failure(command: Sequence[str], exc: OSError, env: Mapping[str, str]) -> str:
+    """What an admin needs to know when the kernel would not start a command."""
+    code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    candidates = [Path(folder or ".") / command[0] for folder in env.get("PATH", os.defpath).split(":")]
+    where = next((str(path) for path in candidates if path.exists()), command[0])
+    if exc.errno == errno.E2BIG:
+        largest = sorted(env.items(), key=lambda item: len(item[1]), reverse=True)[:3]
+        sizes = ", ".join(f"{key} ({len(value)} bytes)" for key, value in largest)
+        return (f"the kernel refused to start it (E2BIG: {exc.strerror}): one argument or environment variable is "
+                f"over {MAX_ARGUMENT_BYTES} bytes, or all of them over getconf ARG_MAX; the largest variables of "
+                f"the environment it was given: {sizes}")  # fmt: skip
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOEXEC):
+        return (f"{where} cannot be executed ({code}: {exc.strerror}): check its mode, owner and first line, and that "
+                f"its filesystem is not mounted noexec")  # fmt: skip
+    if exc.errno in _TRANSIENT_ERRNOS:
+        return f"could not start {where} ({code}: {exc.strerror}): the host is short of memory or processes"
+    return f"could not start {where} ({code}: {exc.strerror})"
 
 
 class CommandGateway:
@@ -230,27 +437,46 @@ class CommandGateway:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
 
-    def run(self, command: list[str]) -> str:
-        """Run one Slurm command; SlurmError (transient or not) when it fails or hangs."""
+    def run(self, command: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+        """Run one Slurm command (in `env`, else the agent's environment); its output.
+
+        A SlurmError (transient or not) when it cannot start, fails or hangs; CommandTooLong,
+        without running it, when the kernel would refuse it for its size.
+        """
+        environment = os.environ if env is None else env
+        _check_size(command, environment)
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout, check=False)
+            done = subprocess.run(list(command), capture_output=True, timeout=self.timeout, check=False, env=env)
         except subprocess.TimeoutExpired as exc:
             raise SlurmError(command, f"no answer within {self.timeout:g} s", transient=True) from exc
         except FileNotFoundError as exc:
             raise SlurmError(command, f"{command[0]} is not installed or not on PATH", transient=False) from exc
+        except OSError as exc:
+            raise SlurmError(command, _start_failure(command, exc, environment),
+                             transient=exc.errno in _TRANSIENT_ERRNOS) from exc  # fmt: skip
         if done.returncode != 0:
-            message = (done.stderr or done.stdout).strip() or f"exit code {done.returncode}"
+            message = _text(done.stderr or done.stdout).strip() or f"exit code {done.returncode}"
             raise SlurmError(command, message, transient=bool(_TRANSIENT.search(message)))
-        return done.stdout
+        return _text(done.stdout)
+
+    def _squeue(self, args: Sequence[str], **format_variable: str) -> str:
+        """squeue with its output format (and so its token) in the environment, out of other users' sight."""
+        # squeue takes SQUEUE_FORMAT over SQUEUE_FORMAT2, and other SQUEUE_* variables filter
+        # or repeat jobs (SQUEUE_USERS, SQUEUE_PARTITION, SQUEUE_PRIORITY...): a job they hid
+        # would pass for gone. None of the agent's own environment applies.
+        env = {key: value for key, value in os.environ.items() if not key.startswith("SQUEUE_")}
+        return self.run([*SQUEUE_COMMAND, *args], env={**env, **format_variable})
 
     def list_jobs(self) -> list[JobSnapshot]:
         """All jobs in slurmctld's memory (finished ones stay for MinJobAge), one squeue call."""
-        return parse_squeue(self.run(["squeue", "-h", "-t", "all", "-O", SQUEUE_FORMAT]))
+        token = new_token()
+        return parse_squeue(self._squeue([], SQUEUE_FORMAT2=squeue_format(token)), token)
 
     def job(self, job_id: int) -> JobSnapshot | None:
         """One job (for the CLI; the agent reads all jobs at once); None when Slurm does not know it."""
+        token = new_token()
         try:
-            jobs = parse_squeue(self.run(["squeue", "-h", "-t", "all", "-j", str(job_id), "-O", SQUEUE_FORMAT]))
+            jobs = parse_squeue(self._squeue(["-j", str(job_id)], SQUEUE_FORMAT2=squeue_format(token)), token)
         except SlurmError as exc:
             if "Invalid job id" in exc.reason:
                 return None
@@ -286,26 +512,49 @@ class CommandGateway:
         self.run(["scontrol", "update", f"JobId={job_id}", *(f"{key}={value}" for key, value in fields.items())])
 
     def exclude_nodes(self, job_id: int, nodes: Sequence[str]) -> None:
-        """Read the job's ExcNodeList, add `nodes`, write it back (a user's own --exclude stays)."""
-        shown = self.run(["scontrol", "-o", "show", "job", str(job_id)])
-        current = re.search(r"(?:^|\s)ExcNodeList=(\S*)", shown)
-        have = expand_hostlist(current.group(1)) if current and current.group(1) != "(null)" else []
-        wanted = have + [n for n in nodes if n not in have]
-        self.update(job_id, ExcNodeList=",".join(wanted))
+        """Add `nodes` to the job's ExcNodeList, keeping the user's own exclusions.
+
+        The current list is squeue's ExcNodes under a fresh token, with nothing a user typed
+        in front of it (`scontrol show job` prints JobName first, and a name can read
+        `x ExcNodeList=...`). Only nodes of the cluster's partitions count: Slurm refuses
+        others, and their number bounds the list's expansion.
+        """
+        known = {node for members in self.partition_nodes().values() for node in members}
+        token = new_token()
+        command = [*SQUEUE_COMMAND, "-j", str(job_id)]
+        output = self._squeue(["-j", str(job_id)], SQUEUE_FORMAT=f"%i{token}%x{token}")
+        listed = [excluded for shown, excluded in split_records(output, token, 2, command) if shown == str(job_id)]
+        if len(listed) != 1:
+            raise SlurmOutputError(command, f"squeue listed job {job_id} {len(listed)} times, expected once")
+        try:
+            have = expand_hostlist("" if listed[0] == "(null)" else listed[0], limit=len(known))
+        except HostlistError as exc:
+            raise SlurmOutputError(command, f"job {job_id}'s ExcNodes: {exc}") from exc
+        if unknown := [node for node in nodes if node not in known]:
+            log.warning("job %s: %s not excluded: no partition of this cluster has them (sinfo)", job_id,
+                        ",".join(unknown))  # fmt: skip
+        kept = [node for node in have if node in known]
+        added = [node for node in dict.fromkeys(nodes) if node in known and node not in kept]
+        if added:
+            self.update(job_id, ExcNodeList=compress_hostlist(kept + added))
 
     def drain(self, node: str, reason: str) -> None:
         """Drain one node; the reason tells admins which job and evidence made AJR do it."""
         self.run(["scontrol", "update", f"NodeName={node}", "State=DRAIN", f"Reason={reason}"])
 
     def partition_nodes(self) -> dict[str, list[str]]:
-        """Partition name to node names, from `scontrol show partition -o`."""
-        partitions: dict[str, list[str]] = {}
-        for line in self.run(["scontrol", "-o", "show", "partition"]).splitlines():
-            name = re.search(r"PartitionName=(\S+)", line)
-            nodes = re.search(r"(?:^|\s)Nodes=(\S+)", line)
-            if name:
-                partitions[name.group(1)] = expand_hostlist(nodes.group(1)) if nodes and nodes.group(1) != "(null)" else []
-        return partitions
+        """Partition name to node names, from `sinfo -N`: a line per node and partition, no host list to expand.
+
+        Hidden partitions are included; a partition without nodes is left out.
+        """
+        command = ["sinfo", "-h", "-a", "-N", "-o", "%N %R"]
+        partitions: dict[str, dict[str, None]] = {}
+        for line in self.run(command).splitlines():
+            fields = line.split()
+            if len(fields) != 2:
+                raise SlurmOutputError(command, f"a line that is not `node partition`: {line[:100]!r}")
+            partitions.setdefault(fields[1], {})[fields[0]] = None
+        return {partition: list(members) for partition, members in partitions.items()}
 
     def nodes_out_of_service(self) -> set[str]:
         """Nodes sinfo shows down, drained, draining, failing or in maintenance."""
