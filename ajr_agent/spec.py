@@ -8,6 +8,7 @@ reason kept, so an operator can tell the user what to fix.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from enum import Enum
 
@@ -15,6 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 SPEC_KEY = "APS"
 EXAMPLE = '{"APS": {"auto_resume_mode": "requeue", "max_requeue_times": 10}}'
+# Bounds on what a user may ask for; slurm_hooks/job_submit.lua refuses the same at submission.
+# Beyond them a number means nothing here, and past 2**63 SQLite cannot even store it.
+MAX_REQUEUE_TIMES = 10_000
+MAX_HEARTBEAT_TIMEOUT = 30 * 24 * 3600  # 30 days, in seconds
+# A comment is read at every poll: its size and nesting bound the work (job_submit.lua's too).
+MAX_COMMENT_BYTES = 65_536
+MAX_DEPTH = 64
+SHOWN_CHARACTERS = 40
 
 
 class ResumeMode(str, Enum):
@@ -31,9 +40,9 @@ class ApsSpec(BaseModel):
 
     auto_resume_mode: ResumeMode = ResumeMode.REQUEUE
     # None means "as many as the site allows"; a job can only lower the site cap.
-    max_requeue_times: StrictInt | None = Field(default=None, ge=0)
+    max_requeue_times: StrictInt | None = Field(default=None, ge=0, le=MAX_REQUEUE_TIMES)
     # Seconds without a log line before the job counts as hung; None: site default.
-    heartbeat_timeout: StrictInt | None = Field(default=None, gt=0)
+    heartbeat_timeout: StrictInt | None = Field(default=None, gt=0, le=MAX_HEARTBEAT_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -56,14 +65,27 @@ def parse_comment(comment: str | None) -> SpecVerdict:
     """Read a job comment. Never raises: a broken spec is a verdict with a problem."""
     if not comment or SPEC_KEY not in comment:
         return NOT_MANAGED
+    size = len(comment.encode("utf-8", "surrogateescape"))
+    if size > MAX_COMMENT_BYTES:
+        return SpecVerdict(spec=None, problem=f"comment mentions {SPEC_KEY} but holds {size} bytes; AJR reads "
+                           f"at most {MAX_COMMENT_BYTES} bytes. Example: {EXAMPLE}")  # fmt: skip
+    too_deep = SpecVerdict(spec=None, problem=f"comment mentions {SPEC_KEY} but nests objects and arrays deeper "
+                           f"than AJR reads (at most {MAX_DEPTH} nested objects and arrays). Example: {EXAMPLE}")  # fmt: skip
     try:
         document = json.loads(comment)
+    except RecursionError:
+        return too_deep
     except json.JSONDecodeError as exc:
         return SpecVerdict(
             spec=None,
             problem=f"comment mentions {SPEC_KEY} but is not valid JSON: {exc.msg} at position {exc.pos}. "
             f"Example: {EXAMPLE}",
         )
+    except ValueError:  # the one other refusal of json.loads: an integer longer than Python converts
+        return SpecVerdict(spec=None, problem=f"comment mentions {SPEC_KEY} but holds a number of more than "
+                           f"{sys.get_int_max_str_digits()} digits. Example: {EXAMPLE}")  # fmt: skip
+    if _depth(document) > MAX_DEPTH:
+        return too_deep
     if not isinstance(document, dict) or SPEC_KEY not in document:
         return NOT_MANAGED
     body = document[SPEC_KEY]
@@ -87,6 +109,23 @@ def describe_validation_error(exc: ValidationError) -> str:
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         got = error.get("input")
-        suffix = "" if error["type"] == "extra_forbidden" else f" (got {got!r})"
+        suffix = "" if error["type"] == "extra_forbidden" else f" (got {_shown(repr(got))})"
         parts.append(f"{key}: {message}{suffix}")
     return "; ".join(parts)
+
+
+def _shown(text: str) -> str:
+    """A user's value as a problem message shows it: cut, so the message stays readable."""
+    return text if len(text) <= SHOWN_CHARACTERS else text[:SHOWN_CHARACTERS] + "..."
+
+
+def _depth(document: object) -> int:
+    """How deep objects and arrays nest in a parsed document (a scalar is 0 deep)."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
