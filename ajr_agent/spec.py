@@ -20,8 +20,9 @@ EXAMPLE = '{"APS": {"auto_resume_mode": "requeue", "max_requeue_times": 10}}'
 # Beyond them a number means nothing here, and past 2**63 SQLite cannot even store it.
 MAX_REQUEUE_TIMES = 10_000
 MAX_HEARTBEAT_TIMEOUT = 30 * 24 * 3600  # 30 days, in seconds
-# A comment is read at every poll: its size and nesting bound the work (job_submit.lua's too).
-MAX_COMMENT_BYTES = 65_536
+# A comment is read at every poll, and by job_submit.lua under slurmctld's locks: its size and
+# nesting bound the work. Both refuse the same.
+MAX_COMMENT_BYTES = 16_384
 MAX_DEPTH = 64
 SHOWN_CHARACTERS = 40
 

@@ -13,20 +13,35 @@ Positions in JSON error messages are 1-based byte offsets into the comment.
 
 local EXAMPLE = '{"APS": {"auto_resume_mode": "requeue", "max_requeue_times": 10}}'
 local KNOWN_KEYS = "auto_resume_mode, max_requeue_times, heartbeat_timeout"
+-- The agent's bounds (ajr_agent/spec.py): beyond them a number means nothing to it.
+local MAX_REQUEUE_TIMES = 10000
+local MAX_HEARTBEAT_TIMEOUT = 30 * 24 * 3600
+-- This runs under slurmctld's locks: the comment's size bounds the work (the worst
+-- 16 KiB take about 10 ms on Lua 5.1), and the agent refuses the same.
+local MAX_COMMENT_BYTES = 16384
 -- The parser recurses once per nesting level. Lua's call depth is finite, and
 -- running out of it would be an internal error, which lets the job through unchecked.
 local MAX_DEPTH = 64
 local SHOWN_BYTES = 40
+-- Every problem of a spec is found, but a message names only the first few.
+local SHOWN_PROBLEMS = 5
 
 local find, sub, byte, match = string.find, string.sub, string.byte, string.match
 local floor = math.floor
 
+local function escape_control(c)
+    return string.format("\\u%04X", byte(c, #c))
+end
+
+-- User text as a message shows it: cut, and its control characters (C0, DEL, C1) spelt
+-- as JSON escapes, so that it can neither break slurmctld's log into forged lines nor
+-- send escape sequences to the user's terminal.
 local function shorten(text)
-    if #text <= SHOWN_BYTES then
-        return text
+    if #text > SHOWN_BYTES then
+        -- Cutting inside a UTF-8 sequence would print garbage: drop the partial character.
+        text = (string.gsub(sub(text, 1, SHOWN_BYTES), "[\192-\255][\128-\191]*$", "")) .. "..."
     end
-    -- Cutting inside a UTF-8 sequence would print garbage: drop the partial character.
-    return (string.gsub(sub(text, 1, SHOWN_BYTES), "[\192-\255][\128-\191]*$", "")) .. "..."
+    return (string.gsub(string.gsub(text, "[%z\1-\31\127]", escape_control), "\194[\128-\159]", escape_control))
 end
 
 -------------------------------------------------------------------------------
@@ -288,8 +303,23 @@ local function describe(node)
     return shorten(node.raw)
 end
 
-local function is_integer(node, minimum)
-    return node.kind == "number" and node.integer and node.value >= minimum
+-- nil when the node is an integer within [minimum, maximum]; else "large" when it is an
+-- integer above maximum, "invalid" otherwise. Lua 5.1 numbers are doubles, exact only up
+-- to 2^53, so an integer's size is judged by the digits of its JSON text before any
+-- arithmetic (a JSON integer has no leading zeros: more digits is larger).
+local function integer_problem(node, minimum, maximum)
+    if node.kind ~= "number" or not node.integer then
+        return "invalid"
+    end
+    local sign, digits = match(node.raw, "^(-?)(%d+)$")
+    if #digits > #tostring(maximum) then
+        return sign == "-" and "invalid" or "large"
+    end
+    local value = tonumber(node.raw)
+    if value < minimum then
+        return "invalid"
+    end
+    return value > maximum and "large" or nil
 end
 
 local CHECKS = {
@@ -300,16 +330,21 @@ local CHECKS = {
         return 'APS.auto_resume_mode must be "requeue" or "singleton_dependency", got ' .. describe(node)
     end,
     max_requeue_times = function(node)
-        if is_integer(node, 0) then
-            return nil
+        local problem = integer_problem(node, 0, MAX_REQUEUE_TIMES)
+        if problem == "large" then
+            return "APS.max_requeue_times must be at most " .. MAX_REQUEUE_TIMES .. ", got " .. describe(node)
+        elseif problem then
+            return "APS.max_requeue_times must be a non-negative integer such as 3, got " .. describe(node)
         end
-        return "APS.max_requeue_times must be a non-negative integer such as 3, got " .. describe(node)
     end,
     heartbeat_timeout = function(node)
-        if is_integer(node, 1) then
-            return nil
+        local problem = integer_problem(node, 1, MAX_HEARTBEAT_TIMEOUT)
+        if problem == "large" then
+            return "APS.heartbeat_timeout must be at most " .. MAX_HEARTBEAT_TIMEOUT .. " seconds (30 days), got "
+                .. describe(node)
+        elseif problem then
+            return "APS.heartbeat_timeout must be a positive integer (seconds) such as 600, got " .. describe(node)
         end
-        return "APS.heartbeat_timeout must be a positive integer (seconds) such as 600, got " .. describe(node)
     end,
 }
 
@@ -323,6 +358,10 @@ What a comment means for AJR:
 local function evaluate(comment)
     if type(comment) ~= "string" or not find(comment, "APS", 1, true) then
         return nil
+    end
+    if #comment > MAX_COMMENT_BYTES then
+        return { problem = "--comment holds " .. #comment .. " bytes; AJR reads at most " .. MAX_COMMENT_BYTES
+            .. " bytes of a comment that mentions APS" }
     end
     local root, err = parse_json(comment)
     if not root then
@@ -346,6 +385,13 @@ local function evaluate(comment)
         else
             problems[#problems + 1] = check(aps.value[key])
         end
+    end
+    if #problems > SHOWN_PROBLEMS then
+        local more = #problems - SHOWN_PROBLEMS
+        for i = #problems, SHOWN_PROBLEMS + 1, -1 do
+            problems[i] = nil
+        end
+        problems[#problems + 1] = "and " .. more .. " more problems"
     end
     if #problems > 0 then
         return { problem = "invalid APS spec in --comment: " .. table.concat(problems, "; ") }

@@ -9,7 +9,7 @@ Prints one "ok - NAME" or "not ok - NAME: why" line per case, then
 --]]
 
 local script = arg[1] or "slurm_hooks/job_submit.lua"
-local exit = os.exit
+local exit, clock = os.exit, os.clock
 
 local SUCCESS, ERROR = 0, -1
 local messages = {}
@@ -148,7 +148,8 @@ local accepted = {
     { "every simple escape", '{"note": "\\" \\\\ \\/ \\b \\f \\n \\r \\t", "APS": {}}' },
     { "surrogate pair and raw UTF-8 elsewhere", '{"note": "\\ud83d\\ude00 é ✓", "APS": {}}' },
     { "DEL and high bytes are allowed unescaped", '{"note": "\127\200", "APS": {}}' },
-    { "big but integral max_requeue_times", '{"APS": {"max_requeue_times": 1000000}}' },
+    { "max_requeue_times at its bound", '{"APS": {"max_requeue_times": 10000}}' },
+    { "heartbeat_timeout at its bound (30 days)", '{"APS": {"heartbeat_timeout": 2592000}}' },
 }
 
 for _, case in ipairs(accepted) do
@@ -295,6 +296,14 @@ local wrong = {
     { "negative heartbeat_timeout", '{"APS": {"heartbeat_timeout": -60}}', "got -60" },
     { "fractional heartbeat_timeout", '{"APS": {"heartbeat_timeout": 1.5}}', "got 1.5" },
     { "heartbeat_timeout as a string", '{"APS": {"heartbeat_timeout": "60"}}', 'got "60"' },
+    { "max_requeue_times above its bound", '{"APS": {"max_requeue_times": 10001}}', "APS.max_requeue_times must be at most 10000, got 10001" },
+    { "max_requeue_times of 21 digits", '{"APS": {"max_requeue_times": 123456789012345678901}}', "APS.max_requeue_times must be at most 10000, got 123456789012345678901" },
+    { "max_requeue_times that a double rounds (2^53 + 1)", '{"APS": {"max_requeue_times": 9007199254740993}}', "must be at most 10000, got 9007199254740993" },
+    { "max_requeue_times of 400 digits", '{"APS": {"max_requeue_times": 1' .. string.rep("0", 399) .. '}}', "must be at most 10000, got 1" .. string.rep("0", 39) .. "..." },
+    { "max_requeue_times of 21 digits below zero", '{"APS": {"max_requeue_times": -123456789012345678901}}', "APS.max_requeue_times must be a non-negative integer such as 3, got -123456789012345678901" },
+    { "heartbeat_timeout above 30 days", '{"APS": {"heartbeat_timeout": 2592001}}', "APS.heartbeat_timeout must be at most 2592000 seconds (30 days), got 2592001" },
+    { "heartbeat_timeout of 30 digits", '{"APS": {"heartbeat_timeout": 123456789012345678901234567890}}', "must be at most 2592000 seconds (30 days)" },
+    { "a comment over 16 KiB", '{"APS": {}, "x": "' .. string.rep("y", 16365) .. '"}', "--comment holds 16385 bytes; AJR reads at most 16384 bytes of a comment that mentions APS" },
     { "a long value is shortened", '{"APS": {"auto_resume_mode": "' .. string.rep("x", 100) .. '"}}', 'got "' .. string.rep("x", 40) .. '..."' },
     { "a value with format directives reaches the user as written", '{"APS": {"auto_resume_mode": "100%d %s"}}', 'got "100%d %s"' },
     { "decoded unicode in the value", '{"APS": {"auto_resume_mode": "\\ud83d\\ude00 \\u00e9\\u20ac"}}', 'got "\240\159\152\128 \195\169\226\130\172"' },
@@ -333,6 +342,94 @@ test("the example shown to users is itself accepted", function()
     eq(rc, SUCCESS, "return code for the example")
     eq(job.requeue, 1, "job_desc.requeue for the example")
 end)
+
+-------------------------------------------------------------------------------
+-- Hostile comments: what reaches the user and slurmctld's log is bounded and printable
+-------------------------------------------------------------------------------
+
+local function printable(text)
+    return not string.find(text, "[%z\1-\31\127]") and not string.find(text, "\194[\128-\159]")
+end
+
+for _, case in ipairs({
+    { "control characters in a value", '{"APS": {"auto_resume_mode": "x\\nFAKE LINE\\u001b[31m\\u0000\\u0085"}}', 'got "x\\u000AFAKE LINE\\u001B[31m\\u0000\\u0085"' },
+    { "control characters in a key", '{"APS": {"a\\r\\nb": 1}}', 'unknown key "a\\u000D\\u000Ab"' },
+    { "control characters in a duplicate key", '{"APS": {"a\\nb": 1, "a\\nb": 2}}', '"a\\u000Ab" again' },
+}) do
+    test("hostile text is escaped in messages: " .. case[1], function()
+        local rc = submit(case[2])
+        eq(rc, ERROR, "return code")
+        local user = on("user")
+        eq(#user, 1, "user messages")
+        check(printable(user[1]), "a control character reached the message: " .. user[1])
+        contains(user[1], case[3])
+    end)
+    test("hostile text is escaped in slurmctld's log: " .. case[1], function()
+        local rc = modify(case[2])
+        eq(rc, ERROR, "return code")
+        local info = on("info")
+        eq(#info, 1, "info messages")
+        check(printable(info[1]), "a control character reached the log: " .. info[1])
+    end)
+end
+
+test("a thousand problems make a message of five and a count", function()
+    local keys = {}
+    for n = 1, 1000 do
+        keys[#keys + 1] = '"k' .. n .. '": 1'
+    end
+    local rc = submit('{"APS": {' .. table.concat(keys, ", ") .. "}}")
+    eq(rc, ERROR, "return code")
+    local text = on("user")[1]
+    contains(text, 'unknown key "k5" in APS')
+    contains(text, "; and 995 more problems")
+    check(not string.find(text, '"k6"', 1, true), "more than five problems shown")
+    check(#text < 1200, "message of " .. #text .. " bytes")
+end)
+
+test("a huge comment without APS passes untouched", function()
+    local rc = submit(string.rep("z", 1000000))
+    eq(rc, SUCCESS, "return code")
+    eq(#messages, 0, "number of messages")
+end)
+
+-- Under slurmctld's locks: the worst 16 KiB comments must still be checked in a few milliseconds.
+-- (string.rep takes no separator in Lua 5.1.)
+local function joined(n, item)
+    local items = {}
+    for i = 1, n do
+        items[i] = item(i)
+    end
+    return table.concat(items, ",")
+end
+
+local worst = {
+    { "deep nesting, repeated", '{"APS": {}, "x": [' .. joined(130, function()
+        return string.rep("[", 60) .. string.rep("]", 60)
+    end) .. "]}" },
+    { "many keys", '{"APS": {}, ' .. joined(1000, function(i)
+        return '"k' .. i .. '": [1, 2]'
+    end) .. "}" },
+    { "escapes", '{"APS": {}, "x": "' .. string.rep("\\u00e9\\n", 2000) .. '"}' },
+    { "numbers", '{"APS": {}, "x": [' .. joined(1600, function()
+        return "-1.5e+300"
+    end) .. "]}" },
+    { "many problems", '{"APS": {' .. joined(1500, function(i)
+        return '"k' .. i .. '": 1'
+    end) .. "}}" },
+}
+for _, case in ipairs(worst) do
+    test("bounded work: " .. case[1] .. " (" .. #case[2] .. " bytes)", function()
+        check(#case[2] <= 16384, "the case is larger than the comment bound: " .. #case[2])
+        local started = clock()
+        for _ = 1, 5 do
+            submit(case[2])
+        end
+        local each = (clock() - started) / 5
+        check(each < 0.05, string.format("%.1f ms for one check", each * 1000))
+        print(string.format("# %s: %.2f ms", case[1], each * 1000))
+    end)
+end
 
 -------------------------------------------------------------------------------
 -- Fail open: an internal error never blocks a job

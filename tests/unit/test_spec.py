@@ -85,11 +85,11 @@ def test_the_bounds_themselves_are_accepted() -> None:
     ("comment", "expected"),
     [
         ('{"APS": {"max_requeue_times": 1%s}}' % ("0" * 5000), "max_requeue_times"),
-        ('{"APS": {}, "x": %s%s}' % ("[" * 20_000, "]" * 20_000), "at most 64 nested"),
+        ('{"APS": {}, "x": %s%s}' % ("[" * 5_000, "]" * 5_000), "at most 64 nested"),
         ('{"APS": {}, "x": %s%s}' % ("[" * 65, "]" * 65), "at most 64 nested"),
-        ('{"APS": {}, "x": "%s"}' % ("y" * 70_000), "at most 65536 bytes"),
+        ('{"APS": {}, "x": "%s"}' % ("y" * 20_000), "at most 16384 bytes"),
     ],
-    ids=["5000 digits", "nested 20000 deep", "nested 66 deep", "70 kB comment"],
+    ids=["5000 digits", "nested 5000 deep", "nested 66 deep", "20 kB comment"],
 )
 def test_a_hostile_comment_is_a_verdict_never_an_exception(comment: str, expected: str) -> None:
     verdict = parse_comment(comment)
