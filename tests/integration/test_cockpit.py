@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from ajr_agent.web import HttpLimits
 from tests.conftest import AgentProcess, sbatch, wait_for
 
 pytestmark = pytest.mark.slurm
@@ -231,3 +232,35 @@ def _answers(url: str) -> bool:
     except OSError:
         time.sleep(0.2)
         return False
+
+
+def test_500_idle_connections_leave_the_agent_its_threads_fds_and_polls(
+    agent_factory: Callable[..., AgentProcess],
+) -> None:
+    port = free_port()
+    agent = agent_factory(extra_config=f"http_port = {port}\n")
+    assert agent.process is not None
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _answers(base), 30, "the cockpit")
+
+    def threads_and_fds() -> tuple[int, int]:
+        return len(os.listdir(f"/proc/{agent.process.pid}/task")), len(os.listdir(f"/proc/{agent.process.pid}/fd"))
+
+    before = threads_and_fds()
+    idle = []
+    try:
+        for _ in range(500):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(1)  # the agent accepts them meanwhile
+        during = threads_and_fds()
+        limits = HttpLimits()
+        assert during[0] <= before[0] + limits.max_workers, f"threads {before[0]} -> {during[0]}"
+        assert during[1] <= before[1] + limits.max_pending + limits.max_workers, f"fds {before[1]} -> {during[1]}"
+        # The cockpit still answers, and the agent still reads the queue (squeue, SQLite: fds of its own).
+        polled = get(f"{base}/api/status")["agent"]["last_poll_at"]
+        wait_for(lambda: get(f"{base}/api/status")["agent"]["last_poll_at"] > polled, 10, "the agent's next poll")
+    finally:
+        for sock in idle:
+            sock.close()
+    assert "Too many open files" not in agent.log.read_text()
+    print(f"agent under 500 idle connections: threads {before[0]} -> {during[0]}, fds {before[1]} -> {during[1]}")
