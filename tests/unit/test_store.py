@@ -39,7 +39,7 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     again = Store(path)
     assert again.job(42) == job()
     assert [(e.kind, e.text, e.line) for e in again.events(42)] == [("failure", "attempt 0 failed", "segfault")]
-    assert again.db.execute("pragma journal_mode").fetchone()[0] == "wal"
+    assert again.conn.execute("pragma journal_mode").fetchone()[0] == "wal"
 
 
 def test_events_come_in_time_order(tmp_path: Path) -> None:

@@ -1,0 +1,253 @@
+"""When the disk fills, another process holds the lock, or the file is corrupt: real SQLite,
+real files, a real full file system (a tiny tmpfs; these tests need root to mount it)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from ajr_agent.model import Action, ActionKind, ManagedJob, Note
+from ajr_agent.spec import ResumeMode
+from ajr_agent.store import (
+    DEFAULT_BUSY_TIMEOUT_MS,
+    Reading,
+    Store,
+    StoreCorruptError,
+    StoreFullError,
+    StoreLockedError,
+)
+
+T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
+RESERVE = 256 * 1024
+
+
+def job(**changes: object) -> ManagedJob:
+    values = dict(job_id=42, name="train", user="alice", user_id=1000, mode=ResumeMode.REQUEUE,
+                  requested_limit=3, limit=3)  # fmt: skip
+    return ManagedJob(**(values | changes))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs of its own, unmounted afterwards."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True,
+                          text=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a 2 MiB tmpfs at {mount_point} (these tests need root): "
+                    f"{done.stderr.strip() or done.returncode}")  # fmt: skip
+    try:
+        yield mount_point
+    finally:
+        if subprocess.run(["umount", str(mount_point)]).returncode != 0:
+            # Still in use (a test failed with a file open): detach it, and say so.
+            subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+            pytest.fail(f"{mount_point} was still in use at the end of the test")
+
+
+def fill(directory: Path, leave: int = 0) -> Path:
+    """A file that takes every free block of the file system `directory` is on, but `leave` bytes."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096):
+            while True:
+                try:
+                    os.write(fd, b"\xa5" * size)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+                    break
+    finally:
+        os.close(fd)
+    assert os.statvfs(directory).f_bavail == 0
+    if leave:
+        os.truncate(filler, filler.stat().st_size - leave)
+    return filler
+
+
+# ---- a full disk -----------------------------------------------------------------------------------
+
+
+def test_a_full_disk_releases_the_reserve_and_the_journal_goes_on(
+    tiny_fs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tiny_fs / "ajr.db"
+    store = Store.open_for_agent(db, reserve_bytes=RESERVE)
+    reserve = tiny_fs / "ajr.db.reserve"
+    assert reserve.stat().st_size == RESERVE
+    store.save_job(job())
+    filler = fill(tiny_fs)
+    journaled: list[int] = []
+    after_release = 0
+    with caplog.at_level(logging.WARNING, logger="ajr.store"):
+        with pytest.raises(StoreFullError) as raised:
+            for n in range(100_000):
+                action = store.journal(Action(ActionKind.REQUEUE_HOLD, 42, n, "x" * 400), dry_run=False, now=T0 + n)
+                journaled.append(action.journal_id)  # type: ignore[arg-type]
+                store.add_note(42, n, T0 + n, Note("failure", f"attempt {n} failed: " + "y" * 400))
+                if store.low_space:
+                    after_release += 1
+                    # While the reserve is spent, bulk writes are left out: the journal comes first.
+                    store.add_throughput([Reading(42, n, T0 + n, 400.0)])
+                    store.add_note(42, n, T0 + n, Note("checkpoint", "saved"))
+    [released] = [r for r in caplog.records if "reserve" in r.getMessage() and r.levelno == logging.CRITICAL]
+    assert str(reserve) in released.getMessage() and "free space" in released.getMessage()
+    assert not reserve.exists()
+    assert after_release >= 150, "the reserve bought too little room"  # ~900 bytes of rows a round
+    assert store.throughput(42) == [] and not any(e.kind == "checkpoint" for e in store.events(42))
+    message = str(raised.value)
+    assert message.startswith(f"disk full at {db}: ") and "free space on that file system" in message
+    # Every action journaled before the disk was full for good is there.
+    assert [entry.id for entry in store.actions(42)] == journaled
+
+    filler.unlink()
+    with caplog.at_level(logging.WARNING, logger="ajr.store"):
+        assert store.check_space() is True
+    assert reserve.stat().st_size == RESERVE and not store.low_space
+    assert any("reserve" in r.getMessage() and "again" in r.getMessage() for r in caplog.records)
+    store.add_throughput([Reading(42, 0, T0, 400.0)])
+    assert store.throughput(42) == [(0, T0, 400.0)]
+    store.close()
+
+
+def test_a_disk_full_at_start_gives_the_reserve_back_and_the_agent_starts(
+    tiny_fs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tiny_fs / "ajr.db"
+    Store.open_for_agent(db, reserve_bytes=RESERVE).close()
+    fill(tiny_fs)  # while the agent was stopped
+    with caplog.at_level(logging.WARNING, logger="ajr.store"):
+        store = Store.open_for_agent(db, reserve_bytes=RESERVE)
+    assert store.low_space and not (tiny_fs / "ajr.db.reserve").exists()
+    assert any(r.levelno == logging.CRITICAL and "given back" in r.getMessage() for r in caplog.records)
+    store.journal(Action(ActionKind.RELEASE, 42, 0, "held"), dry_run=False, now=T0)
+    store.close()
+
+
+def test_a_disk_full_at_start_without_a_reserve_is_said_plainly(tiny_fs: Path) -> None:
+    db = tiny_fs / "ajr.db"
+    Store(db).close()
+    fill(tiny_fs)
+    with pytest.raises(StoreFullError, match=f"disk full at {db}: 0 bytes left on its file system .*free space on "
+                                             "that file system"):  # fmt: skip
+        Store.open_for_agent(db, reserve_bytes=RESERVE)
+
+
+def test_too_little_room_for_the_reserve_at_start_is_said(tiny_fs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    Store(tiny_fs / "ajr.db").close()
+    fill(tiny_fs, leave=RESERVE)  # room to work, not twice the reserve
+    with caplog.at_level(logging.WARNING, logger="ajr.store"):
+        store = Store.open_for_agent(tiny_fs / "ajr.db", reserve_bytes=RESERVE)
+    assert not (tiny_fs / "ajr.db.reserve").exists() and store.low_space
+    [said] = [r.getMessage() for r in caplog.records if "reserve" in r.getMessage()]
+    assert "cannot set aside" in said and str(tiny_fs) in said
+    store.close()
+
+
+def test_a_store_without_reserve_says_the_disk_is_full(tiny_fs: Path) -> None:
+    store = Store(tiny_fs / "ajr.db")
+    fill(tiny_fs)
+    with pytest.raises(StoreFullError, match=f"disk full at {tiny_fs / 'ajr.db'}: .*free space on that file system"):
+        for n in range(100_000):
+            store.add_note(42, 0, float(n), Note("failure", "z" * 900))
+    store.close()
+
+
+# ---- a lock held by someone else ---------------------------------------------------------------------
+
+
+def test_a_write_lock_held_elsewhere_fails_fast_with_advice(tmp_path: Path) -> None:
+    path = tmp_path / "ajr.db"
+    store = Store(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("begin immediate")  # as an sqlite3 shell with an open transaction would
+    started = time.monotonic()
+    with pytest.raises(StoreLockedError) as raised:
+        store.save_job(job())
+    waited = time.monotonic() - started
+    assert DEFAULT_BUSY_TIMEOUT_MS / 1000 * 0.8 <= waited < 1.0
+    message = str(raised.value)
+    assert message.startswith(f"state database {path} locked by another process for more than "
+                              f"{DEFAULT_BUSY_TIMEOUT_MS} ms: something else holds a write lock")  # fmt: skip
+    assert "fuser" in message
+    other.execute("rollback")
+    store.save_job(job())
+    assert store.job(42) == job()
+    other.close()
+
+
+def test_a_reader_does_not_block_the_agent(tmp_path: Path) -> None:
+    path = tmp_path / "ajr.db"
+    store = Store(path)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("begin")
+    reader.execute("select count(*) from jobs").fetchone()
+    store.save_job(job())  # WAL: a reader's open transaction holds no lock against the writer
+    reader.execute("rollback")
+    reader.close()
+
+
+# ---- a corrupt file -----------------------------------------------------------------------------------
+
+
+def truncated(path: Path) -> bytes:
+    """A real state database with rows on many pages, cut in half; its bytes."""
+    store = Store(path)
+    for n in range(400):
+        store.add_note(n, 0, float(n), Note("failure", "w" * 900))
+    store.close()
+    data = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(data)
+    return data
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_database_is_moved_aside_at_agent_start_and_a_new_one_begins(
+    damage: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "ajr.db"
+    if damage == "garbage":
+        data = b"\x00\x13 not a database, whatever it was \xff" * 300
+        path.write_bytes(data)
+    else:
+        data = truncated(path)
+    with caplog.at_level(logging.WARNING, logger="ajr.store"):
+        store = Store.open_for_agent(path, reserve_bytes=0, now=lambda: T0)
+    moved = tmp_path / "ajr.db.corrupt-20260101T000000Z"
+    assert store.quarantined == moved and moved.read_bytes() == data
+    [said] = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert f"moved aside to {moved}" in said.getMessage() and "new, empty" in said.getMessage()
+    store.save_job(job())
+    assert store.job(42) == job()
+    store.close()
+    # Started again, the new database is fine and stays.
+    again = Store.open_for_agent(path, reserve_bytes=0)
+    assert again.quarantined is None and again.job(42) == job()
+    again.close()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_other_openers_are_told_and_leave_a_corrupt_database_where_it_is(damage: str, tmp_path: Path) -> None:
+    path = tmp_path / "ajr.db"
+    if damage == "garbage":
+        path.write_bytes(b"garbage " * 1000)
+        data = path.read_bytes()
+    else:
+        data = truncated(path)
+    with pytest.raises(StoreCorruptError, match=f"state database {path} is corrupt .*: the agent moves it aside"):
+        store = Store(path)
+        store.load_jobs(include_gone=True)
+        store.events(399)
+    with pytest.raises(StoreCorruptError):
+        store = Store(path, readonly=True)
+        store.integrity()
+    assert path.read_bytes() == data and list(tmp_path.glob("ajr.db.corrupt-*")) == []
