@@ -31,7 +31,14 @@ from .install import (
 )
 from .rules import RuleFileError, RuleSet, default_rules_dir
 from .slurm import SlurmGateway, open_gateway
-from .store import Store, StoreError
+from .store import (
+    DEFAULT_RESERVE_BYTES,
+    Store,
+    StoreCorruptError,
+    StoreError,
+    StoreSchemaError,
+    quarantined_files,
+)
 
 SLURM_FIRST = "fix the slurm check first"
 
@@ -93,6 +100,7 @@ def diagnose(config_file: Path, prefix: Path, probes: Probes, environ: Mapping[s
         check_min_job_age(live),
         check_spool(settings, live),
         check_state(settings),
+        check_database(settings),
         check_rules(settings),
     ]
     try:
@@ -121,7 +129,8 @@ def read_meta(state_db: Path) -> dict[str, object] | None:
     """What the agent recorded about itself; None when it has never run with this state database."""
     if not state_db.exists():
         return None  # opening it would create it
-    store = Store(state_db)
+    # Read-only: the doctor migrates nothing and writes nothing; an older schema's meta reads the same.
+    store = Store(state_db, readonly=True)
     try:
         return store.meta()
     finally:
@@ -280,6 +289,47 @@ def check_state(settings: Settings) -> Check:
         if path.exists() and not os.access(path, os.W_OK):
             return Check("state", False, f"{path} is not writable by uid {os.geteuid()}", fix)
     return Check("state", True, f"{settings.state_db} writable")
+
+
+def check_database(settings: Settings) -> Check:
+    """The state database is sound and at this AJR's schema; one the agent moved aside is reported."""
+    db = settings.state_db
+    moved = quarantined_files(db)
+    if moved:
+        others = f" ({len(moved) - 1} older such files beside it)" if len(moved) > 1 else ""
+        return Check("database", False, f"the agent found it corrupt and moved it aside to {moved[-1]}{others}, and "
+                     "started a new one: what AJR knew of the jobs before is only in the moved file",
+                     f"salvage what you need with `sqlite3 {moved[-1]} .recover`, then delete it (or move it out of "
+                     f"{db.parent}) to clear this check")  # fmt: skip
+    if not db.exists():
+        return Check("database", True, f"no database at {db} yet: the agent makes it at its first start")
+    try:
+        store = Store(db, readonly=True)
+        try:
+            store.integrity()
+            version, pending = store.schema_version, store.pending_migration
+        finally:
+            store.close()
+    except StoreCorruptError as exc:
+        return Check("database", False, str(exc), "restart the agent (systemctl restart ajr-agent): it moves the file "
+                     "aside and starts a new one")  # fmt: skip
+    except StoreSchemaError as exc:
+        return Check("database", False, str(exc), "upgrade AJR to the release that wrote it, or point state_db at "
+                     "another file")  # fmt: skip
+    except StoreError as exc:
+        return Check("database", False, str(exc), "fix the state check first; `ls -l` the file and its directory")
+    if pending is not None:
+        return Check("database", False, f"{db}: schema {pending[0]}, written by an older AJR; this AJR uses schema "
+                     f"{pending[1]}: the agent migrates it at its next start, after a backup copy beside it "
+                     f"({db.name}.bak-v{pending[0]}-<time>)",
+                     "restart the agent (systemctl restart ajr-agent); its log says what it did")  # fmt: skip
+    free = shutil.disk_usage(db.parent).free
+    size = db.stat().st_size / 2**20
+    detail = f"{db}: schema {version}, {size:.1f} MiB, {free / 2**20:.0f} MiB free on its file system"
+    if free < DEFAULT_RESERVE_BYTES:
+        return Check("database", False, detail + ": nearly full, the agent will soon stop recording",
+                     f"free space on the file system of {db.parent} (`df -h {db.parent}`)")  # fmt: skip
+    return Check("database", True, detail)
 
 
 def check_rules(settings: Settings) -> Check:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Mapping
 
@@ -18,6 +19,7 @@ from ajr_agent.doctor import (
     Check,
     Probes,
     check_agent,
+    check_database,
     check_epilog,
     check_job_submit,
     check_min_job_age,
@@ -32,7 +34,7 @@ from ajr_agent.doctor import (
 )
 from ajr_agent.install import HOOK_PATH, shipped_file
 from ajr_agent.slurm import JobSnapshot, SlurmError
-from ajr_agent.store import Store
+from ajr_agent.store import SCHEMA_VERSION, Store
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 NOW = 1_000_000.0
@@ -215,6 +217,62 @@ def test_state_directory(tmp_path: Path) -> None:
     assert check_state(settings(tmp_path)).ok
 
 
+# ---- the state database ------------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "db"
+
+
+def test_database_at_the_current_schema_passes(tmp_path: Path) -> None:
+    assert check_database(settings(tmp_path)).ok  # none yet: the agent makes it
+    Store(tmp_path / "state" / "ajr.db").close()
+    check = check_database(settings(tmp_path))
+    assert check.ok and check.detail.startswith(f"{tmp_path / 'state' / 'ajr.db'}: schema {SCHEMA_VERSION}, ")
+
+
+def test_database_of_an_older_ajr_is_reported_and_left_as_it_is(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "ajr.db"
+    db.parent.mkdir()
+    shutil.copyfile(FIXTURES / "state-dbc6637.db", db)
+    original = db.read_bytes()
+    checks = by_name(diagnose(healthy_config(tmp_path), tmp_path, probes(tmp_path, slurm_config(tmp_path)), environ={}))
+    check = checks["database"]
+    assert not check.ok
+    assert check.detail == (f"{db}: schema 1, written by an older AJR; this AJR uses schema {SCHEMA_VERSION}: the "
+                            "agent migrates it at its next start, after a backup copy beside it "
+                            f"({db.name}.bak-v1-<time>)")  # fmt: skip
+    assert check.fix == "restart the agent (systemctl restart ajr-agent); its log says what it did"
+    assert "managed jobs" in checks["agent"].detail  # what the old agent recorded is read all the same
+    assert db.read_bytes() == original and list(db.parent.glob("*.bak-*")) == []
+
+
+def test_database_of_a_newer_ajr_is_reported(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "ajr.db"
+    Store(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("update meta set value = '99' where key = 'schema_version'")
+    check = check_database(settings(tmp_path))
+    assert not check.ok and "schema version 99 is newer" in check.detail and "upgrade AJR" in check.fix
+
+
+def test_a_corrupt_database_is_reported_with_what_the_agent_will_do(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "ajr.db"
+    db.parent.mkdir()
+    db.write_bytes(b"garbage " * 1000)
+    check = check_database(settings(tmp_path))
+    assert not check.ok and f"state database {db} is corrupt" in check.detail
+    assert "restart the agent" in check.fix and db.read_bytes() == b"garbage " * 1000
+
+
+def test_a_database_the_agent_moved_aside_is_reported(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "ajr.db"
+    Store(db).close()
+    moved = db.parent / "ajr.db.corrupt-20260101T000000Z"
+    moved.write_bytes(b"garbage")
+    check = check_database(settings(tmp_path))
+    assert not check.ok and f"the agent found it corrupt and moved it aside to {moved}" in check.detail
+    assert f"sqlite3 {moved} .recover" in check.fix and "delete it" in check.fix
+
+
 def test_rules_valid_and_broken(tmp_path: Path) -> None:
     assert check_rules(settings(tmp_path)).ok
     (tmp_path / "rules.d").mkdir()
@@ -271,13 +329,19 @@ def probes(tmp_path: Path, live: Mapping[str, str] | None = None) -> Probes:
     return Probes(answer, gateway, None, lambda: NOW)  # type: ignore[arg-type]
 
 
-def healthy(tmp_path: Path) -> Path:
-    """A complete installation in tmp_path with an agent that just polled; returns its config file."""
+def healthy_config(tmp_path: Path) -> Path:
+    """A complete installation in tmp_path, but for the state database; returns its config file."""
     config = tmp_path / "ajr.toml"
     config.write_text(f'state_db = "{tmp_path / "state" / "ajr.db"}"\nspool_dir = "{tmp_path / "spool"}"\n'
                       f'rules_dirs = ["{tmp_path / "rules.d"}"]\n')  # fmt: skip
     put_hooks(tmp_path)
     (tmp_path / "spool").mkdir(mode=0o770)
+    return config
+
+
+def healthy(tmp_path: Path) -> Path:
+    """A complete installation in tmp_path with an agent that just polled; returns its config file."""
+    config = healthy_config(tmp_path)
     store = Store(tmp_path / "state" / "ajr.db")
     store.set_meta(last_poll_at=NOW - 1, backend="commands", managed_jobs=0)
     store.close()
@@ -288,8 +352,16 @@ def test_a_healthy_installation_passes_every_check(tmp_path: Path) -> None:
     checks = diagnose(healthy(tmp_path), tmp_path, probes(tmp_path, slurm_config(tmp_path)), environ={})
     assert [c.name for c in checks if not c.ok] == []
     assert [c.name for c in checks] == ["config", "slurm", "backend", "job_submit", "epilog", "min_job_age", "spool",
-                                        "state", "rules", "agent", "slurm_errors"]  # fmt: skip
-    assert format_checks(checks)[-1] == "11 checks: all passed"
+                                        "state", "database", "rules", "agent", "slurm_errors"]  # fmt: skip
+    assert format_checks(checks)[-1] == "12 checks: all passed"
+
+
+def test_doctor_only_reads_the_state_database(tmp_path: Path) -> None:
+    config = healthy(tmp_path)
+    db = tmp_path / "state" / "ajr.db"
+    before = (db.read_bytes(), db.stat().st_mtime_ns)
+    diagnose(config, tmp_path, probes(tmp_path, slurm_config(tmp_path)), environ={})
+    assert (db.read_bytes(), db.stat().st_mtime_ns) == before
 
 
 def test_slurm_away_fails_what_depends_on_it(tmp_path: Path) -> None:
@@ -335,7 +407,7 @@ def test_the_command_exits_non_zero_on_a_failure(tmp_path: Path, monkeypatch: py
     config = healthy(tmp_path)
     monkeypatch.setattr(doctor, "live_probes", lambda: probes(tmp_path, slurm_config(tmp_path)))
     passed = CliRunner().invoke(cli, ["--config", str(config), "doctor", "--prefix", str(tmp_path)])
-    assert passed.exit_code == 0 and passed.output.endswith("11 checks: all passed\n"), passed.output
+    assert passed.exit_code == 0 and passed.output.endswith("12 checks: all passed\n"), passed.output
     monkeypatch.setattr(doctor, "live_probes", lambda: probes(tmp_path, None))
     failed = CliRunner().invoke(cli, ["--config", str(config), "doctor", "--prefix", str(tmp_path)])
     assert failed.exit_code == 1 and "FAIL  slurm" in failed.output
