@@ -279,8 +279,8 @@ def parse_squeue(output: str, token: str) -> list[JobSnapshot]:
         if int(job_id) in jobs:
             raise SlurmOutputError(
                 SQUEUE_COMMAND,
-                f"squeue listed job {job_id} twice in one read; nothing of this read is used (does a SQUEUE_* "
-                f"variable or a federation make squeue show jobs once per partition or cluster?)",
+                f"squeue listed job {job_id} twice in one read; nothing of this read is used (does a federation "
+                f"with FedParams=fed_display show the job once per cluster?)",
             )  # fmt: skip
         jobs[int(job_id)] = JobSnapshot(
             job_id=int(job_id),
