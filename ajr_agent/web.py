@@ -510,7 +510,7 @@ class _DeadlineWriter(io.BufferedIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: Any) -> int:
+    def write(self, data: bytes) -> int:  # type: ignore[override] - the stdlib's name is `buffer`
         """Send all of `data`, or raise TimeoutError once the answer's deadline has passed."""
         now = time.monotonic()
         self.deadline = self.deadline or now + self.timeout
@@ -589,6 +589,7 @@ class CockpitServer(HTTPServer):
         self._serving = threading.Lock()  # held by serve_forever while it runs
         self._refused: Counter[HTTPStatus] = Counter()
         self._summary_at = time.monotonic() + self.SUMMARY_EVERY
+        self._accept_failed_at = -self.SUMMARY_EVERY
 
     @property
     def url(self) -> str:
@@ -616,8 +617,9 @@ class CockpitServer(HTTPServer):
                     for key, _ in selector.select(wait):
                         if key.fileobj is self.socket:
                             self._accept(selector)
-                        else:
-                            self._receive(selector, key.data)
+                        # A connection pushed out by this round's accept may still be in its events.
+                        elif self._pending.get(key.fileobj) is key.data:
+                            self._receive_guarded(selector, key.data)
                     self._expire(selector, time.monotonic())
             finally:
                 for pending in self._pending.values():
@@ -645,7 +647,11 @@ class CockpitServer(HTTPServer):
                 return
             except OSError as exc:
                 # Out of file descriptors (or memory): the connections wait in the backlog meanwhile.
-                log.warning("cockpit cannot accept a connection: %s; trying again in 0.1 s", exc)
+                now = time.monotonic()
+                if now - self._accept_failed_at >= self.SUMMARY_EVERY:
+                    self._accept_failed_at = now
+                    log.warning("cockpit cannot accept connections: %s; trying again every 0.1 s (said once a "
+                                "minute at most)", exc)  # fmt: skip
                 self._stop.wait(0.1)
                 return
             if len(self._pending) >= self.limits.max_pending:
@@ -655,6 +661,15 @@ class CockpitServer(HTTPServer):
             pending = _Pending(sock, client, time.monotonic() + self.limits.request_timeout)
             self._pending[sock] = pending
             selector.register(sock, selectors.EVENT_READ, pending)
+
+    def _receive_guarded(self, selector: selectors.BaseSelector, pending: _Pending) -> None:
+        try:
+            self._receive(selector, pending)
+        except Exception:  # one connection's surprise must not end the cockpit's only listening thread
+            log.exception("cockpit: request from %s could not be received", pending.client[0])
+            if self._pending.get(pending.sock) is pending:
+                self._forget(selector, pending)
+            _close(pending.sock)
 
     def _receive(self, selector: selectors.BaseSelector, pending: _Pending) -> None:
         try:
