@@ -14,10 +14,12 @@ from typing import Iterator
 
 import pytest
 
+from ajr_agent.logs import FilePosition
 from ajr_agent.model import Action, ActionKind, ManagedJob, Note
 from ajr_agent.spec import ResumeMode
 from ajr_agent.store import (
     DEFAULT_BUSY_TIMEOUT_MS,
+    FollowedFile,
     Reading,
     Store,
     StoreCorruptError,
@@ -116,6 +118,32 @@ def test_a_full_disk_releases_the_reserve_and_the_journal_goes_on(
     assert any("reserve" in r.getMessage() and "again" in r.getMessage() for r in caplog.records)
     store.add_throughput([Reading(42, 0, T0, 400.0)])
     assert store.throughput(42) == [(0, T0, 400.0)]
+    store.close()
+
+
+def test_a_write_the_full_disk_rolled_back_is_run_again_in_the_room_of_the_reserve(tiny_fs: Path) -> None:
+    store = Store.open_for_agent(tiny_fs / "ajr.db", reserve_bytes=RESERVE)
+    # Room enough not to give the reserve back before writing, too little for what comes.
+    fill(tiny_fs, leave=RESERVE // 4 + 16384)
+    followed = [FollowedFile(42, 0, FilePosition(f"/runs/train_42_{n:05d}.log", n, 1, 4096)) for n in range(3000)]
+    store.save_files(followed)
+    assert store.files(42) == followed and store.low_space
+    store.close()
+
+
+def test_a_transaction_the_full_disk_rolled_back_is_said_and_the_next_write_has_room(tiny_fs: Path) -> None:
+    store = Store.open_for_agent(tiny_fs / "ajr.db", reserve_bytes=RESERVE)
+    with pytest.raises(StoreFullError, match="this write was rolled back, and the reserve given back so that the "
+                                             "next one has room"):  # fmt: skip
+        with store.transaction():
+            store.save_job(job())
+            fill(tiny_fs)  # the disk fills while the decision is being written
+            store.journal(Action(ActionKind.REQUEUE_HOLD, 42, 0, "segfault"), dry_run=False, now=T0)
+    assert store.job(42) is None and store.actions(42) == []  # all or nothing
+    with store.transaction():
+        store.save_job(job())
+        store.journal(Action(ActionKind.REQUEUE_HOLD, 42, 0, "segfault"), dry_run=False, now=T0)
+    assert store.job(42) == job() and len(store.actions(42)) == 1
     store.close()
 
 
