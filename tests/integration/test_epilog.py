@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 
 import pytest
 
+from ajr_agent.handoff import read_spool
 from tests.conftest import ROOT, AgentProcess, sbatch, scontrol_show, slurm_reconfigured, wait_for
 
 pytestmark = pytest.mark.slurm
@@ -52,3 +53,15 @@ def test_silent_death_is_recovered_within_seconds_of_its_end(
     wait_for(lambda: scontrol_show(job_id)["Restarts"] == "1", 30, "Slurm's restart count")
     assert job["limit"] == 1
     assert list(epilog_spool.iterdir()) == [] or all(p.name.startswith(".") for p in epilog_spool.iterdir())
+
+
+def test_a_hostile_job_name_cannot_forge_the_record(epilog_spool: Path, tmp_path: Path) -> None:
+    script = tmp_path / "ends.sh"
+    script.write_text("#!/bin/bash\nexit 3\n")
+    # No agent here: the record stays in the spool to be read as the agent would read it.
+    job_id = sbatch(script, tmp_path, "-J", "x\njob_id=77\nrestart_count=99\\nnodes=victim", "--comment",
+                    '{"APS": {}}', "--no-requeue")  # fmt: skip
+    wait_for(lambda: (epilog_spool / f"{job_id}.0.end").exists(), 60, "the hook's record of the job's end")
+    records = [r for r in read_spool(epilog_spool) if r.job_id in (job_id, 77)]
+    assert [(r.job_id, r.restart_count, r.exit_code) for r in records] == [(job_id, 0, "3:0")]
+    assert records[0].nodes and "victim" not in records[0].nodes

@@ -121,3 +121,31 @@ def test_comment_update_is_checked_too(lua_cluster: list[int], tmp_path: Path) -
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert comment_of(job_id) == fixed
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ('{"APS": {"max_requeue_times": 123456789012345678901}}',
+         "APS.max_requeue_times must be at most 10000, got 123456789012345678901"),
+        ('{"APS": {"heartbeat_timeout": 2592001}}',
+         "APS.heartbeat_timeout must be at most 2592000 seconds (30 days), got 2592001"),
+        ('{"APS": {}, "x": "%s"}' % ("y" * 16400), "AJR reads at most 16384 bytes of a comment that mentions APS"),
+    ],
+    ids=["21-digit max_requeue_times", "heartbeat_timeout over 30 days", "a comment over 16 KiB"],
+)
+def test_values_beyond_the_agents_bounds_are_refused_naming_the_bound(
+    lua_cluster: list[int], tmp_path: Path, spec: str, message: str
+) -> None:
+    done = sbatch(tmp_path, "--hold", "--comment", spec, "--wrap", "true")
+    if done.returncode == 0:
+        lua_cluster.append(int(done.stdout.strip().split(";")[0]))
+    assert done.returncode != 0, f"sbatch accepted {spec[:80]}: {done.stdout}"
+    assert message in done.stderr, done.stderr
+
+
+def test_control_characters_in_a_refused_value_reach_the_user_escaped(lua_cluster: list[int], tmp_path: Path) -> None:
+    done = sbatch(tmp_path, "--comment", '{"APS": {"auto_resume_mode": "x\\nFAKE\\u001b[2J"}}', "--wrap", "true")
+    assert done.returncode != 0, f"sbatch accepted a bogus mode: {done.stdout}"
+    assert 'got "x\\u000AFAKE\\u001B[2J"' in done.stderr, done.stderr
+    assert "\x1b" not in done.stderr
