@@ -46,12 +46,15 @@ log = logging.getLogger("ajr.store")
 
 SCHEMA_VERSION = 3
 
-# A write waits this long for another process's write lock. The CLI's and the cockpit's own
-# writes (an operator's request) take milliseconds, so this is a wide margin for them; only a
-# stray lock holder (an sqlite3 shell with an open transaction, a second agent) waits it out,
-# and then each write of the agent's single loop costs at most this much instead of SQLite's
+# How long a write waits for another process's write lock. The agent's: the CLI's and the
+# cockpit's own writes (an operator's request) take milliseconds, so this is a wide margin for
+# them; only a stray lock holder (an sqlite3 shell with an open transaction, a second agent)
+# waits it out, and then a write of the agent's single loop costs at most this much instead of
 # 5 s: detection stays within its 1 s target even when one write per pass waits in full.
-DEFAULT_BUSY_TIMEOUT_MS = 200
+AGENT_BUSY_TIMEOUT_MS = 200
+# Everyone else's (the CLI, the cockpit's threads): a person waits, and the agent's largest
+# writes (a backlog's readings in one transaction) may hold the lock for a second.
+DEFAULT_BUSY_TIMEOUT_MS = 5000
 
 # A log line or a piece of evidence is stored as an excerpt of at most this many bytes of
 # UTF-8: enough for any real error line, while a 64 KiB line of a runaway log is cut.
@@ -448,7 +451,7 @@ class Store:
             self._set_reserve_aside(at_start=True)
 
     @classmethod
-    def open_for_agent(cls, path: Path | str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    def open_for_agent(cls, path: Path | str, *, busy_timeout_ms: int = AGENT_BUSY_TIMEOUT_MS,
                        limits: Limits = Limits(), reserve_bytes: int = DEFAULT_RESERVE_BYTES,
                        now: Callable[[], float] = time.time) -> "Store":  # fmt: skip
         """The agent's store: checked at start, a corrupt file moved aside, migrated, with a reserve.
@@ -568,8 +571,8 @@ class Store:
             return StoreLockedError(
                 f"state database {self.path} locked by another process for more than {self.busy_timeout_ms} ms: "
                 "something else holds a write lock on it (an sqlite3 shell with an open transaction, a backup "
-                f"tool, a second ajr-agent); `fuser -v {self.path}` names it. Nothing was written; the agent tries "
-                "again at its next pass"
+                f"tool, a second ajr-agent); `fuser -v {self.path}` names it. Nothing was written: try again once "
+                "it has let go (the agent does, at its next pass)"
             )
         if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
             return StoreCorruptError(self.path, str(exc))

@@ -8,16 +8,20 @@ import logging
 import os
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from ajr_agent.agent import Agent, load_rules
+from ajr_agent.config import Settings
 from ajr_agent.logs import FilePosition
 from ajr_agent.model import Action, ActionKind, ManagedJob, Note
 from ajr_agent.spec import ResumeMode
 from ajr_agent.store import (
+    AGENT_BUSY_TIMEOUT_MS,
     DEFAULT_BUSY_TIMEOUT_MS,
     FollowedFile,
     Reading,
@@ -26,6 +30,7 @@ from ajr_agent.store import (
     StoreFullError,
     StoreLockedError,
 )
+from tests.unit.test_agent import ScriptedQueue, running
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
 RESERVE = 256 * 1024
@@ -193,24 +198,40 @@ def test_a_store_without_reserve_says_the_disk_is_full(tiny_fs: Path) -> None:
 # ---- a lock held by someone else ---------------------------------------------------------------------
 
 
-def test_a_write_lock_held_elsewhere_fails_fast_with_advice(tmp_path: Path) -> None:
+def test_a_write_lock_held_elsewhere_fails_the_agents_write_fast_with_advice(tmp_path: Path) -> None:
     path = tmp_path / "ajr.db"
-    store = Store(path)
+    store = Store.open_for_agent(path, reserve_bytes=0)
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("begin immediate")  # as an sqlite3 shell with an open transaction would
     started = time.monotonic()
     with pytest.raises(StoreLockedError) as raised:
         store.save_job(job())
     waited = time.monotonic() - started
-    assert DEFAULT_BUSY_TIMEOUT_MS / 1000 * 0.8 <= waited < 1.0
+    assert AGENT_BUSY_TIMEOUT_MS / 1000 * 0.8 <= waited < 1.0
     message = str(raised.value)
     assert message.startswith(f"state database {path} locked by another process for more than "
-                              f"{DEFAULT_BUSY_TIMEOUT_MS} ms: something else holds a write lock")  # fmt: skip
+                              f"{AGENT_BUSY_TIMEOUT_MS} ms: something else holds a write lock")  # fmt: skip
     assert "fuser" in message
     other.execute("rollback")
     store.save_job(job())
     assert store.job(42) == job()
     other.close()
+
+
+def test_an_operators_write_waits_for_the_agents_lock(tmp_path: Path) -> None:
+    path = tmp_path / "ajr.db"
+    Store(path).close()
+    agent = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    agent.execute("begin immediate")  # the agent writing a backlog's readings
+    releasing = threading.Timer(0.5, agent.execute, ["commit"])
+    releasing.start()
+    operator = Store(path)  # the CLI's
+    assert operator.busy_timeout_ms == DEFAULT_BUSY_TIMEOUT_MS >= 1000
+    operator.forget(42, "root", T0)
+    releasing.join()
+    assert operator.forgotten() == {42: "root"}
+    operator.close()
+    agent.close()
 
 
 def test_a_reader_does_not_block_the_agent(tmp_path: Path) -> None:
@@ -261,6 +282,20 @@ def test_a_corrupt_database_is_moved_aside_at_agent_start_and_a_new_one_begins(
     again = Store.open_for_agent(path, reserve_bytes=0)
     assert again.quarantined is None and again.job(42) == job()
     again.close()
+
+
+def test_after_moving_a_corrupt_database_aside_the_agent_recovers_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "ajr.db"
+    path.write_bytes(b"garbage " * 1000)
+    settings = Settings(state_db=path, rules_dirs=(), spool_dir=tmp_path / "spool", clear_begin_time=True)
+    queue = ScriptedQueue()
+    agent = Agent(settings, Store.open_for_agent(path, reserve_bytes=0), queue, load_rules(settings))
+    queue.jobs[7] = running(tmp_path)
+    agent.poll(200.0)
+    queue.jobs[7] = running(tmp_path, state="FAILED", end_time=201.0)
+    agent.poll(202.0)
+    assert queue.calls[0] == "requeue_hold 7"
+    agent.store.close()
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
