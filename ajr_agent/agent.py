@@ -54,11 +54,6 @@ log = logging.getLogger("ajr.agent")
 # Shortest pause between two passes over the followed files when writes keep waking the loop.
 READ_GAP = 0.05
 
-# Throughput readings of one attempt stored as they come; past them, one per READING_SPACING
-# seconds (of the lines' own time), which still draws the curve of a week-long run.
-READINGS_KEPT = 10_000
-READING_SPACING = 60.0
-
 # Passes that may fail on the same lines of a job (an unexpected error while handling
 # them) before they are skipped, with a note, rather than read again.
 READ_TRIES = 3
@@ -105,7 +100,6 @@ class Agent:
         self.failed_reads: dict[int, int] = {}  # per job: passes in a row whose lines could not be handled
         self.deferred: set[str] = set()  # files with lines the last pass left for the next (rules_pass_budget)
         self.files_capped: set[int] = set()  # jobs told that they reached max_log_files_per_job
-        self.stored_readings: dict[tuple[int, int], tuple[int, float]] = {}  # per attempt: (count, last at)
         try:
             settings.spool_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -296,7 +290,7 @@ class Agent:
             self.real_paths.pop(os.path.realpath(path), None)
         self.store.forget_files(job_id)
         # Bounded per attempt, but only forgetting the job bounds them over months.
-        for per_attempt in (self.evidence, self.series, self.stored_readings):
+        for per_attempt in (self.evidence, self.series):
             for key in [k for k in per_attempt if k[0] == job_id]:
                 del per_attempt[key]
         self.last_output.pop(job_id, None)
@@ -409,10 +403,8 @@ class Agent:
             elif rule.kind is RuleKind.CHECKPOINT:
                 events.append(CheckpointSaved(job.job_id, attempt, at, rule.name, line.path, line.text))
             elif match.value is not None:
-                reading = Reading(job.job_id, attempt, at, match.value)
-                events += self._throughput(job, reading)
-                if self._worth_storing(reading):
-                    readings.append(reading)
+                readings.append(Reading(job.job_id, attempt, at, match.value))
+                events += self._throughput(job, readings[-1])
         if readings:
             self.store.add_throughput(readings)
         self._handle_all(job.job_id, events, now)
@@ -454,16 +446,6 @@ class Agent:
         items = store.setdefault(key, [])
         items.append(value)
         del items[:-limit]
-
-    def _worth_storing(self, reading: Reading) -> bool:
-        """Every reading of an attempt is stored up to READINGS_KEPT, then one per READING_SPACING
-        seconds: a log can print thousands a second, and the rows are the user's to fill."""
-        key = (reading.job_id, reading.attempt)
-        count, last_at = self.stored_readings.get(key, (0, float("-inf")))
-        if count >= READINGS_KEPT and reading.at - last_at < READING_SPACING:
-            return False
-        self.stored_readings[key] = (count + 1, reading.at)
-        return True
 
     def _throughput(self, job: ManagedJob, reading: Reading) -> list[Event]:
         """Follow a throughput report; a sustained drop below the attempt's baseline is a straggler."""

@@ -7,7 +7,6 @@ what is awkward to provoke there: a failing poll, vanishing jobs and files.
 from __future__ import annotations
 
 import os
-from datetime import datetime
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -385,19 +384,3 @@ def test_a_job_naming_ever_more_files_after_itself_is_followed_up_to_its_cap(
     assert len(agent.store.files(7)) == 3 and len(agent.files) == 3
     warnings = [e.text for e in agent.store.events(7) if e.kind == "warning"]
     assert len(warnings) == 1 and "max_log_files_per_job" in warnings[0]
-
-
-def test_throughput_readings_past_the_first_ones_are_stored_one_a_minute(agent: Agent, queue: ScriptedQueue,
-                                                                         tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    monkeypatch.setattr(agent_module, "READINGS_KEPT", 50)
-    log = following(agent, queue, tmp_path)
-    # 2,000 readings a second for 3 minutes of the lines' own clock.
-    lines = [f"2026-01-01 00:{minute:02d}:{second:02d} | TFLOPs: {300 + i % 5}.0"
-             for minute in range(3) for second in range(60) for i in range(20)]  # fmt: skip
-    with log.open("a") as handle:
-        handle.write("\n".join(lines) + "\n")
-    agent.read_logs(datetime(2026, 1, 1, 0, 3).timestamp())
-    stored = agent.store.throughput(7)
-    assert 50 + 2 <= len(stored) <= 50 + 3, "past the first 50, one a minute"
-    assert len(agent.series[(7, 0)]) == 500, "the straggler check still sees every reading it keeps"
