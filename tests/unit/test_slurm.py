@@ -15,6 +15,8 @@ import pytest
 from ajr_agent.config import Settings, SlurmBackend
 from ajr_agent.slurm import (
     SQUEUE_FIELDS,
+    SQUEUE_SLURM_FIELDS,
+    SQUEUE_TEXT_FIELDS,
     CommandGateway,
     CommandTooLong,
     HostlistError,
@@ -46,9 +48,10 @@ LINE_BREAKS = ["\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85
 
 
 def record(token: str = TOKEN, **values: str) -> str:
-    """One job as squeue prints it under the format AJR gives it: every field followed by the token."""
+    """One job as squeue prints it under the format AJR gives it: Slurm's fields ended by \\x1f, text by the token."""
     fields = {**DEFAULTS, **values}
-    return "".join(fields[f] + token for f in SQUEUE_FIELDS) + "\n"
+    slurm = "".join(fields[f] + "\x1f" for f in SQUEUE_SLURM_FIELDS)
+    return slurm + "".join(fields[f] + token for f in SQUEUE_TEXT_FIELDS) + "\n"
 
 
 def old_format_line(**values: str) -> str:
@@ -92,7 +95,9 @@ def test_user_text_with_line_breaks_and_separators_stays_in_its_field(field: str
 @pytest.mark.parametrize(
     "text",
     [TOKEN[:-1], TOKEN[1:], TOKEN[:1], TOKEN[:17], "a" + TOKEN[:-1], TOKEN[:-1] + "\n", TOKEN[:5] + TOKEN[:5],
-     "\x1f" * 3, "\x1f" + "0" * 32, TOKEN[1:] + TOKEN[:-1]],
+     "\x1f" * 3, "\x1f" + "0" * 22, TOKEN[1:] + TOKEN[:-1]],
+    ids=["all-but-last", "all-but-first", "first", "first-17", "a-all-but-last", "all-but-last-newline",
+         "first-5-twice", "three-x1f", "x1f-zeros", "tail-then-head"],
 )  # fmt: skip
 def test_part_of_the_token_in_user_text_is_data(text: str) -> None:
     """A field ending with a prefix of the token must not swallow the real token after it."""
@@ -143,6 +148,8 @@ def test_array_and_heterogeneous_records_are_skipped() -> None:
         record(UserId="x1000"),
         record(RestartCnt="two"),
         record(JobID="abc"),
+        record(UserName="a\x1fb"),  # a field short before Reason: admin text AJR cannot read
+        record(JobID="\x1f12"),
         "garbage\n",
     ],
 )  # fmt: skip
@@ -317,7 +324,7 @@ def runs(log: Path) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize("brk", LINE_BREAKS)
-@pytest.mark.parametrize("separator", ["\x1f", "\x1f" + "0123456789abcdef" * 2])
+@pytest.mark.parametrize("separator", ["\x1f", new_token()], ids=["old-separator", "token-of-another-read"])
 def test_forged_record_in_a_job_name_does_not_become_a_job(fake_queue: Callable[..., Path], brk: str,
                                                            separator: str) -> None:  # fmt: skip
     """The attack of issue 10: Bob's job name ends his record and forges one that says Alice's job failed."""
