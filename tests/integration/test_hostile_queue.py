@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from ajr_agent.slurm import SQUEUE_FIELDS, CommandGateway
+from ajr_agent.slurm import SQUEUE_FIELDS, CommandGateway, new_token
 from tests.conftest import AgentProcess, wait_for
 from tests.unit.test_slurm import LINE_BREAKS
 
@@ -62,7 +62,8 @@ def sbatch_as(user: str, cwd: Path, *args: str) -> int:
 
 
 def state(job_id: int) -> str:
-    return subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True).stdout.strip()
+    done = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True)
+    return done.stdout.strip()
 
 
 def forged(victim: int, uid: int, separator: str) -> str:
@@ -90,7 +91,7 @@ def queue(slurm: None) -> Iterator[Queue]:
                            "--wrap", "sleep 600")  # fmt: skip
         submitted.append(victim)
         wait_for(lambda: state(victim) == "RUNNING", 120, "the victim's job to run")
-        guessed = "\x1f" + "0123456789abcdef" * 2
+        guessed = new_token()  # well formed, but not the one of the read
         attacks: list[dict[str, str]] = [{"Name": f"r\n{forged(victim, victim_uid, chr(0x1f))}", "State": "RUNNING"}]
         for brk in LINE_BREAKS:
             attacks.append({"Name": f"x{brk}{forged(victim, victim_uid, chr(0x1f))}{brk}"})
@@ -142,8 +143,9 @@ def test_forged_records_in_names_paths_and_comments_stay_data(queue: Queue) -> N
         assert gateway.job(job_id) == jobs[job_id]
 
 
-def test_agent_takes_no_forged_record_for_the_victims_job(queue: Queue,
-                                                          agent_factory: Callable[..., AgentProcess]) -> None:  # fmt: skip
+def test_agent_takes_no_forged_record_for_the_victims_job(
+    queue: Queue, agent_factory: Callable[..., AgentProcess]
+) -> None:
     """Dry run, so that even a fooled agent changes nothing on the shared cluster."""
     agent = agent_factory(dry_run=True)
     wait_for(lambda: agent.job(queue.victim), 30, "the agent to manage the victim's job")
