@@ -46,13 +46,24 @@ from .rules import RuleKind, RuleSet, default_rules_dir
 from .slurm import JobSnapshot, SlurmError, SlurmGateway, open_gateway
 from .notify import Notifier
 from .spec import SPEC_KEY, parse_comment
-from .store import FollowedFile, Reading, Store
+from .store import FollowedFile, Limits, Reading, Store, StoreCorruptError, StoreError, StoreFullError
 from .text import printable
 
 log = logging.getLogger("ajr.agent")
 
 # Shortest pause between two passes over the followed files when writes keep waking the loop.
 READ_GAP = 0.05
+
+# Seconds between two log lines about a state database that keeps failing: one line per
+# failed write would bury everything else in the agent's log.
+STORE_TROUBLE_LOG_EVERY = 60.0
+
+# Exit codes of ajr-agent. A setting, rule file or database schema it cannot use stays
+# wrong until an admin acts: systemd does not restart it (RestartPreventExitStatus).
+# A database it can no longer use in place (corrupt, a disk full at start) is worth a
+# restart: the next start moves a corrupt file aside, and a disk may get room.
+EXIT_NEEDS_ADMIN = 2
+EXIT_RESTART = 75  # EX_TEMPFAIL
 
 # Passes that may fail on the same lines of a job (an unexpected error while handling
 # them) before they are skipped, with a note, rather than read again.
@@ -100,6 +111,14 @@ class Agent:
         self.failed_reads: dict[int, int] = {}  # per job: passes in a row whose lines could not be handled
         self.deferred: set[str] = set()  # files with lines the last pass left for the next (rules_pass_budget)
         self.files_capped: set[int] = set()  # jobs told that they reached max_log_files_per_job
+        # Action outcomes whose decision the store could not save: they cannot be seen again in
+        # Slurm or the logs, so they are kept here and decided again at the next poll.
+        self.unsaved_outcomes: dict[int, list[Event]] = {}
+        self.store_trouble: StoreError | None = None  # the last write that failed, until one succeeds
+        self.store_trouble_logged = 0.0
+        self.store_failures = 0  # failed writes since the trouble was last logged
+        self.exit_code = 0
+        self.next_prune = 0.0
         try:
             settings.spool_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -166,12 +185,15 @@ class Agent:
             # Never take a failed poll for "every job vanished".
             log.error("cannot read the Slurm queue (will retry): %s", exc)
             self.metrics.slurm_error(exc)
-            self.store.set_meta(last_poll_error=str(exc), last_poll_error_at=now)
+            self._guarded(0, self.store.set_meta, last_poll_error=str(exc), last_poll_error_at=now)
             return
         self.snapshots = {s.job_id: s for s in snapshots if SPEC_KEY in s.comment}
         if not self.reconciled:
             self.reconcile(now)
-        self._drop_forgotten(now)
+        for job_id, outcomes in list(self.unsaved_outcomes.items()):
+            del self.unsaved_outcomes[job_id]
+            self._guarded(job_id, self._handle_all, job_id, outcomes, now)
+        self._guarded(0, self._drop_forgotten, now)
         for snapshot in self.snapshots.values():
             self._guarded(snapshot.job_id, self._observe, snapshot, now)
         self._settle_ends(now)
@@ -180,12 +202,25 @@ class Agent:
             self._guarded(job_id, self._vanish, job_id, now)
         for job in list(self.jobs.values()):
             self._guarded(job.job_id, self._scan_logs, job, now)
-        self.store.set_meta(
-            last_poll_at=now, last_poll_seconds=round(time.monotonic() - started, 4), jobs_in_queue=len(snapshots),
-            managed_jobs=len(self.jobs), followed_files=len(self.files),
-        )  # fmt: skip
+        saved = self._guarded(0, self.store.set_meta,
+                              last_poll_at=now, last_poll_seconds=round(time.monotonic() - started, 4),
+                              jobs_in_queue=len(snapshots), managed_jobs=len(self.jobs),
+                              followed_files=len(self.files)) is None  # fmt: skip
+        if saved and self.store_trouble is not None:
+            self._store_recovered()
         self.metrics.polled(time.monotonic() - started, len(self.files))
         self.notifier.check_held(self.jobs.values(), now)
+        if now >= self.next_prune:
+            self._guarded(0, self.prune, now)
+
+    def prune(self, now: float) -> None:
+        """Remove the jobs that left Slurm longer than state_retention_days ago, a few per poll."""
+        pruned = self.store.prune(now, self.settings.state_retention_days * 86400)
+        if pruned.total:
+            log.info("state database: removed %d jobs past their retention (%d rows in all)", pruned.jobs,
+                     pruned.total)  # fmt: skip
+        # A backlog of old jobs goes a batch per poll, so that no poll waits for all of it.
+        self.next_prune = now if pruned.more else now + self.settings.state_prune_interval
 
     def reconcile(self, now: float) -> None:
         """Finish the actions a previous run journaled but did not see through."""
@@ -368,14 +403,18 @@ class Agent:
             job = self.jobs.get(job_id)
             if job is None:
                 continue
-            if self._guarded(job_id, self._lines, job, result.lines, result.notices, now, positions):
+            error = self._guarded(job_id, self._lines, job, result.lines, result.notices, now, positions)
+            if error is None:
                 self.failed_reads.pop(job_id, None)
+            elif isinstance(error, StoreError):
+                # Not the lines' fault: they are read again until their decisions can be saved.
+                self._guarded(job_id, self._read_again, job, result)
             else:
                 self._read_again_or_skip(job, result, now, positions)
         # Offsets are saved after the decisions, in one write for the whole pass: a crash in
         # between re-reads lines whose failure is then recognised as already handled, never lost.
         if positions:
-            self.store.save_files(positions)
+            self._guarded(0, self.store.save_files, positions)
 
     def _lines(self, job: ManagedJob, lines: list[LogLine], notices: list[TailNotice], now: float,
                positions: list[FollowedFile]) -> None:  # fmt: skip
@@ -426,20 +465,29 @@ class Agent:
         """After the lines of a read could not be handled: go back to where the job's files were
         last saved, so that the next pass reads them again; after READ_TRIES failed passes,
         skip them with a note instead, so that one poisonous line cannot stall the job's logs."""
-        paths = {line.path for line in result.lines} | {notice.path for notice in result.notices}
-        paths &= set(self.files)
         tries = self.failed_reads.get(job.job_id, 0) + 1
         if tries < READ_TRIES:
             self.failed_reads[job.job_id] = tries
-            saved = {f.position.path: f.position for f in self.store.files(job.job_id)}
-            for path in paths:
-                self.tailer.rewind(path, saved.get(path))
+            self._guarded(job.job_id, self._read_again, job, result)
             return
         self.failed_reads.pop(job.job_id, None)
+        paths = self._paths_of(result)
         positions += [FollowedFile(job.job_id, self.files[p].attempt, self.tailer.position(p)) for p in paths]
         text = (f"{len(result.lines)} log lines of {', '.join(sorted(paths))} skipped: handling them failed "
                 f"{READ_TRIES} times (the agent's log has the error)")  # fmt: skip
         self._guarded(job.job_id, self._record, self.jobs.get(job.job_id, job), Note("log", text), now)
+
+    def _paths_of(self, result: TailResult) -> set[str]:
+        """The followed files a read's lines and notices came from."""
+        paths = {line.path for line in result.lines} | {notice.path for notice in result.notices}
+        return paths & set(self.files)
+
+    def _read_again(self, job: ManagedJob, result: TailResult) -> None:
+        """Go back to where the files of a read were last saved: the next pass reads them again."""
+        saved = {f.position.path: f.position for f in self.store.files(job.job_id)}
+        for path in self._paths_of(result):
+            self.tailer.rewind(path, saved.get(path))
+        self.deferred.update(self._paths_of(result))
 
     @staticmethod
     def _keep(store: dict, key: tuple[int, int], value: object, limit: int) -> None:  # type: ignore[type-arg]
@@ -483,15 +531,24 @@ class Agent:
             decision = policy.decide(current, event, self.settings, successor)
             self.metrics.decided(current, event, decision)
             self.notifier.decided(current, event, decision)
-            with self.store.transaction():
-                # An action's outcome and what it leads to land together: a crash in between
-                # leaves the action open, and start-up finishes it against Slurm's state.
-                if isinstance(event, (ActionDone, ActionFailed)):
-                    self.executor.settle(event)
-                self.store.save_job(decision.job)
-                for note in decision.notes:
-                    self._note(decision.job, note, _event_time(event, now), event)
-                journaled = [self.store.journal(a, self.settings.dry_run, time.time()) for a in decision.actions]
+            try:
+                with self.store.transaction():
+                    # An action's outcome and what it leads to land together: a crash in between
+                    # leaves the action open, and start-up finishes it against Slurm's state.
+                    if isinstance(event, (ActionDone, ActionFailed)):
+                        self.executor.settle(event)
+                    self.store.save_job(decision.job)
+                    for note in decision.notes:
+                        self._note(decision.job, note, _event_time(event, now), event)
+                    journaled = [self.store.journal(a, self.settings.dry_run, time.time()) for a in decision.actions]
+            except StoreError:
+                # Nothing of this decision was saved and none of its actions run (no action runs
+                # unjournaled). What the poll and the logs bring again is decided again then;
+                # what only this loop knows (what Slurm answered, a verdict) waits here.
+                kept = [e for e in [event, *queue] if isinstance(e, (ActionDone, ActionFailed, Attributed))]
+                if kept:
+                    self.unsaved_outcomes.setdefault(job_id, []).extend(kept)
+                raise
             if job_id in self.jobs or job is None:
                 self.jobs[job_id] = decision.job
             if decision.job.phase is Phase.HANDED_OVER and current.phase is not Phase.HANDED_OVER:
@@ -563,18 +620,43 @@ class Agent:
         level = logging.DEBUG if job.phase is Phase.FINISHED and note.kind == "managed" else logging.INFO
         log.log(level, "job %s (%s): %s", job.job_id, job.name, note.text)
 
-    def _guarded(self, job_id: int, handler, *args) -> bool:  # type: ignore[no-untyped-def]
-        """Run ``handler``; False if it failed, which is logged. One job's surprise must not
-        stop the agent for every other job."""
+    def _guarded(self, job_id: int, handler, *args, **kwargs) -> Exception | None:  # type: ignore[no-untyped-def]
+        """Run ``handler``; the error it failed with (logged), or None. One job's surprise, or a
+        state database that cannot be written for a while, must not stop the agent for every
+        other job (job 0: no job in particular)."""
         try:
-            handler(*args)
+            handler(*args, **kwargs)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return exc
         except AjrError as exc:
             log.error("job %s: %s", job_id, exc)
-        except Exception:
+            return exc
+        except Exception as exc:
             log.exception("job %s: unexpected error; the agent goes on with the other jobs", job_id)
-        else:
-            return True
-        return False
+            return exc
+        return None
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """Say in the log that the state database fails, once a minute while it does."""
+        self.metrics.store_error(exc)
+        self.store_failures += 1
+        if isinstance(exc, StoreCorruptError):
+            # Going on would fail every write from now on; a restart moves the file aside.
+            log.critical("%s; stopping so that systemd restarts the agent", exc)
+            self.exit_code = EXIT_RESTART
+            self.stop()
+        elif self.store_trouble is None or time.monotonic() - self.store_trouble_logged >= STORE_TROUBLE_LOG_EVERY:
+            log.error("state database: %s. No job is requeued or released while decisions cannot be saved; "
+                      "they are taken again as soon as it can be written (%d writes failed so far)", exc,
+                      self.store_failures)  # fmt: skip
+            self.store_trouble_logged = time.monotonic()
+        self.store_trouble = exc
+
+    def _store_recovered(self) -> None:
+        log.warning("state database can be written again after %d failed writes; the decisions that waited are "
+                    "taken now", self.store_failures)  # fmt: skip
+        self.store_trouble, self.store_failures = None, 0
 
 
 def _event_time(event: Event, now: float) -> float:
@@ -585,7 +667,7 @@ def _event_time(event: Event, now: float) -> float:
 # server and the notifier are built from them. A reload reports a change to one of these and
 # keeps the running value. (packaging/etc/ajr.toml marks them "(restart)".)
 RESTART_SETTINGS = (
-    "state_db", "spool_dir", "slurm_backend", "slurm_command_timeout", "max_line_bytes",
+    "state_db", "state_reserve_mb", "spool_dir", "slurm_backend", "slurm_command_timeout", "max_line_bytes",
     "http_bind", "http_port", "operator_token",
     "notify_webhook_url", "notify_command", "notify_held_after", "notify_timeout", "notify_retry_delay",
     "notify_max_tries", "notify_queue_size",
@@ -628,6 +710,7 @@ def reload(agent: Agent, config_file: Path | None, force_dry_run: bool = False) 
             holder.settings = settings
         if getattr(holder, "rules", None) is old_rules:
             holder.rules = rules
+    agent.store.limits = store_limits(settings)
     if settings.dry_run != old_settings.dry_run:
         agent.store.set_meta(dry_run=settings.dry_run)
         if settings.dry_run:
@@ -660,11 +743,15 @@ def main(config_file: Path | None, dry_run: bool | None, log_level: str) -> None
         if dry_run:
             settings = settings.with_overrides(dry_run=True)
         rules = load_rules(settings)
-        store = Store(settings.state_db)
+        store = Store.open_for_agent(settings.state_db, limits=store_limits(settings),
+                                     reserve_bytes=settings.state_reserve_mb * 1024 * 1024)  # fmt: skip
         gateway = open_gateway(settings)
+    except StoreFullError as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(EXIT_RESTART)
     except AjrError as exc:
         log.error("cannot start: %s", exc)
-        sys.exit(2)
+        sys.exit(EXIT_NEEDS_ADMIN)
     if settings.dry_run:
         log.info("DRY_RUN mode is active")
     watcher = ChangeWatcher()
@@ -696,6 +783,12 @@ def main(config_file: Path | None, dry_run: bool | None, log_level: str) -> None
         watcher.close()
         store.close()
         log.info("ajr-agent stopped")
+    sys.exit(agent.exit_code)
+
+
+def store_limits(settings: Settings) -> Limits:
+    """How much of each job's story the store keeps, as the settings say."""
+    return Limits(settings.max_bulk_notes_per_job, settings.max_notes_per_job, settings.max_readings_per_attempt)
 
 
 if __name__ == "__main__":

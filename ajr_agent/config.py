@@ -54,6 +54,25 @@ class Settings(BaseModel):
         default=5.0, gt=0, description="seconds between two searches for new log files of a running job"
     )
     state_db: Path = Field(default=Path("/var/lib/ajr/ajr.db"), description="the SQLite state database")
+    state_retention_days: float = Field(
+        default=90.0, gt=0, description="days a job that left Slurm (or was forgotten) is kept in the state database"
+    )
+    state_prune_interval: float = Field(
+        default=3600.0, gt=0, description="seconds between two passes that remove jobs past state_retention_days"
+    )
+    state_reserve_mb: int = Field(
+        default=16, ge=0, le=4096,
+        description="MiB set aside beside the database and given back when its disk fills; 0 for none",
+    )  # fmt: skip
+    max_notes_per_job: int = Field(
+        default=1000, ge=10, description="lines of a job's story kept at most; repeating ones give way first"
+    )
+    max_bulk_notes_per_job: int = Field(
+        default=200, ge=1, description="repeating lines of a job's story (checkpoints, log notices) kept at most"
+    )
+    max_readings_per_attempt: int = Field(
+        default=10_000, ge=100, description="throughput readings kept per attempt, thinned evenly past it"
+    )
     spool_dir: Path = Field(
         default=Path("/var/spool/ajr/epilog"), description="where the EpilogSlurmctld hook leaves job-end records"
     )

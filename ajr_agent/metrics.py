@@ -21,7 +21,7 @@ from . import api
 from .logs import LogLine, line_time
 from .model import ActionDone, ActionFailed, ActionKind, AnomalyFound, Attributed, Decision, Event, ManagedJob, Phase
 from .slurm import SlurmError
-from .store import Store
+from .store import Store, StoreCorruptError, StoreError, StoreFullError, StoreLockedError
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The overall efficiency gauge covers the same window as `ajr kpi --since 24h`.
@@ -73,7 +73,10 @@ EFFICIENCY = Family(
 )  # fmt: skip
 LAST_POLL = Family("ajr_agent_last_poll_timestamp_seconds", "gauge", "When the agent last read the Slurm queue.")
 
-AGENT_FAMILIES = (ANOMALIES, VERDICTS, ACTIONS, RECOVERIES, REFUSED, DETECTION, POLL, FILES, BYTES, SLURM_ERRORS)
+STORE_ERRORS = Family("ajr_state_db_errors_total", "counter",
+                      "Writes to the state database that failed, by cause (full, locked, corrupt, other).", ("cause",))
+AGENT_FAMILIES = (ANOMALIES, VERDICTS, ACTIONS, RECOVERIES, REFUSED, DETECTION, POLL, FILES, BYTES, SLURM_ERRORS,
+                  STORE_ERRORS)  # fmt: skip
 STORE_FAMILIES = (MANAGED, REFUSED_SPECS, EFFICIENCY, LAST_POLL)
 
 
@@ -194,6 +197,11 @@ class Metrics:
     def slurm_error(self, exc: SlurmError) -> None:
         """A Slurm command failed."""
         self._add(SLURM_ERRORS, (command_label(exc.command),))
+
+    def store_error(self, exc: StoreError) -> None:
+        """A write to the state database failed."""
+        causes = ((StoreFullError, "full"), (StoreLockedError, "locked"), (StoreCorruptError, "corrupt"))
+        self._add(STORE_ERRORS, (next((cause for kind, cause in causes if isinstance(exc, kind)), "other"),))
 
     # ---- reading ------------------------------------------------------------------------
 

@@ -72,6 +72,12 @@ def test_changed_settings_and_new_rules_take_effect(agent: Agent, config: Path, 
     assert agent.executor.settings is agent.settings
 
 
+def test_the_stores_caps_follow_a_reload(agent: Agent, config: Path, tmp_path: Path) -> None:
+    config.write_text(base_config(tmp_path) + "max_notes_per_job = 300\nmax_readings_per_attempt = 500\n")
+    reload(agent, config)
+    assert agent.store.limits.max_notes_per_job == 300 and agent.store.limits.max_readings_per_attempt == 500
+
+
 def test_a_broken_config_keeps_the_running_settings_and_rules(agent: Agent, config: Path) -> None:
     before_settings, before_rules = agent.settings, agent.rules
     config.write_text("poll_interval = -1\n")
