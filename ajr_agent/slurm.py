@@ -283,7 +283,7 @@ def parse_squeue(output: str, token: str) -> list[JobSnapshot]:
         job_id, state, uid, user, restarts, start, end, batch, requeue, nodes, partition, reason = fields
         if _COMPONENT_ID.fullmatch(job_id):
             continue
-        if not all(n.isascii() and n.isdigit() for n in (job_id, uid, restarts)):
+        if not (job_id.isdigit() and uid.isdigit() and restarts.isdigit() and (job_id + uid + restarts).isascii()):
             raise SlurmOutputError(
                 SQUEUE_COMMAND,
                 f"a record with JobID={job_id[:40]!r} UserId={uid[:40]!r} RestartCnt={restarts[:40]!r} is no job "
@@ -300,14 +300,14 @@ def parse_squeue(output: str, token: str) -> list[JobSnapshot]:
             )  # fmt: skip
         jobs[int(job_id)] = JobSnapshot(
             job_id=int(job_id),
-            state=state.split()[0] if state else "",
+            state=state.partition(" ")[0],
             user_id=int(uid),
             user=user,
             restart_count=int(restarts),
             start_time=times[start],
             end_time=times[end],
-            batch=batch.strip() == "1",
-            requeueable=requeue.strip() == "1",
+            batch=batch == "1",
+            requeueable=requeue == "1",
             nodes=nodes if nodes not in ("(null)", "") else "",
             reason=reason,
             partition=partition,
