@@ -116,14 +116,11 @@ def _shown(command: Sequence[str]) -> str:
 
 
 def _text(data: bytes) -> str:
-    # Slurm passes users' bytes through as they are: an invalid UTF-8 name must neither stop
-    # the read of everyone's jobs nor change a path, so undecodable bytes round-trip as
-    # surrogates, the way os.fsdecode reads file names.
-    return data.decode("utf-8", "surrogateescape")
-
-
-def _bytes(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
+    # Slurm passes users' bytes through as they are. Bytes that are not UTF-8 become U+FFFD:
+    # a strict decode would stop the read of everyone's jobs, and surrogate escapes would
+    # reach SQLite, JSON and metric labels, which refuse them (for that job, at every poll).
+    # The owner of such a path loses only AJR's reading of logs under it.
+    return data.decode("utf-8", "replace")
 
 
 @dataclass(frozen=True)
@@ -325,8 +322,8 @@ def _whole_stdout(stdout: str, work_dir: str, job_id: str) -> str:
     if len(stdout) < 1023 // 4:  # a UTF-8 character takes at most 4 bytes: too short to be cut
         return stdout
     default = f"{work_dir}/slurm-{job_id}.out"
-    printed = _bytes(stdout)
-    return default if len(printed) == 1023 and _bytes(default).startswith(printed) else stdout
+    encoded = default.encode()
+    return default if len(encoded) > 1023 and stdout == _text(encoded[:1023]) else stdout
 
 
 def expand_hostlist(hostlist: str, limit: int = MAX_HOSTLIST_NAMES) -> list[str]:
@@ -417,12 +414,12 @@ def expand_stdout(pattern: str, job: JobSnapshot) -> str:
 def _check_size(command: Sequence[str], env: Mapping[str, str]) -> None:
     """CommandTooLong when the kernel would refuse to start `command` for its size (E2BIG)."""
     for index, arg in enumerate(command):
-        if (size := len(_bytes(arg))) > MAX_ARGUMENT_BYTES:
+        if (size := len(os.fsencode(arg))) > MAX_ARGUMENT_BYTES:
             raise CommandTooLong(command, f"argument {index} is {size} bytes, over the {MAX_ARGUMENT_BYTES} the "
                                           f"kernel takes for one argument; not run")  # fmt: skip
     # Each string counts with its NUL and its pointer.
-    total = sum(len(_bytes(arg)) + 9 for arg in command)
-    total += sum(len(_bytes(key)) + len(_bytes(value)) + 10 for key, value in env.items())
+    total = sum(len(os.fsencode(arg)) + 9 for arg in command)
+    total += sum(len(os.fsencode(key)) + len(os.fsencode(value)) + 10 for key, value in env.items())
     if total > (limit := os.sysconf("SC_ARG_MAX")):
         raise CommandTooLong(command, f"its arguments and environment take {total} bytes, over the {limit} the "
                                       f"kernel takes (getconf ARG_MAX); not run")  # fmt: skip
