@@ -108,16 +108,21 @@ def hostile_names(count: int, target: int) -> list[str]:
 
 
 def submit_hostile(count: int, gateway: CommandGateway, parallel: int) -> set[str]:
-    """Top the queue up to `count` held jobs with hostile names; every hostile name queued."""
+    """Top the queue up to `count` held jobs with hostile names; every hostile name queued, as it reads back."""
     jobs = gateway.list_jobs()
     queued = {j.name for j in jobs if j.name.startswith(HOSTILE_PREFIX) and j.state == "PENDING"}
     wanted = hostile_names(count, min((j.job_id for j in jobs if j.name == JOB_NAME), default=1))
-    missing = [name for name in wanted if name not in queued]
+    missing = [name for name in wanted if as_read(name) not in queued]
     print(f"hostile jobs queued: {len(queued)}; submitting {len(missing)}", flush=True)
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         list(pool.map(lambda name: sbatch("--hold", "-p", "defq", "-J", name, "-o", "/dev/null", "--wrap", "true"),
                       missing))  # fmt: skip
-    return set(wanted)
+    return {as_read(name) for name in wanted}
+
+
+def as_read(submitted: str) -> str:
+    """A name as the gateway reads it back: the bytes it was submitted as, those that are not UTF-8 as U+FFFD."""
+    return submitted.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def check_hostile(gateway: CommandGateway, names: set[str]) -> None:

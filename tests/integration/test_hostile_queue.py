@@ -61,6 +61,11 @@ def sbatch_as(user: str, cwd: Path, *args: str) -> int:
     return int(done.stdout.strip().split(";")[0])
 
 
+def as_read(submitted: str) -> str:
+    """A value as AJR reads it back: the raw bytes it was submitted as, those that are not UTF-8 as U+FFFD."""
+    return submitted.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def state(job_id: int) -> str:
     done = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True)
     return done.stdout.strip()
@@ -134,10 +139,10 @@ def test_forged_records_in_names_paths_and_comments_stay_data(queue: Queue) -> N
         job = jobs[job_id]
         assert (job.user, job.state) == (ATTACKER, fields["State"])
         assert job.reason == ("JobHeldUser" if job.state == "PENDING" else "None")
-        assert job.name == fields.get("Name", "quiet")
-        assert job.work_dir == fields.get("WorkDir", str(queue.workdir))
-        assert job.stdout == fields.get("STDOUT", "/dev/null")
-        assert job.comment == fields.get("Comment", "")
+        assert job.name == as_read(fields.get("Name", "quiet"))
+        assert job.work_dir == as_read(fields.get("WorkDir", str(queue.workdir)))
+        assert job.stdout == as_read(fields.get("STDOUT", "/dev/null"))
+        assert job.comment == as_read(fields.get("Comment", ""))
     # The one-job read the CLI uses is the same parser.
     for job_id in list(queue.attacker)[:3] + [queue.victim]:
         assert gateway.job(job_id) == jobs[job_id]
