@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 
 SQUEUE_COMMAND = ("squeue", "-h", "-t", "all")
 # Fields Slurm fills from its own state and the admin's names (users, nodes, partitions):
-# each ends with \x1f, which costs one byte where a token costs 33 (6 MB a poll instead of
-# 3 at 10,000 jobs, half the read's time).
+# each ends with \x1f, one byte where a token takes 23 (at 10,000 jobs squeue prints 2 MB
+# instead of 4.3 with a token after every field, and both squeue and the parse take less).
 SQUEUE_SLURM_FIELDS = (
     "JobID", "State", "UserId", "UserName", "RestartCnt", "StartTime", "EndTime", "BatchFlag", "Requeue",
     "NodeList", "Partition",
@@ -371,8 +371,9 @@ def _bracket_spans(spec: str, hostlist: str) -> list[tuple[int, int, int]]:
     spans = []
     for part in spec.split(","):
         found = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)
-        if not found:
-            raise HostlistError(f"host list {hostlist[:100]!r}: {part[:40]!r} is no number or range of numbers")
+        # A backward range would also count negative and let the rest pass the limit.
+        if not found or int(found.group(2) or found.group(1)) < int(found.group(1)):
+            raise HostlistError(f"host list {hostlist[:100]!r}: {part[:40]!r} is no number or rising range of numbers")
         low, high = found.group(1), found.group(2) or found.group(1)
         spans.append((int(low), int(high), len(low)))
     return spans

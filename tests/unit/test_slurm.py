@@ -200,7 +200,7 @@ def test_expand_hostlist_refuses_past_its_limit_without_expanding() -> None:
     assert expand_hostlist("n[1-4]", limit=4) == ["n1", "n2", "n3", "n4"]
 
 
-@pytest.mark.parametrize("hostlist", ["n[1-x]", "n[1-2", "n]1[", "n[[1]]", "n[-3]", "n[]"])
+@pytest.mark.parametrize("hostlist", ["n[1-x]", "n[1-2", "n]1[", "n[[1]]", "n[-3]", "n[]", "n[999999-0,0-999999]"])
 def test_malformed_hostlist_is_a_hostlist_error(hostlist: str) -> None:
     with pytest.raises(HostlistError):
         expand_hostlist(hostlist)
