@@ -19,6 +19,21 @@ sqlite3's errors come out as StoreError subclasses that say what is wrong and wh
 do: StoreFullError, StoreLockedError, StoreCorruptError, StoreSchemaError. The agent's
 store (open_for_agent) also checks the file at start, moves a corrupt one aside, and
 keeps a reserve file beside the database that it gives back when the disk fills.
+
+sqlite-utils wraps the store's own sqlite3 connection: its autocommit mode, busy timeout,
+row factory and read-only opening, and the transactions, stay the store's, and the
+wrapper sets no PRAGMA and runs no plugin on it. It reads the schema when a file is
+opened (table_names, columns: which version the file is at) and runs the read methods'
+SELECTs (query, count_where), rows as dicts; a missing table is an error there, where
+rows_where would read it as empty. sqlite-utils 4's query wraps each SELECT in a
+savepoint, which inside the store's transactions only nests; it writes nothing, so a
+read-only store stays read-only. The writes stay on sqlite3, each statement through
+Store._run: that is where a full disk gives the reserve back and the statement runs
+again, which sqlite-utils' write methods, in savepoints of their own, would bypass. And
+the writes of each log read (save_files, add_throughput, add_note) must stay plain
+execute and executemany: sqlite-utils' upsert_all ran eleven statements a call, three
+quarters of the agent's CPU per live log line, and insert_all took ten times as long a
+row as executemany. The migrations stay SQL written out.
 """
 
 from __future__ import annotations
@@ -35,7 +50,9 @@ import urllib.parse
 from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from sqlite_utils import Database
 
 from .errors import AjrError
 from .logs import FilePosition
@@ -261,20 +278,25 @@ JOB_COLUMNS = tuple(f.name for f in fields(ManagedJob))
 ATTEMPT_COLUMNS = tuple(f.name for f in fields(Attempt))
 
 
+def _wrapped(conn: sqlite3.Connection) -> Database:
+    """sqlite-utils over `conn`, issuing nothing of its own: no recursive_triggers PRAGMA (it would
+    be the only setting the store did not choose) and no plugins' prepare_connection hooks."""
+    return Database(conn, recursive_triggers=False, execute_plugins=False)
+
+
 @functools.cache
 def _reference_columns(version: int) -> dict[str, frozenset[str]]:
     """The tables and columns migrations 1..version make."""
-    conn = sqlite3.connect(":memory:")
+    db = _wrapped(sqlite3.connect(":memory:"))
     for step in range(1, version + 1):
         for statement in MIGRATIONS[step]:
-            conn.execute(statement)
-    return _columns(conn)
+            db.execute(statement)
+    return _columns(db)
 
 
-def _columns(conn: sqlite3.Connection) -> dict[str, frozenset[str]]:
-    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                                         "AND name NOT LIKE 'sqlite_%'")]  # fmt: skip
-    return {t: frozenset(r[1] for r in conn.execute(f'PRAGMA table_info("{t}")')) for t in tables}
+def _columns(db: Database) -> dict[str, frozenset[str]]:
+    # SQLite's own tables (sqlite_stat1 after an ANALYZE, say) are no part of AJR's schema.
+    return {t: frozenset(c.name for c in db.table(t).columns) for t in db.table_names() if not t.startswith("sqlite_")}
 
 
 def _differences(found: dict[str, frozenset[str]], expected: dict[str, frozenset[str]]) -> str:
@@ -438,6 +460,7 @@ class Store:
     @_translated
     def _open(self, integrity_check: bool) -> None:
         self.conn.row_factory = sqlite3.Row
+        self._db = _wrapped(self.conn)
         if integrity_check:
             self.integrity()
         found = self._found_version()
@@ -502,17 +525,18 @@ class Store:
 
     def _found_version(self) -> int:
         """The schema of the tables as they are: 0 for an empty file."""
-        found = _columns(self.conn)
+        found = _columns(self._db)
         if not found:
             return 0
         if "meta" not in found:
             raise StoreSchemaError(f"{self.path}: has tables ({', '.join(sorted(found))}) but no meta table: it is "
                                    "not an AJR state database; point state_db at another file")  # fmt: skip
-        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
+        # The meta table is there (rows_where would read a missing one as empty).
+        rows = list(self._db.table("meta").rows_where("key = ?", ["schema_version"], select="value"))
+        if not rows:
             raise StoreSchemaError(f"{self.path}: has AJR's tables but says no schema_version: it was not made by "
                                    "AJR, or was changed by hand; point state_db at another file")  # fmt: skip
-        version = int(row[0])
+        version = int(rows[0]["value"])
         if version > SCHEMA_VERSION:
             raise StoreSchemaError(
                 f"{self.path}: schema version {version} is newer than this AJR understands ({SCHEMA_VERSION}); "
@@ -677,7 +701,11 @@ class Store:
                 raise self._error(again) from again
 
     def _run(self, sql: str, args: Sequence[object] = (), many: bool = False) -> sqlite3.Cursor:
-        """Run one statement; on a full disk, give the reserve back and run it again."""
+        """Run one statement; on a full disk, give the reserve back and run it again.
+
+        Every write comes through here, on sqlite3 rather than sqlite-utils' insert/upsert:
+        those would run their statements out of reach of this retry, in savepoints of their own.
+        """
         call = self.conn.executemany if many else self.conn.execute
         try:
             return call(sql, args)  # type: ignore[operator]
@@ -774,12 +802,14 @@ class Store:
                 self._upsert("attempts", ATTEMPT_COLUMNS, ("job_id", "attempt"), _row(attempt))
 
     def _upsert(self, table: str, columns: Sequence[str], key: Sequence[str], values: Sequence[object]) -> None:
+        # One statement, where sqlite-utils' Table.upsert reads the schema first: save_job runs at
+        # every decision and every refresh of a job.
         updates = ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c not in key)
         self._run(f"INSERT INTO {table} ({_quoted(columns)}) VALUES ({_marks(columns)}) "
                   f"ON CONFLICT ({_quoted(key)}) DO UPDATE SET {updates}", values)  # fmt: skip
 
     def _jobs(self, where: str = "", args: Sequence[object] = ()) -> list[ManagedJob]:
-        rows = self.conn.execute(f"SELECT {_quoted(JOB_COLUMNS)} FROM jobs {where} ORDER BY job_id", args)
+        rows = self._db.query(f"SELECT {_quoted(JOB_COLUMNS)} FROM jobs {where} ORDER BY job_id", args)
         return [_job_from_row(row) for row in rows]
 
     @_translated
@@ -793,9 +823,9 @@ class Store:
             clauses.append("(ended IS NULL OR ended >= ?)")
             args.append(since)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self.conn.execute(f"SELECT {_quoted(ATTEMPT_COLUMNS)} FROM attempts {where} ORDER BY started, job_id",
-                                 args)  # fmt: skip
-        return [Attempt(**{**dict(row), "outcome": Outcome(row["outcome"])}) for row in rows]
+        rows = self._db.query(f"SELECT {_quoted(ATTEMPT_COLUMNS)} FROM attempts {where} ORDER BY started, job_id",
+                              args)  # fmt: skip
+        return [Attempt(**{**row, "outcome": Outcome(row["outcome"])}) for row in rows]
 
     @_translated
     def chain_jobs(self, chain: str) -> list[ManagedJob]:
@@ -826,8 +856,8 @@ class Store:
         """Jobs whose spec was refused (one, or all)."""
         where, args = ("WHERE job_id = ?", [job_id]) if job_id is not None else ("", [])
         columns = tuple(f.name for f in fields(UnmanagedJob))
-        rows = self.conn.execute(f"SELECT {_quoted(columns)} FROM unmanaged {where} ORDER BY job_id", args)
-        return [UnmanagedJob(**dict(row)) for row in rows]
+        rows = self._db.query(f"SELECT {_quoted(columns)} FROM unmanaged {where} ORDER BY job_id", args)
+        return [UnmanagedJob(**row) for row in rows]
 
     # ---- events -------------------------------------------------------------------------------------------
 
@@ -841,6 +871,7 @@ class Store:
         way dropped_notes() counts what was dropped. While the disk reserve is spent, bulk
         notes are not stored at all.
         """
+        # Plain statements through _run: this runs for every log line that makes a note.
         bulk = note.kind in BULK_NOTE_KINDS
         if bulk and self.low_space:
             self._left_out["notes"] += 1
@@ -879,14 +910,14 @@ class Store:
     @_translated
     def events(self, job_id: int) -> list[StoredEvent]:
         """A job's story in time order."""
-        rows = self.conn.execute("SELECT job_id, attempt, at, kind, text, path, line FROM events WHERE job_id = ? "
-                                 "ORDER BY at, id", [job_id])  # fmt: skip
-        return [StoredEvent(**dict(row)) for row in rows]
+        rows = self._db.query("SELECT job_id, attempt, at, kind, text, path, line FROM events WHERE job_id = ? "
+                              "ORDER BY at, id", [job_id])  # fmt: skip
+        return [StoredEvent(**row) for row in rows]
 
     @_translated
     def dropped_notes(self, job_id: int) -> dict[str, int]:
         """How many notes of each kind the job's caps dropped (or never stored)."""
-        rows = self.conn.execute("SELECT kind, count FROM dropped_notes WHERE job_id = ? ORDER BY kind", [job_id])
+        rows = self._db.query("SELECT kind, count FROM dropped_notes WHERE job_id = ? ORDER BY kind", [job_id])
         return {row["kind"]: row["count"] for row in rows}
 
     # ---- the action journal -----------------------------------------------------------------------------
@@ -920,24 +951,23 @@ class Store:
     @_translated
     def open_actions(self, origin: str = "agent") -> list[JournalEntry]:
         """The agent's actions journaled but not finished: after a crash, these are reconciled with Slurm."""
-        rows = self.conn.execute(f"SELECT * FROM actions WHERE status IN ({_marks(OPEN_STATUSES)}) AND origin = ? "
-                                 "ORDER BY id", [*OPEN_STATUSES, origin])  # fmt: skip
+        rows = self._db.query(f"SELECT * FROM actions WHERE status IN ({_marks(OPEN_STATUSES)}) AND origin = ? "
+                              "ORDER BY id", [*OPEN_STATUSES, origin])  # fmt: skip
         return [_entry(row) for row in rows]
 
     @_translated
     def actions(self, job_id: int) -> list[JournalEntry]:
         """A job's actions in the order they were decided."""
-        rows = self.conn.execute("SELECT * FROM actions WHERE job_id = ? ORDER BY id", [job_id])
+        rows = self._db.query("SELECT * FROM actions WHERE job_id = ? ORDER BY id", [job_id])
         return [_entry(row) for row in rows]
 
     @_translated
     def drains_since(self, since: float) -> int:
         """Nodes AJR drained (or would have, in dry run) since a time: the hourly budget's use."""
-        row = self.conn.execute(
-            "SELECT count(*) FROM actions WHERE kind = ? AND status IN (?, ?) AND created_at >= ?",
+        return self._db.table("actions").count_where(
+            "kind = ? AND status IN (?, ?) AND created_at >= ?",
             [ActionKind.DRAIN.value, ActionStatus.DONE.value, ActionStatus.DRY_RUN.value, since],
-        ).fetchone()
-        return int(row[0])
+        )
 
     # ---- followed log files -------------------------------------------------------------------------------
 
@@ -946,7 +976,8 @@ class Store:
         """Persist read positions so a restart resumes where it stopped."""
         rows = [(f.position.path, f.job_id, f.attempt, f.position.inode, f.position.device, f.position.offset)
                 for f in files]  # fmt: skip
-        # One statement for the lot: this runs for each read that brought lines.
+        # One statement for the lot, on plain executemany: this runs for each read that brought lines
+        # (sqlite-utils' upsert_all: eleven statements a call, three quarters of the agent's CPU a line).
         with self._writing():
             self._run(
                 "INSERT INTO files (path, job_id, attempt, inode, device, offset) VALUES (?, ?, ?, ?, ?, ?) "
@@ -959,7 +990,7 @@ class Store:
     def files(self, job_id: int | None = None) -> list[FollowedFile]:
         """Followed files (of one job, or all)."""
         where, args = ("WHERE job_id = ?", [job_id]) if job_id is not None else ("", [])
-        rows = self.conn.execute(f"SELECT * FROM files {where} ORDER BY path", args)
+        rows = self._db.query(f"SELECT * FROM files {where} ORDER BY path", args)
         return [FollowedFile(row["job_id"], row["attempt"],
                              FilePosition(row["path"], row["inode"], row["device"], row["offset"]))
                 for row in rows]  # fmt: skip
@@ -985,7 +1016,7 @@ class Store:
     @_translated
     def verdicts(self, job_ids: list[int]) -> list[tuple[int, int, float, Verdict]]:
         """(job, attempt, when, verdict) of the given jobs' failed attempts."""
-        rows = self.conn.execute(f"SELECT * FROM verdicts WHERE job_id IN ({_marks(job_ids)}) ORDER BY at", job_ids)
+        rows = self._db.query(f"SELECT * FROM verdicts WHERE job_id IN ({_marks(job_ids)}) ORDER BY at", job_ids)
         return [
             (r["job_id"], r["attempt"], r["at"],
              Verdict(r["fault"], tuple(n for n in r["nodes"].split(",") if n), r["cause"],
@@ -1028,6 +1059,7 @@ class Store:
         return self._series[key]
 
     def _insert_readings(self, rows: list[tuple[int, int, float, float]]) -> None:
+        # executemany: sqlite-utils' insert_all took ten times as long a row, and a backlog brings thousands.
         if rows:
             self._run("INSERT INTO throughput (job_id, attempt, at, value) VALUES (?, ?, ?, ?)", rows, many=True)
 
@@ -1044,7 +1076,7 @@ class Store:
     def throughput(self, job_id: int, attempt: int | None = None) -> list[tuple[int, float, float]]:
         """(attempt, at, value) reports of a job, oldest first."""
         where, args = ("job_id = ?", [job_id]) if attempt is None else ("job_id = ? AND attempt = ?", [job_id, attempt])
-        rows = self.conn.execute(f"SELECT attempt, at, value FROM throughput WHERE {where} ORDER BY at, rowid", args)
+        rows = self._db.query(f"SELECT attempt, at, value FROM throughput WHERE {where} ORDER BY at, rowid", args)
         return [(r["attempt"], r["at"], r["value"]) for r in rows]
 
     # ---- retention -----------------------------------------------------------------------------------------
@@ -1063,7 +1095,7 @@ class Store:
         """
         cutoff = now - keep_seconds
         finished = tuple(p.value for p in FINISHED_PHASES)
-        rows = self.conn.execute(
+        rows = list(self._db.query(
             f"""SELECT job_id, chain, phase IN ({_marks(finished)}) AS finished,
                        max(coalesce(last_seen, 0),
                            coalesce((SELECT max(at) FROM events e WHERE e.job_id = j.job_id), 0)) AS active,
@@ -1071,7 +1103,7 @@ class Store:
                                AND a.status IN ({_marks(OPEN_STATUSES)})) AS open
                 FROM jobs j ORDER BY active, job_id""",
             [*finished, *OPEN_STATUSES],
-        ).fetchall()  # fmt: skip
+        ))  # fmt: skip
         done = {r["job_id"] for r in rows if r["finished"] and r["active"] < cutoff and not r["open"]}
         kept_chains = {r["chain"] for r in rows if r["chain"] and r["job_id"] not in done}
         groups: dict[object, list[int]] = {}
@@ -1110,7 +1142,7 @@ class Store:
     @_translated
     def forgotten(self) -> dict[int, str]:
         """Jobs operators told AJR to leave alone, with who did."""
-        return {row["job_id"]: row["by"] for row in self.conn.execute("SELECT job_id, by FROM forgotten")}
+        return {row["job_id"]: row["by"] for row in self._db.query("SELECT job_id, by FROM forgotten")}
 
     # ---- agent status ---------------------------------------------------------------------------------------
 
@@ -1125,7 +1157,7 @@ class Store:
     @_translated
     def meta(self) -> dict[str, object]:
         """Facts the agent recorded about itself."""
-        rows = self.conn.execute("SELECT key, value FROM meta WHERE key != 'schema_version'")
+        rows = self._db.query("SELECT key, value FROM meta WHERE key != 'schema_version'")
         return {row["key"]: json.loads(row["value"]) for row in rows}
 
 
@@ -1174,8 +1206,7 @@ def _row(record: ManagedJob | Attempt) -> list[object]:
     return row
 
 
-def _job_from_row(row: sqlite3.Row) -> ManagedJob:
-    values = dict(row)
+def _job_from_row(values: dict[str, Any]) -> ManagedJob:
     values["mode"] = ResumeMode(values["mode"])
     values["phase"] = Phase(values["phase"])
     values["attempt_outcome"] = Outcome(values["attempt_outcome"])
@@ -1184,7 +1215,7 @@ def _job_from_row(row: sqlite3.Row) -> ManagedJob:
     return ManagedJob(**values)
 
 
-def _entry(row: sqlite3.Row) -> JournalEntry:
+def _entry(row: dict[str, Any]) -> JournalEntry:
     action = Action(ActionKind(row["kind"]), row["job_id"], row["attempt"], row["reason"], target=row["target"],
                     nodes=row["nodes"] or "", journal_id=row["id"])  # fmt: skip
     return JournalEntry(

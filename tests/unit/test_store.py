@@ -117,3 +117,62 @@ def test_unwritable_location_is_a_store_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(StoreError, match="cannot open the state database"):
         Store(blocker / "ajr.db")
+
+
+# ---- sqlite-utils over the store's connection ----------------------------------------------------
+
+
+def test_reads_inside_a_transaction_leave_its_control_to_the_store(tmp_path: Path) -> None:
+    store = Store(tmp_path / "ajr.db")
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.save_job(job())
+            store.journal(Action(ActionKind.REQUEUE_HOLD, 42, 0, "x"), dry_run=False, now=1.0)
+            # Reads through sqlite-utils see the transaction's writes and commit nothing.
+            assert store.job(42) == job() and len(store.open_actions()) == 1 and store.drains_since(0.0) == 0
+            raise RuntimeError("crash after the reads")
+    control = [s for s in statements if s.split()[0].upper() in ("BEGIN", "COMMIT", "END", "ROLLBACK")]
+    assert control == ["BEGIN IMMEDIATE", "ROLLBACK"]
+    assert store.job(42) is None and store.open_actions() == []
+
+
+def test_a_read_only_store_reads_everything_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "ajr.db"
+    writer = Store(path)
+    writer.save_job(job())
+    writer.add_note(42, 0, 5.0, Note("failure", "attempt 0 failed"))
+    writer.journal(Action(ActionKind.REQUEUE_HOLD, 42, 0, "segfault"), dry_run=False, now=1.0)
+    writer.save_files([FollowedFile(42, 0, FilePosition("/runs/a.log", 1, 2, 3))])
+    writer.set_meta(backend="commands")
+    writer.close()
+    original = path.read_bytes()
+    store = Store(path, readonly=True)
+    assert store.job(42) == job() and [e.text for e in store.events(42)] == ["attempt 0 failed"]
+    assert len(store.open_actions()) == 1 and store.files(42)[0].position.offset == 3
+    assert store.meta() == {"backend": "commands"} and store.drains_since(0.0) == 0
+    # sqlite-utils set nothing on the connection (it would turn recursive_triggers on).
+    assert store.conn.execute("PRAGMA recursive_triggers").fetchone()[0] == 0
+    store.close()
+    assert path.read_bytes() == original
+
+
+def test_a_missing_table_is_an_error_not_an_empty_read(tmp_path: Path) -> None:
+    path = tmp_path / "ajr.db"
+    path.write_bytes(b"")
+    store = Store(path, readonly=True)
+    with pytest.raises(StoreError, match="no such table: meta"):
+        store.meta()
+    with pytest.raises(StoreError, match="no such table: events"):
+        store.events(42)
+
+
+def test_sqlite_s_own_tables_are_no_part_of_the_schema(tmp_path: Path) -> None:
+    path = tmp_path / "ajr.db"
+    store = Store(path)
+    store.save_job(job())
+    store.conn.execute("ANALYZE")  # makes sqlite_stat1
+    store.close()
+    again = Store(path)
+    assert again.schema_version == 3 and again.job(42) == job()
