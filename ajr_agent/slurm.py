@@ -1,7 +1,7 @@
 """The gateway to Slurm: read every job in one light call, and act on one job.
 
-The command backend reads the queue with one `squeue` per poll (0.1 s at 10,000
-jobs where `squeue --json` takes 1-2 s and 470 MB) and acts with `scontrol`, each
+The command backend reads the queue with one `squeue` per poll (0.2-0.3 s at 10,000
+jobs where `squeue --json` takes 1.7 s and 470 MB) and acts with `scontrol`, each
 call under a timeout. A pyslurm backend is used instead when an importable pyslurm
 matches the running Slurm's major.minor. Every command inherits the environment, so
 `SLURM_CONF` picks the cluster.
