@@ -141,19 +141,21 @@ class Agent:
     def run(self) -> None:
         """Run until stop() is called (SIGTERM), finishing the step under way."""
         next_poll = next_full_read = 0.0
+        # Each step is guarded as a whole too: whatever a surprise in one costs, the loop goes
+        # on for every job (the steps guard each job's part on their own).
         while not self.stop_requested.is_set():
             now = time.time()
-            self.read_epilog_records(now)
+            self._guarded(0, self.read_epilog_records, now)
             if now >= next_poll or self.awaiting_end:
-                self.poll(now)
+                self._guarded(0, self.poll, now)
                 # Retries wait seconds of back-off: looking for due ones at each poll is enough.
-                self.run_due_actions(time.time())
+                self._guarded(0, self.run_due_actions, time.time())
                 next_poll = now + self.settings.poll_interval
             read_at = time.monotonic()
             if read_at >= next_full_read:
                 # Every followed file is stat-ed each tail_interval: the ground truth on
                 # shared storage, whose writes from other hosts raise no inotify event.
-                self.read_logs(time.time())
+                self._guarded(0, self.read_logs, time.time())
                 next_full_read = read_at + self.settings.tail_interval
             else:
                 # In between, only the files the kernel says were written, and those whose
@@ -161,7 +163,7 @@ class Agent:
                 changed = self.watcher.take_changed() if self.watcher is not None else set()
                 wanted = {self.real_paths.get(path, path) for path in changed} | self.deferred
                 if wanted:
-                    self.read_logs(time.time(), wanted)
+                    self._guarded(0, self.read_logs, time.time(), wanted)
             wait = max(0.0, min(next_full_read - time.monotonic(), next_poll - time.time()))
             if self.deferred:
                 wait = min(wait, READ_GAP)
@@ -181,10 +183,13 @@ class Agent:
         started = time.monotonic()
         try:
             snapshots = self.gateway.list_jobs()
-        except SlurmError as exc:
+        except Exception as exc:  # a SlurmError, or a surprise in what Slurm printed
             # Never take a failed poll for "every job vanished".
-            log.error("cannot read the Slurm queue (will retry): %s", exc)
-            self.metrics.slurm_error(exc)
+            if isinstance(exc, SlurmError):
+                log.error("cannot read the Slurm queue (will retry): %s", exc)
+                self.metrics.slurm_error(exc)
+            else:
+                log.exception("cannot read the Slurm queue: unexpected error (will retry)")
             self._guarded(0, self.store.set_meta, last_poll_error=str(exc), last_poll_error_at=now)
             return
         self.snapshots = {s.job_id: s for s in snapshots if SPEC_KEY in s.comment}

@@ -126,6 +126,20 @@ def test_a_failed_poll_is_not_taken_for_vanished_jobs(agent: Agent, queue: Scrip
     assert agent.store.files(7) == []
 
 
+def test_a_surprise_in_the_queue_read_is_a_failed_poll_too(agent: Agent, queue: ScriptedQueue, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    queue.jobs[7] = running(tmp_path)
+    agent.poll(200.0)
+
+    def undecodable() -> list[JobSnapshot]:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    monkeypatch.setattr(queue, "list_jobs", undecodable)
+    agent.poll(201.0)
+    assert agent.jobs[7].phase is Phase.WATCHING
+    assert "invalid start byte" in str(agent.store.meta()["last_poll_error"])
+
+
 def test_a_vanished_log_file_is_noted_and_the_agent_goes_on(agent: Agent, queue: ScriptedQueue,
                                                             tmp_path: Path) -> None:  # fmt: skip
     log = following(agent, queue, tmp_path)
