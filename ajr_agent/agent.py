@@ -488,11 +488,11 @@ class Agent:
         return paths & set(self.files)
 
     def _read_again(self, job: ManagedJob, result: TailResult) -> None:
-        """Go back to where the files of a read were last saved: the next pass reads them again."""
+        """Go back to where the files of a read were last saved: the next full pass (every
+        tail_interval) reads them again."""
         saved = {f.position.path: f.position for f in self.store.files(job.job_id)}
         for path in self._paths_of(result):
             self.tailer.rewind(path, saved.get(path))
-        self.deferred.update(self._paths_of(result))
 
     @staticmethod
     def _keep(store: dict, key: tuple[int, int], value: object, limit: int) -> None:  # type: ignore[type-arg]
