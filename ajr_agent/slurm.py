@@ -559,18 +559,29 @@ class CommandGateway:
         self.run(["scontrol", "update", f"NodeName={node}", "State=DRAIN", f"Reason={reason}"])
 
     def partition_nodes(self) -> dict[str, list[str]]:
-        """Partition name to node names, from `sinfo -N`: a line per node and partition, no host list to expand.
+        """Partition name to node names, from `scontrol -o show partition` (the admin's text alone).
 
-        Hidden partitions are included; a partition without nodes is left out.
+        Not sinfo: it hides FUTURE nodes, which are the partition's all the same (a job
+        excluded from its only running node waits for them). `Nodes=ALL` is every node
+        sinfo lists. Hidden partitions are included; a partition without nodes is left out.
         """
-        command = ["sinfo", "-h", "-a", "-N", "-o", "%N %R"]
-        partitions: dict[str, dict[str, None]] = {}
+        command = ["scontrol", "-o", "show", "partition"]
+        partitions: dict[str, list[str]] = {}
         for line in self.run(command).splitlines():
-            fields = line.split()
-            if len(fields) != 2:
-                raise SlurmOutputError(command, f"a line that is not `node partition`: {line[:100]!r}")
-            partitions.setdefault(fields[1], {})[fields[0]] = None
-        return {partition: list(members) for partition, members in partitions.items()}
+            fields = dict(item.partition("=")[::2] for item in line.split())
+            name, nodes = fields.get("PartitionName", ""), fields.get("Nodes", "")
+            if not name:
+                raise SlurmOutputError(command, f"a line without PartitionName=: {line[:100]!r}")
+            if nodes == "ALL":
+                members = self.run(["sinfo", "-h", "-a", "-N", "-o", "%N"]).split()
+            else:
+                try:
+                    members = expand_hostlist("" if nodes == "(null)" else nodes)
+                except HostlistError as exc:
+                    raise SlurmOutputError(command, f"partition {name}'s Nodes: {exc}") from exc
+            if members:
+                partitions[name] = list(dict.fromkeys(members))
+        return partitions
 
     def nodes_out_of_service(self) -> set[str]:
         """Nodes sinfo shows down, drained, draining, failing or in maintenance."""

@@ -116,7 +116,7 @@ def test_doctor_passes_with_the_installed_hooks_and_a_running_agent(
     reconfigure(f"EpilogSlurmctld={hook}\nJobSubmitPlugins=lua\n", tmp_path)
     agent = running_agent(agent_factory, prefix)
     code, lines = doctor_lines(agent, prefix)
-    assert code == 0 and lines[-1] == "11 checks: all passed", "\n".join(lines)
+    assert code == 0 and lines[-1] == "12 checks: all passed", "\n".join(lines)
     assert all(line.startswith("PASS") for line in lines[:-1]), "\n".join(lines)
 
     # The installed hook reaches the agent through the installed spool.

@@ -381,14 +381,18 @@ def test_job_reads_one_job_through_the_same_parser(fake_queue: Callable[..., Pat
     assert runs(log)[0]["argv"] == ["-h", "-t", "all", "-j", "12"]
 
 
-def fake_sinfo(directory: Path, lines: str) -> None:
-    write_command(directory, "sinfo", f"printf '{lines}'")
+def partitions(**members: str) -> str:
+    """`scontrol -o show partition` lines, a partition each, with its Nodes= list."""
+    return "".join(f"PartitionName={name} AllowGroups=ALL Default=NO Nodes={nodes} State=UP\\n"
+                   for name, nodes in members.items())  # fmt: skip
 
 
-def fake_scontrol(directory: Path, record_to: Path, show_job: str = "") -> None:
-    """A scontrol that logs every call's arguments, one per line, and answers `show job` with `show_job`."""
+def fake_scontrol(directory: Path, record_to: Path, show_job: str = "", show_partition: str = "") -> None:
+    """A scontrol that logs every call's arguments, one per line, and answers `show job` with
+    `show_job`, `show partition` with `show_partition`."""
     write_command(
         directory, "scontrol",
+        f'[ "$1 $2 $3" = "-o show partition" ] && {{ printf "{show_partition}"; exit 0; }}\n'
         f'for a in "$@"; do echo "$a" >> {record_to}; done\n'
         f'[ "$1 $2 $3" = "-o show job" ] && printf "%s\\n" "{show_job}"\nexit 0',
     )  # fmt: skip
@@ -400,9 +404,9 @@ def test_exclude_nodes_keeps_slurms_exclusions_and_ignores_the_job_name(
     """A job name that looks like an ExcNodeList is data: the exclusions come from squeue's ExcNodes alone."""
     name = "x ExcNodeList=n[0-999999]"
     fake_queue({"JobID": "5", "Name": name, "ExcNodes": "n[1-2]"})
-    fake_sinfo(fake_slurm, "n1 gpu\\nn2 gpu\\nn3 gpu\\nn4 gpu\\nn3 big\\n")
     calls = tmp_path / "scontrol.args"
-    fake_scontrol(fake_slurm, calls, show_job=f"JobId=5 JobName={name} UserId=bob(1001) ExcNodeList=n[1-2]")
+    fake_scontrol(fake_slurm, calls, show_job=f"JobId=5 JobName={name} UserId=bob(1001) ExcNodeList=n[1-2]",
+                  show_partition=partitions(gpu="n[1-4]", big="n3"))  # fmt: skip
     CommandGateway(timeout=10).exclude_nodes(5, ["n3"])
     assert calls.read_text().splitlines()[-3:] == ["update", "JobId=5", "ExcNodeList=n[1-3]"]
 
@@ -411,9 +415,8 @@ def test_exclude_nodes_leaves_out_nodes_the_cluster_does_not_have(
     fake_queue: Callable[..., Path], fake_slurm: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake_queue({"JobID": "5", "ExcNodes": "(null)"})
-    fake_sinfo(fake_slurm, "n1 gpu\\nn2 gpu\\n")
     calls = tmp_path / "scontrol.args"
-    fake_scontrol(fake_slurm, calls)
+    fake_scontrol(fake_slurm, calls, show_partition=partitions(gpu="n[1-2]"))
     gateway = CommandGateway(timeout=10)
     gateway.exclude_nodes(5, ["gone7", "n2"])
     assert calls.read_text().splitlines() == ["update", "JobId=5", "ExcNodeList=n2"]
@@ -428,15 +431,23 @@ def test_exclude_nodes_refuses_an_exclusion_list_bigger_than_the_cluster(
     fake_queue: Callable[..., Path], fake_slurm: Path, tmp_path: Path
 ) -> None:
     fake_queue({"JobID": "5", "ExcNodes": "n[0-99999999]"})
-    fake_sinfo(fake_slurm, "n1 gpu\\nn2 gpu\\n")
-    fake_scontrol(fake_slurm, tmp_path / "scontrol.args")
+    fake_scontrol(fake_slurm, tmp_path / "scontrol.args", show_partition=partitions(gpu="n1,n2"))
     with pytest.raises(SlurmOutputError, match="more than the 2"):
         CommandGateway(timeout=10).exclude_nodes(5, ["n1"])
 
 
-def test_partition_nodes_come_from_sinfo(fake_slurm: Path) -> None:
-    fake_sinfo(fake_slurm, "n1 gpu\\nn2 gpu\\nn2 debug\\nlogin all\\n")
-    assert CommandGateway(timeout=10).partition_nodes() == {"gpu": ["n1", "n2"], "debug": ["n2"], "all": ["login"]}
+def test_partition_nodes_come_from_the_partitions_own_lists(fake_slurm: Path, tmp_path: Path) -> None:
+    fake_scontrol(fake_slurm, tmp_path / "calls",
+                  show_partition=partitions(gpu="n[1-2]", debug="n2", empty="(null)", every="ALL"))  # fmt: skip
+    write_command(fake_slurm, "sinfo", "printf 'n1\\nn2\\nlogin\\n'")
+    assert CommandGateway(timeout=10).partition_nodes() == {"gpu": ["n1", "n2"], "debug": ["n2"],
+                                                            "every": ["n1", "n2", "login"]}  # fmt: skip
+
+
+def test_a_partition_list_past_the_hostlist_limit_is_an_output_error(fake_slurm: Path, tmp_path: Path) -> None:
+    fake_scontrol(fake_slurm, tmp_path / "calls", show_partition=partitions(huge="n[0-99999999]"))
+    with pytest.raises(SlurmOutputError, match="partition huge"):
+        CommandGateway(timeout=10).partition_nodes()
 
 
 def test_hung_command_is_a_transient_error_within_the_timeout(fake_slurm: Path) -> None:
