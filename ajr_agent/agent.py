@@ -39,6 +39,7 @@ from .model import (
     ManagedJob,
     Note,
     Phase,
+    StopCause,
     StragglerFound,
     UnmanagedJob,
 )
@@ -316,7 +317,8 @@ class Agent:
         """Leave alone the jobs an operator told AJR to forget (`ajr forget`)."""
         self.forgotten = self.store.forgotten()
         for job_id in [j for j in self.jobs if j in self.forgotten]:
-            job = replace(self.jobs[job_id], phase=Phase.FORGOTTEN, stop_reason=f"forgotten by {self.forgotten[job_id]}")
+            job = replace(self.jobs[job_id], phase=Phase.FORGOTTEN, stop_cause=StopCause.FORGOTTEN,
+                          stop_reason=f"forgotten by {self.forgotten[job_id]}")  # fmt: skip
             self._record(job, Note("forgotten", f"an operator ({self.forgotten[job_id]}) told AJR to leave it alone"), now)
             self._drop(job_id)
 

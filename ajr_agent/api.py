@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from . import __version__
 from .efficiency import NOTHING, Efficiency, of_attempts
 from .errors import AjrError
-from .model import Attempt, ManagedJob, Phase
+from .model import Attempt, ManagedJob, Phase, StopCause
 from .policy import RECOVERING
 from .spec import ResumeMode
 from .store import JournalEntry, StoredEvent, Store
@@ -155,6 +155,7 @@ class JobSummary(BaseModel):
     partition: str
     nodes: str
     stop_reason: str | None
+    stop_cause: StopCause | None = Field(description="why AJR stopped recovering it (or its recovery ended), for code")
     last_checkpoint: float | None
     last_anomaly: str | None
     last_action: str | None
@@ -170,7 +171,7 @@ class JobSummary(BaseModel):
             job_id=job.job_id, name=job.name, user=job.user, mode=job.mode, slurm_state=job.slurm_state,
             phase=job.phase, requeues_used=job.requeues_used, limit=job.limit, requested_limit=job.requested_limit,
             attempt=job.attempt, chain=job.chain, partition=job.partition, nodes=job.nodes,
-            stop_reason=job.stop_reason, last_checkpoint=job.last_checkpoint, last_anomaly=job.last_anomaly,
+            stop_reason=job.stop_reason, stop_cause=job.stop_cause, last_checkpoint=job.last_checkpoint, last_anomaly=job.last_anomaly,
             last_action=job.last_action, verdict=job.verdict, first_seen=job.first_seen, last_seen=job.last_seen,
             efficiency=figures.efficiency,
         )  # fmt: skip

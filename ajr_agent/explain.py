@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .logs import log_prefix
-from .model import Attempt, ManagedJob, Outcome, Phase, UnmanagedJob
+from .model import Attempt, ManagedJob, Outcome, Phase, StopCause, UnmanagedJob
 from .slurm import JobSnapshot
 from .spec import EXAMPLE, SPEC_KEY, parse_comment
 
@@ -85,7 +85,7 @@ def _next(facts: Facts, job: ManagedJob) -> list[str]:
     left = job.limit - job.requeues_used
     if phase is Phase.STOPPED:
         lines = [f"stopped: {job.stop_reason}"]
-        if job.stop_reason and "crash-looping" in job.stop_reason:
+        if job.stop_cause is StopCause.CRASH_LOOP:
             lines.append("crash-looping: the last failed attempts saved no checkpoint:")
             lines += [f"  {line}" for line in _failed_without_checkpoint(facts.attempts, facts.crashloop_threshold)]
         return lines + ["next: nothing; AJR will not requeue it again (an operator may: `ajr requeue "

@@ -85,15 +85,7 @@ def refusal_reason(before: ManagedJob, event: Event, decision: Decision) -> str 
     after = decision.job
     if after.phase is not Phase.STOPPED or before.phase is Phase.STOPPED:
         return None
-    if isinstance(event, ActionFailed):
-        return "slurm_refused" if event.action.kind is ActionKind.REQUEUE_HOLD else f"{event.action.kind.value}_failed"
-    reason = after.stop_reason or ""
-    # The policy checks the crash-loop before the limit, and says which in the reason it records.
-    if "crash-looping" in reason:
-        return "crash_loop"
-    if "requeue limit reached" in reason:
-        return "limit"
-    return "other"
+    return after.stop_cause.value if after.stop_cause is not None else "other"
 
 
 def recovered(before: ManagedJob, event: Event, decision: Decision) -> bool:

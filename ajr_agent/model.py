@@ -29,6 +29,28 @@ class Phase(str, Enum):
     FORGOTTEN = "forgotten"  # an operator told AJR to leave it alone
 
 
+class StopCause(str, Enum):
+    """Why AJR stopped recovering a job (STOPPED), or why its recovery ended (FINISHED, FORGOTTEN).
+
+    Code reads this; `stop_reason` is the sentence for people, with the details.
+    """
+
+    CRASH_LOOP = "crash_loop"  # crashloop_threshold failed attempts in a row without a new checkpoint
+    LIMIT = "limit"  # the requeue limit is used up
+    SLURM_REFUSED = "slurm_refused"  # Slurm refused the requeuehold (the job is not requeueable, ...)
+    RELEASE_FAILED = "release_failed"  # the held job could not be released
+    CANCEL_FAILED = "cancel_failed"  # singleton: the failing job could not be stopped; its successor stays held
+    SUCCESSOR_RELEASE_FAILED = "successor_release_failed"  # singleton: the next job could not be released
+    CHAIN_ENDED = "chain_ended"  # singleton: no held job of the chain was left to release
+    FORGOTTEN = "forgotten"  # an operator told AJR to leave it alone
+
+
+class Awaiting(str, Enum):
+    """A step the policy waits for before it goes on with a job."""
+
+    VERDICT = "verdict"  # singleton: the failed job had ended; the successor is released once the verdict is in
+
+
 class Outcome(str, Enum):
     """How an attempt ended, as far as training time is concerned."""
 
@@ -70,7 +92,9 @@ class ManagedJob:
     attempt: int = 0  # Slurm's restart count of the attempt last seen
     handled_attempt: int | None = None  # attempt whose failure has been dealt with
     failure_streak: int = 0  # failed attempts in a row that saved no checkpoint
-    stop_reason: str | None = None
+    stop_reason: str | None = None  # for people; code reads stop_cause
+    stop_cause: StopCause | None = None
+    awaiting: Awaiting | None = None
     chain: str = ""  # singleton mode: "name@first_job_id", the jobs that took over from one another
     heartbeat_timeout: int | None = None  # the job's own hang threshold (seconds), None: the site's
     partition: str = ""

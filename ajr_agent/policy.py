@@ -19,6 +19,7 @@ from .model import (
     AnomalyFound,
     Attributed,
     AttemptStarted,
+    Awaiting,
     AttemptSucceeded,
     CheckpointSaved,
     Decision,
@@ -30,6 +31,7 @@ from .model import (
     Note,
     Outcome,
     Phase,
+    StopCause,
     StragglerFound,
 )
 from .slurm import FAILED_STATES, JobSnapshot
@@ -229,6 +231,7 @@ def _attempt_started(job: ManagedJob, event: AttemptStarted) -> Decision:
         verdict_nodes="",
         nodes=event.nodes or job.nodes,
         stop_reason=None if phase is Phase.WATCHING else job.stop_reason,
+        stop_cause=None if phase is Phase.WATCHING else job.stop_cause,
     )
     where = f" on {event.nodes}" if event.nodes else ""
     return Decision(started, notes=(Note("attempt", f"attempt {event.attempt} started{where}"),))
@@ -294,12 +297,13 @@ def _failure(job: ManagedJob, attempt: int, at: float, cause: str, settings: Set
     if streak >= settings.crashloop_threshold:
         return _stop(
             failed,
+            StopCause.CRASH_LOOP,
             f"{cause}; crash-looping: {streak} failed attempts in a row without a new checkpoint "
             f"(threshold {settings.crashloop_threshold})",
             settings,
         )
     if used >= limit:
-        return _stop(failed, f"{cause}; requeue limit reached ({used}/{limit})", settings)
+        return _stop(failed, StopCause.LIMIT, f"{cause}; requeue limit reached ({used}/{limit})", settings)
     if job.mode is ResumeMode.SINGLETON:
         return _hand_over(failed, attempt, cause, successor, settings)
     action = Action(ActionKind.REQUEUE_HOLD, job.job_id, attempt, cause)
@@ -315,7 +319,8 @@ def _hand_over(job: ManagedJob, attempt: int, cause: str, successor: int | None,
     """Singleton mode: stop the failing job and release the oldest held job of its chain."""
     if successor is None:
         return Decision(
-            replace(job, phase=Phase.FINISHED, stop_reason=f"{cause}; chain ended: no held job left"),
+            replace(job, phase=Phase.FINISHED, stop_cause=StopCause.CHAIN_ENDED,
+                    stop_reason=f"{cause}; chain ended: no held job left"),
             actions=_annotate(job, f"{cause}{_on(job)}; chain ended: no held job left", settings),
             notes=(Note("chain_ended", f"attempt failed: {cause}; chain ended: no held job of {job.name} left"),),
         )
@@ -326,7 +331,7 @@ def _hand_over(job: ManagedJob, attempt: int, cause: str, successor: int | None,
     note = Note("failure", f"attempt failed: {cause}; releasing job {successor} ({used}/{job.limit})")
     if job.attempt_ended is not None:
         # Already over: the release waits only for the verdict, which may keep a node out of it.
-        return Decision(replace(handing, last_action=AWAITING_VERDICT), notes=(note,))
+        return Decision(replace(handing, awaiting=Awaiting.VERDICT, last_action=AWAITING_VERDICT), notes=(note,))
     cancel = Action(ActionKind.CANCEL, job.job_id, attempt, f"{cause}; hand over to job {successor}")
     # Written before the cancel: Slurm takes no AdminComment once the job has finished.
     text = f"failed: {cause}{_on(job)}; releasing job {successor} of the chain ({used}/{job.limit})"
@@ -352,8 +357,8 @@ def _release_successor(job: ManagedJob, cause: str) -> Action:
     return Action(ActionKind.RELEASE, job.job_id, job.attempt, f"next job of the chain after {cause}", job.successor)
 
 
-def _stop(job: ManagedJob, reason: str, settings: Settings) -> Decision:
-    stopped = replace(job, phase=Phase.STOPPED, stop_reason=reason)
+def _stop(job: ManagedJob, cause: StopCause, reason: str, settings: Settings) -> Decision:
+    stopped = replace(job, phase=Phase.STOPPED, stop_cause=cause, stop_reason=reason)
     return Decision(
         stopped,
         actions=_annotate(stopped, f"not requeued: {reason}", settings),
@@ -483,8 +488,8 @@ def _attributed(job: ManagedJob, event: Attributed) -> Decision:
              "application": "the application", "infrastructure": "shared infrastructure"}.get(verdict.fault, "unknown")  # fmt: skip
     attributed = replace(job, verdict=verdict.fault, verdict_nodes=",".join(event.exclude))
     note = Note("verdict", f"fault lies with {where}: {verdict.cause}")
-    if attributed.phase is Phase.HANDING_OVER and attributed.last_action == AWAITING_VERDICT:
-        handed = _hand_to_successor(attributed)
+    if attributed.phase is Phase.HANDING_OVER and attributed.awaiting is Awaiting.VERDICT:
+        handed = _hand_to_successor(replace(attributed, awaiting=None))
         return Decision(handed.job, handed.actions, (note,))
     return Decision(attributed, notes=(note,))
 
@@ -575,19 +580,23 @@ def _action_failed(job: ManagedJob, event: ActionFailed) -> Decision:
         return _after_exclusion(job, action, False, event.reason, "")
     if action.kind is ActionKind.REQUEUE_HOLD and job.phase is Phase.HOLDING:
         stopped = replace(job, requeues_used=max(job.requeues_used - 1, 0), last_action="requeue refused",
-                          phase=Phase.STOPPED, stop_reason=f"Slurm refused to requeue: {event.reason}")  # fmt: skip
+                          phase=Phase.STOPPED, stop_cause=StopCause.SLURM_REFUSED,
+                          stop_reason=f"Slurm refused to requeue: {event.reason}")  # fmt: skip
         return Decision(stopped, notes=(Note("not_requeued", f"not requeued: {stopped.stop_reason}"),))
     if action.kind is ActionKind.RELEASE and job.phase is Phase.RELEASING:
         reason = f"release failed: {event.reason}; the job may still be held: `scontrol release {job.job_id}`"
-        return Decision(replace(job, phase=Phase.STOPPED, stop_reason=reason, last_action="release failed"),
+        return Decision(replace(job, phase=Phase.STOPPED, stop_cause=StopCause.RELEASE_FAILED, stop_reason=reason,
+                                last_action="release failed"),
                         notes=(Note("not_requeued", f"not requeued: {reason}"),))  # fmt: skip
     if action.kind is ActionKind.CANCEL and job.phase is Phase.HANDING_OVER:
         reason = f"could not stop the failing job: {event.reason}; job {job.successor} stays held"
-        return Decision(replace(job, phase=Phase.STOPPED, stop_reason=reason, last_action="cancel failed"),
+        return Decision(replace(job, phase=Phase.STOPPED, stop_cause=StopCause.CANCEL_FAILED, stop_reason=reason,
+                                last_action="cancel failed"),
                         notes=(Note("not_requeued", reason),))  # fmt: skip
     if action.kind is ActionKind.RELEASE and job.phase is Phase.HANDING_OVER:
         reason = (f"release of job {action.target} failed: {event.reason}; release it by hand: "
                   f"`scontrol release {action.target}`")  # fmt: skip
-        return Decision(replace(job, phase=Phase.STOPPED, stop_reason=reason, last_action="release failed"),
+        return Decision(replace(job, phase=Phase.STOPPED, stop_cause=StopCause.SUCCESSOR_RELEASE_FAILED,
+                                stop_reason=reason, last_action="release failed"),
                         notes=(Note("not_requeued", reason),))  # fmt: skip
     return Decision(job, notes=(Note("action", f"{action.kind.value} failed: {event.reason}"),))

@@ -56,12 +56,13 @@ from sqlite_utils import Database
 
 from .errors import AjrError
 from .logs import FilePosition
-from .model import Action, ActionKind, Attempt, ManagedJob, Note, Outcome, Phase, UnmanagedJob, Verdict
+from .model import (Action, ActionKind, Attempt, Awaiting, ManagedJob, Note, Outcome, Phase, StopCause,
+                    UnmanagedJob, Verdict)
 from .spec import ResumeMode
 
 log = logging.getLogger("ajr.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # How long a write waits for another process's write lock. The agent's: the CLI's and the
 # cockpit's own writes (an operator's request) take milliseconds, so this is a wide margin for
@@ -272,7 +273,25 @@ _V3 = (
         job_id INTEGER, kind TEXT, count INTEGER NOT NULL, last_at REAL, PRIMARY KEY (job_id, kind))""",
 )
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
+# Version 4: why a job stopped and what it waits for, as values code reads (issue 11). The rows
+# already there get them from the words the policy wrote, and from its "awaiting the verdict".
+_V4 = (
+    "ALTER TABLE jobs ADD COLUMN stop_cause TEXT",
+    "ALTER TABLE jobs ADD COLUMN awaiting TEXT",
+    "UPDATE jobs SET stop_cause = 'crash_loop' WHERE phase = 'stopped' AND stop_reason LIKE '%crash-looping%'",
+    "UPDATE jobs SET stop_cause = 'limit' WHERE phase = 'stopped' AND stop_cause IS NULL "
+    "AND stop_reason LIKE '%requeue limit reached%'",
+    "UPDATE jobs SET stop_cause = 'slurm_refused' WHERE phase = 'stopped' AND stop_reason LIKE 'Slurm refused%'",
+    "UPDATE jobs SET stop_cause = 'release_failed' WHERE phase = 'stopped' AND stop_reason LIKE 'release failed%'",
+    "UPDATE jobs SET stop_cause = 'cancel_failed' WHERE phase = 'stopped' AND stop_reason LIKE 'could not stop%'",
+    "UPDATE jobs SET stop_cause = 'successor_release_failed' WHERE phase = 'stopped' "
+    "AND stop_reason LIKE 'release of job%'",
+    "UPDATE jobs SET stop_cause = 'chain_ended' WHERE stop_reason LIKE '%chain ended%'",
+    "UPDATE jobs SET stop_cause = 'forgotten' WHERE phase = 'forgotten'",
+    "UPDATE jobs SET awaiting = 'verdict' WHERE phase = 'handing_over' AND last_action = 'awaiting the verdict'",
+)
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 JOB_COLUMNS = tuple(f.name for f in fields(ManagedJob))
 ATTEMPT_COLUMNS = tuple(f.name for f in fields(Attempt))
@@ -1212,6 +1231,8 @@ def _job_from_row(values: dict[str, Any]) -> ManagedJob:
     values["attempt_outcome"] = Outcome(values["attempt_outcome"])
     values["attempt_succeeded"] = bool(values["attempt_succeeded"])
     values["straggler_reported"] = bool(values["straggler_reported"])
+    values["stop_cause"] = StopCause(values["stop_cause"]) if values["stop_cause"] else None
+    values["awaiting"] = Awaiting(values["awaiting"]) if values["awaiting"] else None
     return ManagedJob(**values)
 
 

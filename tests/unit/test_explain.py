@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ajr_agent.explain import Facts, explain
-from ajr_agent.model import Attempt, ManagedJob, Outcome, Phase, UnmanagedJob
+from ajr_agent.model import Attempt, ManagedJob, Outcome, Phase, StopCause, UnmanagedJob
 from ajr_agent.slurm import JobSnapshot
 from ajr_agent.spec import ResumeMode
 
@@ -73,7 +73,8 @@ def test_site_cap_below_the_request_is_shown() -> None:
 def test_crash_looping_lists_the_attempts_that_prove_it() -> None:
     failed = [Attempt(7, n, float(n), float(n) + 1, Outcome.FAILED, "segfault (segfault)", None, None, "n")
               for n in range(4)]  # fmt: skip
-    stopped = replace(JOB, phase=Phase.STOPPED, stop_reason="segfault; crash-looping: 3 failed attempts in a row")
+    stopped = replace(JOB, phase=Phase.STOPPED, stop_cause=StopCause.CRASH_LOOP,
+                      stop_reason="segfault; crash-looping: 3 failed attempts in a row")
     out = text(facts(managed=stopped, attempts=failed))
     assert "crash-looping" in out
     assert "job 7 attempt 1: segfault (segfault), no checkpoint" in out and "attempt 0" not in out

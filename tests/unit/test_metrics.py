@@ -18,7 +18,7 @@ from ajr_agent import metrics as m
 from ajr_agent import policy
 from ajr_agent.agent import Agent, load_rules
 from ajr_agent.config import Settings
-from ajr_agent.model import Action, ActionFailed, ActionKind, AnomalyFound, ManagedJob, Phase
+from ajr_agent.model import Action, ActionFailed, ActionKind, AnomalyFound, Decision, ManagedJob, Phase, StopCause
 from ajr_agent.slurm import SlurmError
 from ajr_agent.spec import ResumeMode
 from ajr_agent.store import Store
@@ -229,3 +229,12 @@ def test_dashboard_queries_match_samples_a_real_exposition_has(agent: Agent, tmp
     used = {name for expr in expressions(json.loads(DASHBOARD.read_text())) for name in re.findall(r"\bajr_[a-z_]+", expr)}
     # Refusals and per-job efficiency need more history than this one failure gives.
     assert used - present <= {"ajr_requeues_refused_total", "ajr_training_efficiency_ratio", "ajr_refused_specs"}
+
+
+@pytest.mark.parametrize("cause", list(StopCause))
+def test_a_refusal_is_counted_by_its_cause_whatever_its_words(cause: StopCause) -> None:
+    before = ManagedJob(job_id=7, name="t", user="u", user_id=0, mode=ResumeMode.REQUEUE, requested_limit=None,
+                        limit=3)  # fmt: skip
+    after = replace(before, phase=Phase.STOPPED, stop_cause=cause, stop_reason="words reworded for people")
+    event = AnomalyFound(7, 0, 2.0, "segfault", "segfault", "application", "", "Rank0: segfault")
+    assert m.refusal_reason(before, event, Decision(after)) == cause.value

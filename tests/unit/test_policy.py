@@ -9,6 +9,8 @@ import pytest
 from ajr_agent import policy
 from ajr_agent.config import Settings
 from ajr_agent.model import (
+    Awaiting,
+    StopCause,
     Action,
     ActionDone,
     ActionFailed,
@@ -305,6 +307,20 @@ def test_crash_loop_stops_after_threshold_failures_without_checkpoint() -> None:
     job = policy.decide(replace(first.job, phase=Phase.RESTARTING), AttemptStarted(7, 1, 1100.0, "n"), settings).job
     second = policy.decide(job, anomaly(attempt=1), settings)
     assert second.actions == () and "crash-looping" in (second.job.stop_reason or "")
+    assert second.job.stop_cause is StopCause.CRASH_LOOP
+
+
+def test_each_way_of_stopping_names_its_cause() -> None:
+    settings = Settings(annotate_jobs=False)
+    limit = policy.decide(running_job(limit=1, requeues_used=1), anomaly(attempt=0), settings)
+    assert limit.job.stop_cause is StopCause.LIMIT
+    holding = policy.decide(running_job(limit=3), anomaly(attempt=0), settings)
+    [hold] = holding.actions
+    refused = policy.decide(holding.job, ActionFailed(hold, 1.0, "Requested operation is presently disabled"), settings)
+    assert refused.job.phase is Phase.STOPPED and refused.job.stop_cause is StopCause.SLURM_REFUSED
+    # A new attempt clears the cause with the reason.
+    restarted = policy.decide(replace(refused.job, phase=Phase.WATCHING), AttemptStarted(7, 1, 1100.0, "n"), settings)
+    assert restarted.job.stop_cause is None and restarted.job.stop_reason is None
 
 
 def test_checkpoint_resets_the_crash_loop_count_and_marks_restart_success() -> None:
@@ -521,15 +537,20 @@ def test_failed_cancel_keeps_the_successor_held() -> None:
     failed = policy.decide(decision.job, ActionFailed(decision.actions[0], 1011.0, "gave up after 10 tries"), SETTINGS)
     assert failed.actions == () and failed.job.phase is Phase.STOPPED
     assert "job 9 stays held" in (failed.job.stop_reason or "")
+    assert failed.job.stop_cause is StopCause.CANCEL_FAILED
 
 
 def test_failed_release_of_the_next_job_says_how_to_release_it() -> None:
     decision = policy.decide(singleton_job(), JobEnded(7, 0, 1010.0, "FAILED"), SETTINGS, successor=9)
+    assert decision.job.awaiting is Awaiting.VERDICT and decision.actions == ()
     unknown = Attributed(7, 0, 1011.0, Verdict("unknown", (), "job ended FAILED", ()))
-    release = policy.decide(decision.job, unknown, SETTINGS)
+    # What waits is a typed field, not the words shown for the last action.
+    release = policy.decide(replace(decision.job, last_action="reworded"), unknown, SETTINGS)
     assert [(a.kind, a.acts_on) for a in release.actions] == [(ActionKind.RELEASE, 9)]
+    assert release.job.awaiting is None
     failed = policy.decide(release.job, ActionFailed(release.actions[0], 1012.0, "Invalid job id"), SETTINGS)
     assert failed.job.phase is Phase.STOPPED and "scontrol release 9" in (failed.job.stop_reason or "")
+    assert failed.job.stop_cause is StopCause.SUCCESSOR_RELEASE_FAILED
 
 
 # ---- verdicts, exclusion, stragglers ------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from ajr_agent.logs import FilePosition
 from ajr_agent.model import Action, ActionKind, ManagedJob, Note, Phase, UnmanagedJob
 from ajr_agent.spec import ResumeMode
-from ajr_agent.store import ActionStatus, FollowedFile, Store, StoreError
+from ajr_agent.store import SCHEMA_VERSION, ActionStatus, FollowedFile, Store, StoreError
 
 
 def job(**changes: object) -> ManagedJob:
@@ -175,4 +175,4 @@ def test_sqlite_s_own_tables_are_no_part_of_the_schema(tmp_path: Path) -> None:
     store.conn.execute("ANALYZE")  # makes sqlite_stat1
     store.close()
     again = Store(path)
-    assert again.schema_version == 3 and again.job(42) == job()
+    assert again.schema_version == SCHEMA_VERSION and again.job(42) == job()

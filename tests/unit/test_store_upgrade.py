@@ -15,7 +15,7 @@ import pytest
 
 from ajr_agent.agent import Agent, load_rules
 from ajr_agent.config import Settings
-from ajr_agent.model import Attempt, ManagedJob, Phase
+from ajr_agent.model import Attempt, ManagedJob, Phase, StopCause
 from ajr_agent.store import MIGRATIONS, SCHEMA_VERSION, ActionStatus, Store, StoreSchemaError
 from tests.unit.test_agent import ScriptedQueue, running
 
@@ -122,6 +122,9 @@ def test_the_migrated_jobs_read_back_as_the_old_code_left_them(old: Old) -> None
     }  # fmt: skip
     assert (jobs[101].requeues_used, jobs[101].attempt, jobs[101].handled_attempt, jobs[101].limit) == (1, 1, 0, 3)
     assert jobs[104].stop_reason == "segfault (segfault); requeue limit reached (0/0)"
+    # Why a job stopped is a value now, read from the words the old code wrote.
+    assert (jobs[104].stop_cause, jobs[109].stop_cause, jobs[101].stop_cause) == (StopCause.LIMIT,
+                                                                                  StopCause.FORGOTTEN, None)  # fmt: skip
     assert (jobs[105].chain, jobs[105].successor) == ("chain@105", 106)
     assert (jobs[106].chain, jobs[106].requeues_used) == ("chain@105", 1)
     # Columns the old code did not have read back with the records' defaults.
