@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Mapping
 
@@ -28,7 +28,7 @@ class ConfigError(AjrError):
     """The configuration file or an AJR_* variable holds something the agent cannot use."""
 
 
-class SlurmBackend(str, Enum):
+class SlurmBackend(StrEnum):
     """How the agent talks to Slurm."""
 
     AUTO = "auto"
@@ -36,7 +36,7 @@ class SlurmBackend(str, Enum):
     PYSLURM = "pyslurm"
 
 
-class RestartSuccess(str, Enum):
+class RestartSuccess(StrEnum):
     """When a restarted attempt counts as successful (which resets the crash-loop count)."""
 
     CHECKPOINT = "checkpoint"  # it saved its first checkpoint

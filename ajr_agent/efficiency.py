@@ -19,13 +19,13 @@ Time is cut into intervals of one kind each, so a window (`--since`) clips them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Iterable, Sequence
 
 from .model import Attempt, Outcome
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """What a stretch of a job's wall time was."""
 
     PRODUCTIVE = "productive"

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -54,7 +54,7 @@ class InstallError(AjrError):
     """The installation cannot go on; the message says what to fix first."""
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """What the installer did to one path."""
 
     CREATED = "created"

@@ -8,12 +8,12 @@ their outcome back as events. Nothing here does I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from .spec import ResumeMode
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     """Where a managed job stands in AJR's recovery cycle."""
 
     WATCHING = "watching"  # the current attempt is pending or running; no failure to handle
@@ -29,7 +29,7 @@ class Phase(str, Enum):
     FORGOTTEN = "forgotten"  # an operator told AJR to leave it alone
 
 
-class StopCause(str, Enum):
+class StopCause(StrEnum):
     """Why AJR stopped recovering a job (STOPPED), or why its recovery ended (FINISHED, FORGOTTEN).
 
     Code reads this; `stop_reason` is the sentence for people, with the details.
@@ -45,13 +45,13 @@ class StopCause(str, Enum):
     FORGOTTEN = "forgotten"  # an operator told AJR to leave it alone
 
 
-class Awaiting(str, Enum):
+class Awaiting(StrEnum):
     """A step the policy waits for before it goes on with a job."""
 
     VERDICT = "verdict"  # singleton: the failed job had ended; the successor is released once the verdict is in
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """How an attempt ended, as far as training time is concerned."""
 
     RUNNING = "running"
@@ -295,7 +295,7 @@ Event = (
 # ---- actions ------------------------------------------------------------------------
 
 
-class ActionKind(str, Enum):
+class ActionKind(StrEnum):
     """The Slurm operations AJR performs."""
 
     REQUEUE_HOLD = "requeue_hold"  # scontrol requeuehold

@@ -56,7 +56,7 @@ from bisect import bisect_right, insort
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from itertools import accumulate, compress
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -117,7 +117,7 @@ _NAME_RE = regex.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _CATEGORY_RE = regex.compile(r"[a-z][a-z0-9_]*")
 
 
-class RuleKind(str, Enum):
+class RuleKind(StrEnum):
     """What a match of the rule means."""
 
     CHECKPOINT = "checkpoint"
@@ -125,7 +125,7 @@ class RuleKind(str, Enum):
     THROUGHPUT = "throughput"
 
 
-class Fault(str, Enum):
+class Fault(StrEnum):
     """Where an anomaly puts the blame; it decides whether to avoid the node."""
 
     NODE = "node"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
@@ -27,7 +27,7 @@ MAX_DEPTH = 64
 SHOWN_CHARACTERS = 40
 
 
-class ResumeMode(str, Enum):
+class ResumeMode(StrEnum):
     """How a failed job comes back."""
 
     REQUEUE = "requeue"
