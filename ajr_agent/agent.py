@@ -90,7 +90,8 @@ class Agent:
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier()
         self.executor = Executor(gateway, store, settings, self.metrics)
-        self.tailer = LogTailer(max_line_bytes=settings.max_line_bytes)
+        self.tailer = LogTailer(max_line_bytes=settings.max_line_bytes, quiet_after=settings.tail_quiet_after,
+                                quiet_interval=settings.tail_quiet_interval)  # fmt: skip
         self.forgotten: dict[int, str] = store.forgotten()
         self.jobs: dict[int, ManagedJob] = {
             job_id: job for job_id, job in store.load_jobs().items() if job.phase is not Phase.FORGOTTEN
@@ -405,7 +406,7 @@ class Agent:
             self.deferred.clear()
         else:
             self.deferred -= paths
-        for job_id, result in self.tailer.read_all(paths).items():
+        for job_id, result in self.tailer.read_all(paths, time.monotonic()).items():
             self.metrics.lines_read(result.lines)
             job = self.jobs.get(job_id)
             if job is None:
@@ -675,6 +676,7 @@ def _event_time(event: Event, now: float) -> float:
 # keeps the running value. (packaging/etc/ajr.toml marks them "(restart)".)
 RESTART_SETTINGS = (
     "state_db", "state_reserve_mb", "spool_dir", "slurm_backend", "slurm_command_timeout", "max_line_bytes",
+    "tail_quiet_after", "tail_quiet_interval",
     "http_bind", "http_port", "operator_token",
     "notify_webhook_url", "notify_command", "notify_held_after", "notify_timeout", "notify_retry_delay",
     "notify_max_tries", "notify_queue_size",

@@ -50,6 +50,12 @@ class Settings(BaseModel):
 
     poll_interval: float = Field(default=1.0, gt=0, description="seconds between two reads of the Slurm queue")
     tail_interval: float = Field(default=0.25, gt=0, description="seconds between two looks at the followed log files")
+    tail_quiet_after: float = Field(
+        default=30.0, ge=0, description="a log file unchanged this long is looked at only every tail_quiet_interval"
+    )
+    tail_quiet_interval: float = Field(
+        default=2.0, gt=0, le=60, description="seconds between two looks at a quiet log file (local writes wake it at once)"
+    )
     log_scan_interval: float = Field(
         default=5.0, gt=0, description="seconds between two searches for new log files of a running job"
     )

@@ -179,6 +179,9 @@ class _FollowedFile:
     # The kind of the problem notice already given; repeated failures of the same
     # kind stay quiet until the file is read successfully again.
     problem: str | None = None
+    # When read_all last saw the file change, and when it looks at it next (monotonic).
+    changed_at: float = float("-inf")
+    next_look: float = float("-inf")
 
     def forget_file(self) -> None:
         """The file read so far is no longer at the path: the next one there is read from 0."""
@@ -198,11 +201,14 @@ class LogTailer:
     ``max_read_bytes``; the rest comes with the next read.
     """
 
-    def __init__(self, max_line_bytes: int = 65536, max_read_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(self, max_line_bytes: int = 65536, max_read_bytes: int = 4 * 1024 * 1024,
+                 quiet_after: float = float("inf"), quiet_interval: float = 0.0) -> None:  # fmt: skip
         """Create a tailer.
 
         ``max_read_bytes`` must exceed ``max_line_bytes``, so that a whole line and
-        its newline always fit in one read.
+        its newline always fit in one read. A file unchanged for ``quiet_after``
+        seconds is looked at by :meth:`read_all` at most every ``quiet_interval``
+        seconds until it changes again (by default every file at every call).
         """
         if max_line_bytes < 1:
             raise ValueError(f"max_line_bytes must be positive, got {max_line_bytes}")
@@ -212,6 +218,8 @@ class LogTailer:
             )
         self._max_line_bytes = max_line_bytes
         self._max_read_bytes = max_read_bytes
+        self._quiet_after = quiet_after
+        self._quiet_interval = quiet_interval
         self._files: dict[str, _FollowedFile] = {}
 
     def follow(self, path: str | Path, key: Hashable, position: FilePosition | None = None,
@@ -269,14 +277,27 @@ class LogTailer:
         state = self._files[name]
         return FilePosition(path=name, inode=state.inode or 0, device=state.device or 0, offset=state.offset)
 
-    def read_all(self, paths: Iterable[str] | None = None) -> dict[Hashable, TailResult]:
-        """Read every followed file (or those of `paths` that are followed); results are grouped by
-        key, only keys with lines or notices appear."""
+    def read_all(self, paths: Iterable[str] | None = None, now: float = 0.0) -> dict[Hashable, TailResult]:
+        """Read the followed files due at ``now`` (a monotonic time), or those of ``paths`` that are
+        followed, due or not; results are grouped by key, only keys with lines or notices appear.
+
+        A file is due at every call while it changes; once unchanged for ``quiet_after``
+        seconds, every ``quiet_interval`` seconds. At 10,000 followed files, most of them
+        quiet, that is what keeps the stat pass from costing a fifth of a core.
+        """
         results: dict[Hashable, TailResult] = {}
-        names = list(self._files) if paths is None else [p for p in paths if p in self._files]
+        if paths is None:
+            names = [name for name, state in self._files.items() if state.next_look <= now]
+        else:
+            names = [p for p in paths if p in self._files]
         for name in names:
             state = self._files[name]
+            seen = (state.inode, state.seen_size, state.offset)
             result = self.read(name)
+            if result.lines or result.notices or seen != (state.inode, state.seen_size, state.offset):
+                state.changed_at = now
+            quiet = now - state.changed_at >= self._quiet_after
+            state.next_look = now + self._quiet_interval if quiet else now
             if result.lines or result.notices:
                 grouped = results.setdefault(state.key, TailResult())
                 grouped.lines.extend(result.lines)

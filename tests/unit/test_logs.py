@@ -687,3 +687,42 @@ def test_the_owner_is_checked_again_when_the_size_changes_under_the_same_inode(l
     append(log_file, b"two\n")
     result = tailer.read(log_file)
     assert result.lines == [] and kinds(result.notices) == ["unreadable"]
+
+
+# --- quiet files are looked at less often -------------------------------------------------
+
+
+def test_a_quiet_file_is_looked_at_every_quiet_interval_until_it_changes(log_file: Path) -> None:
+    tailer = LogTailer(quiet_after=10.0, quiet_interval=2.0)
+    tailer.follow(log_file, key=42)
+    append(log_file, b"one\n")
+    assert texts(tailer.read_all(now=0.0)[42].lines) == ["one"]
+    assert tailer.read_all(now=5.0) == {}  # unchanged, but not quiet for 10 s yet: still looked at
+    assert tailer.read_all(now=10.5) == {}  # quiet now: the next look is at 12.5
+    append(log_file, b"two\n")
+    assert tailer.read_all(now=11.0) == {}, "not due yet"
+    assert texts(tailer.read_all([str(log_file)], now=11.5)[42].lines) == ["two"], "a path named is read at once"
+    append(log_file, b"three\n")
+    assert texts(tailer.read_all(now=11.6)[42].lines) == ["three"], "a file that changed is due at every call"
+
+
+def test_a_quiet_file_that_wakes_is_seen_within_the_quiet_interval(log_file: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    tailer = LogTailer(quiet_after=10.0, quiet_interval=2.0)
+    tailer.follow(log_file, key=42)
+    tailer.read_all(now=0.0)
+    looks: list[str] = []
+    real_stat = os.stat
+
+    def counted(path: str, *args: object, **kwargs: object) -> os.stat_result:
+        looks.append(path)
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("ajr_agent.logs.os.stat", counted)
+    passes = [t / 4 for t in range(4, 3600 * 4)]  # an hour of silence, a pass every 0.25 s
+    for t in passes:
+        assert tailer.read_all(now=t) == {}
+    assert len(looks) < len(passes) / 7, "a quiet file costs a look every 2 s, not one a pass"
+    append(log_file, b"awake\n")
+    woke = next(t for t in (3600 + i / 4 for i in range(20)) if tailer.read_all(now=t))
+    assert woke - 3600 <= 2.0
