@@ -55,6 +55,7 @@ from pathlib import Path
 
 from _common import ROOT, median, percentile, prepare, sbatch, scancel, verdict
 
+from ajr_agent.config import Settings
 from ajr_agent.model import ActionKind, Phase
 from ajr_agent.store import Store
 
@@ -319,7 +320,9 @@ def run_config(files: int, args: argparse.Namespace, measure: bool) -> Result:
             writer.start()
             cpu = {}
             if measure:
-                time.sleep(2)  # let the follow-up of the initial files settle
+                # Let the follow-up of the initial files settle, and the files fall quiet
+                # (tail_quiet_after): what the agent costs between writes is the steady state.
+                time.sleep(args.settle)
                 cpu["quiet"] = measure_cpu(agent, args.cpu_seconds)
                 writer.active.set()
                 cpu[f"{args.write_rate:g} lines/s"] = measure_cpu(agent, args.cpu_seconds)
@@ -396,6 +399,9 @@ def main() -> None:
     parser.add_argument("--max-jobs", type=int, default=MAX_JOBS, help="bench jobs at most (they must all run)")
     parser.add_argument("--write-rate", type=float, default=20.0, help="harmless lines per second, over all files")
     parser.add_argument("--cpu-seconds", type=float, default=20.0, help="length of each CPU measurement")
+    parser.add_argument("--settle", type=float, default=Settings().tail_quiet_after + 5,
+                        help="seconds between following every file and the first CPU measurement (default: the "
+                             "agent's tail_quiet_after + 5, so that unwritten files have fallen quiet)")  # fmt: skip
     parser.add_argument("--sample-timeout", type=float, default=10.0, help="seconds to wait for one requeue")
     parser.add_argument("--config-timeout", type=float, default=240.0, help="seconds of sampling per configuration")
     parser.add_argument("--keep-logs", metavar="DIR", help="copy each configuration's agent log into DIR")
