@@ -68,7 +68,8 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TARGET_MEDIAN, TARGET_P99, TARGET_CPU = 0.5, 1.0, 5.0
 
 # Defaults everywhere except the limits: every sample is a new failure of an attempt
-# that saved no checkpoint, which the defaults would soon call a crash loop.
+# that saved no checkpoint, which the defaults would soon call a crash loop; and 10,000
+# files over 8 jobs are more per job than max_log_files_per_job allows by default.
 AGENT_CONFIG = """\
 state_db = "{db}"
 log_dirs = ["{logs}"]
@@ -76,6 +77,7 @@ rules_dirs = []
 slurm_backend = "commands"
 site_requeue_cap = 1000
 crashloop_threshold = 1000
+max_log_files_per_job = 100000
 """
 
 
