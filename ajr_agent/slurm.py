@@ -483,16 +483,19 @@ class CommandGateway:
         env = {key: value for key, value in os.environ.items() if not key.startswith("SQUEUE_")}
         return self.run([*SQUEUE_COMMAND, *args], env={**env, **format_variable})
 
+    def _read_jobs(self, args: Sequence[str]) -> list[JobSnapshot]:
+        """The jobs `squeue args` lists, read under a fresh token."""
+        token = new_token()
+        return parse_squeue(self._squeue(args, SQUEUE_FORMAT2=squeue_format(token)), token)
+
     def list_jobs(self) -> list[JobSnapshot]:
         """All jobs in slurmctld's memory (finished ones stay for MinJobAge), one squeue call."""
-        token = new_token()
-        return parse_squeue(self._squeue([], SQUEUE_FORMAT2=squeue_format(token)), token)
+        return self._read_jobs([])
 
     def job(self, job_id: int) -> JobSnapshot | None:
         """One job (for the CLI; the agent reads all jobs at once); None when Slurm does not know it."""
-        token = new_token()
         try:
-            jobs = parse_squeue(self._squeue(["-j", str(job_id)], SQUEUE_FORMAT2=squeue_format(token)), token)
+            jobs = self._read_jobs(["-j", str(job_id)])
         except SlurmError as exc:
             if "Invalid job id" in exc.reason:
                 return None
