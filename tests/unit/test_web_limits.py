@@ -21,10 +21,9 @@ from typing import Any, Iterator
 import pytest
 
 from ajr_agent.config import Settings
-from ajr_agent.store import Store
 from ajr_agent.web import CockpitServer, HttpLimits, Reply, make_server
 from tests.conftest import wait_for
-from tests.unit.test_api import TOKEN, fill
+from tests.unit.test_api import TOKEN, state_db  # noqa: F401 - the fixture, shared
 
 # The server of the process-level tests; it prints its port, serves until its stdin closes.
 SERVER = """
@@ -40,15 +39,6 @@ print(server.server_address[1], flush=True)
 sys.stdin.read()
 server.close()
 """
-
-
-@pytest.fixture
-def state_db(tmp_path: Path) -> Path:
-    path = tmp_path / "ajr.db"
-    store = Store(path)
-    fill(store, time.time())
-    store.close()
-    return path
 
 
 class ServerProcess:
