@@ -40,6 +40,7 @@ from .config import Settings
 from .errors import AjrError
 from .metrics import recovered, refusal_reason
 from .model import ActionDone, ActionKind, Decision, Event, ManagedJob, Phase
+from .text import cut
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,7 @@ _OWN_VARIABLES = "AJR_"
 def plain(value: str, limit: int = FIELD_LIMIT) -> str:
     """User text made safe to pass on as data: each run of control characters becomes one space,
     and it is cut to `limit` characters (the cut marked with an ellipsis)."""
-    cleaned = _CONTROL.sub(" ", value)
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+    return cut(_CONTROL.sub(" ", value), limit)
 
 
 def slack(value: str) -> str:

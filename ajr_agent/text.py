@@ -11,5 +11,9 @@ def printable(text: str, limit: int) -> str:
     """``text`` with each character Python does not print shown as ``?`` (controls, line and
     paragraph separators, bidi overrides ...) and other spaces as a space, cut to ``limit``
     characters with ``…``."""
-    shown = "".join(c if c.isprintable() else " " if unicodedata.category(c) == "Zs" else "?" for c in text)
-    return shown if len(shown) <= limit else shown[: max(limit - 1, 0)] + "…"
+    return cut("".join(c if c.isprintable() else " " if unicodedata.category(c) == "Zs" else "?" for c in text), limit)
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` whole if it has at most ``limit`` characters, else its start and ``…``, ``limit`` in all."""
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
