@@ -25,10 +25,10 @@ from pathlib import Path
 # Run as a script, this directory is on sys.path; rules_throughput puts the repository there.
 from rules_throughput import MIX, free_text, pin_to_one_cpu, synthetic_lines
 
-from ajr_agent.agent import Agent, load_rules  # noqa: E402
-from ajr_agent.config import Settings  # noqa: E402
-from ajr_agent.slurm import JobSnapshot  # noqa: E402
-from ajr_agent.store import Store  # noqa: E402
+from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.domain.settings import Settings
+from ajr_agent.adapters.slurm import JobSnapshot
+from ajr_agent.adapters.store import Store
 
 JOB_ID = 7
 LOG_NAME = f"train_{JOB_ID}_date_26-01-01_time_00-00-00.log"

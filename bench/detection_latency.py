@@ -1,6 +1,6 @@
 """Detection latency: from a failure line written to a job's log until AJR issues the requeue.
 
-Runs against the local Slurm with a real agent process (`python -m ajr_agent.agent`),
+Runs against the local Slurm with a real agent process (`python -m ajr_agent.runtime.agent`),
 once per configuration of concurrently followed log files (1, 100 and 1,000 by
 default). For each configuration:
 
@@ -55,9 +55,9 @@ from pathlib import Path
 
 from _common import ROOT, median, percentile, prepare, sbatch, scancel, verdict
 
-from ajr_agent.config import Settings
-from ajr_agent.model import ActionKind, Phase
-from ajr_agent.store import Store
+from ajr_agent.domain.settings import Settings
+from ajr_agent.domain.model import ActionKind, Phase
+from ajr_agent.adapters.store import Store
 
 SPEC = '{"APS": {"max_requeue_times": 50}}'
 FAILURE_LINE = b"Rank0: (1) segmentation fault: artificial segfault\n"
@@ -110,7 +110,7 @@ class AgentProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AJR_", "APS_"))}
         env["PATH"] = f"{shims}:{env.get('PATH', '/usr/bin:/bin')}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ajr_agent.agent", "--config", str(config), "--log-level", "INFO"],
+            [sys.executable, "-m", "ajr_agent.runtime.agent", "--config", str(config), "--log-level", "INFO"],
             cwd=ROOT, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + 30

@@ -43,11 +43,18 @@ from pathlib import Path
 
 from _common import median, prepare, sbatch, scancel, verdict
 
-from ajr_agent.agent import Agent, load_rules
-from ajr_agent.config import Settings
-from ajr_agent.slurm import SQUEUE_COMMAND, SQUEUE_FIELDS, CommandGateway, new_token, parse_squeue, squeue_format
-from ajr_agent.spec import SPEC_KEY
-from ajr_agent.store import Store
+from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.domain.settings import Settings
+from ajr_agent.adapters.slurm import (
+    SQUEUE_COMMAND,
+    SQUEUE_FIELDS,
+    CommandGateway,
+    new_token,
+    parse_squeue,
+    squeue_format,
+)
+from ajr_agent.domain.spec import SPEC_KEY
+from ajr_agent.adapters.store import Store
 
 JOB_NAME = "pollbench"
 # The hostile jobs' names start so: an earlier run's are counted and cancelled by it.

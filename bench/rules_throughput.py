@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ajr_agent.rules import RuleSet, default_rules_dir  # noqa: E402
+from ajr_agent.detect.rules import RuleSet, default_rules_dir
 
 # --- The synthetic log ------------------------------------------------------------
 

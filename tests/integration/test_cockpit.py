@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from ajr_agent.web import HttpLimits
+from ajr_agent.surfaces.web import HttpLimits
 from tests.conftest import AgentProcess, sbatch, wait_for
 
 pytestmark = pytest.mark.slurm
@@ -201,7 +201,7 @@ def test_operator_actions_need_the_token_and_are_journaled_as_the_agents(
     port = free_port()
     config = tmp_path / "serve.toml"
     config.write_text(f'state_db = "{agent.workdir / "ajr.db"}"\nrules_dirs = []\n')
-    serve = subprocess.Popen([sys.executable, "-m", "ajr_agent.cli", "--config", str(config), "serve", "--port", str(port)],
+    serve = subprocess.Popen([sys.executable, "-m", "ajr_agent.surfaces.cli", "--config", str(config), "serve", "--port", str(port)],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         other = f"http://127.0.0.1:{port}"

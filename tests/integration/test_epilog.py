@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from ajr_agent.handoff import read_spool
+from ajr_agent.adapters.epilog_spool import read_spool
 from tests.conftest import ROOT, AgentProcess, sbatch, scontrol_show, slurm_reconfigured, wait_for
 
 pytestmark = pytest.mark.slurm

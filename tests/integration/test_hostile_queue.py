@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from ajr_agent.slurm import SQUEUE_FIELDS, CommandGateway, new_token
+from ajr_agent.adapters.slurm import SQUEUE_FIELDS, CommandGateway, new_token
 from tests.conftest import AgentProcess, wait_for
 from tests.unit.test_slurm import LINE_BREAKS
 

@@ -28,7 +28,7 @@ def ajr(*args: str | Path, path: Path | None = None) -> subprocess.CompletedProc
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AJR_", "APS_"))}
     if path is not None:
         env["PATH"] = f"{path}:{env.get('PATH', '')}"
-    return subprocess.run([sys.executable, "-m", "ajr_agent.cli", *map(str, args)], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "ajr_agent.surfaces.cli", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
@@ -37,7 +37,7 @@ def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory with an ajr-agent: run from the checkout by a Python that has none beside it,
     the installer looks on PATH."""
     agent = tmp_path_factory.mktemp("bin") / "ajr-agent"
-    agent.write_text(f'#!/bin/sh\nexec {sys.executable} -m ajr_agent.agent "$@"\n')
+    agent.write_text(f'#!/bin/sh\nexec {sys.executable} -m ajr_agent.runtime.agent "$@"\n')
     agent.chmod(0o755)
     return agent.parent
 

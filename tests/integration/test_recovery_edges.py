@@ -10,8 +10,8 @@ from typing import Callable
 
 import pytest
 
-from ajr_agent.model import Action, ActionKind, Phase
-from ajr_agent.store import Store
+from ajr_agent.domain.model import Action, ActionKind, Phase
+from ajr_agent.adapters.store import Store
 from tests.conftest import AgentProcess, sbatch, scontrol_show, wait_for
 
 pytestmark = pytest.mark.slurm

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from ajr_agent import agent as agent_module
-from ajr_agent import rules as rules_module
-from ajr_agent.agent import Agent, load_rules
-from ajr_agent.config import Settings
-from ajr_agent.model import Phase
-from ajr_agent.rules import RuleMatch
-from ajr_agent.slurm import JobSnapshot, SlurmError
-from ajr_agent.store import Store
+from ajr_agent.runtime import agent as agent_module
+from ajr_agent.detect import rules as rules_module
+from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.domain.settings import Settings
+from ajr_agent.domain.model import Phase
+from ajr_agent.detect.rules import RuleMatch
+from ajr_agent.adapters.slurm import JobSnapshot, SlurmError
+from ajr_agent.adapters.store import Store
 
 LOG_NAME = "train_7_date_26-01-01_time_00-00-00.log"
 

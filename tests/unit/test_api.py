@@ -12,14 +12,14 @@ from typing import Any, Iterator
 import pytest
 from click.testing import CliRunner
 
-from ajr_agent import api
-from ajr_agent.cli import main as cli
-from ajr_agent.config import Settings
-from ajr_agent.logs import FilePosition
-from ajr_agent.model import Action, ActionKind, ManagedJob, Note, Outcome, Phase, UnmanagedJob, Verdict
-from ajr_agent.spec import ResumeMode
-from ajr_agent.store import ActionStatus, FollowedFile, Reading, Store
-from ajr_agent.web import ROUTES, CockpitServer, make_server
+from ajr_agent.views import queries as api
+from ajr_agent.surfaces.cli import main as cli
+from ajr_agent.domain.settings import Settings
+from ajr_agent.adapters.logs import FilePosition
+from ajr_agent.domain.model import Action, ActionKind, ManagedJob, Note, Outcome, Phase, UnmanagedJob, Verdict
+from ajr_agent.domain.spec import ResumeMode
+from ajr_agent.adapters.store import ActionStatus, FollowedFile, Reading, Store
+from ajr_agent.surfaces.web import ROUTES, CockpitServer, make_server
 
 MIN = 60.0
 TOKEN = "s3cret-operator-token"

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from ajr_agent import policy
-from ajr_agent.attribution import Evidence, excludable, node_line_time, read_node_logs, verdict
-from ajr_agent.config import Settings
-from ajr_agent.model import ManagedJob, Phase, Verdict
-from ajr_agent.rules import RuleSet, default_rules_dir
-from ajr_agent.spec import ResumeMode
+from ajr_agent.domain import policy
+from ajr_agent.detect.attribution import Evidence, excludable, node_line_time, read_node_logs, verdict
+from ajr_agent.domain.settings import Settings
+from ajr_agent.domain.model import ManagedJob, Phase, Verdict
+from ajr_agent.detect.rules import RuleSet, default_rules_dir
+from ajr_agent.domain.spec import ResumeMode
 
 RULES = RuleSet.load([default_rules_dir()])
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ajr_agent.cli import main
-from ajr_agent.logs import FilePosition
-from ajr_agent.model import Action, ActionKind, ManagedJob, Note, Outcome, Phase, UnmanagedJob
-from ajr_agent.spec import ResumeMode
-from ajr_agent.store import ActionStatus, FollowedFile, Store
+from ajr_agent.surfaces.cli import main
+from ajr_agent.adapters.logs import FilePosition
+from ajr_agent.domain.model import Action, ActionKind, ManagedJob, Note, Outcome, Phase, UnmanagedJob
+from ajr_agent.domain.spec import ResumeMode
+from ajr_agent.adapters.store import ActionStatus, FollowedFile, Store
 
 
 @pytest.fixture
@@ -203,7 +203,7 @@ def test_kpi_since_accepts_durations_and_dates_and_refuses_the_rest(filled: Path
 def test_operator_commands_are_refused_to_other_users(filled: Path, command: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     monkeypatch.setattr("os.geteuid", lambda: 65534)
-    monkeypatch.setattr("ajr_agent.cli.CommandGateway.slurm_user", lambda self: "slurm")
+    monkeypatch.setattr("ajr_agent.surfaces.cli.CommandGateway.slurm_user", lambda self: "slurm")
     code, out = run(filled, command, "42")
     assert code == 1 and "only root or the Slurm user (slurm) may" in out and "you are nobody" in out
     store = Store(filled.parent / "ajr.db")

@@ -12,10 +12,10 @@ from typing import Mapping
 import pytest
 from click.testing import CliRunner
 
-from ajr_agent import doctor
-from ajr_agent.cli import main as cli
-from ajr_agent.config import Settings
-from ajr_agent.doctor import (
+from ajr_agent.ops import doctor
+from ajr_agent.surfaces.cli import main as cli
+from ajr_agent.domain.settings import Settings
+from ajr_agent.ops.doctor import (
     Check,
     Probes,
     check_agent,
@@ -32,9 +32,9 @@ from ajr_agent.doctor import (
     doctor_config,
     format_checks,
 )
-from ajr_agent.install import HOOK_PATH, shipped_file
-from ajr_agent.slurm import JobSnapshot, SlurmError
-from ajr_agent.store import SCHEMA_VERSION, Store
+from ajr_agent.ops.install import HOOK_PATH, shipped_file
+from ajr_agent.adapters.slurm import JobSnapshot, SlurmError
+from ajr_agent.adapters.store import SCHEMA_VERSION, Store
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 NOW = 1_000_000.0

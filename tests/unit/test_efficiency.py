@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ajr_agent.efficiency import Efficiency, Interval, Kind, of_attempts, summarize, timeline
-from ajr_agent.model import Attempt, Outcome
+from ajr_agent.domain.efficiency import Efficiency, Interval, Kind, of_attempts, summarize, timeline
+from ajr_agent.domain.model import Attempt, Outcome
 
 MIN = 60.0
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ajr_agent.config import Settings
-from ajr_agent.executor import Executor
-from ajr_agent.model import Action, ActionDone, ActionFailed, ActionKind
-from ajr_agent.slurm import JobSnapshot, SlurmError
-from ajr_agent.store import ActionStatus, Store
+from ajr_agent.domain.settings import Settings
+from ajr_agent.runtime.executor import Executor
+from ajr_agent.domain.model import Action, ActionDone, ActionFailed, ActionKind
+from ajr_agent.adapters.slurm import JobSnapshot, SlurmError
+from ajr_agent.adapters.store import ActionStatus, Store
 
 
 @dataclass

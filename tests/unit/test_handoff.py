@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ajr_agent.handoff import read_spool
+from ajr_agent.adapters.epilog_spool import read_spool
 
 HOOK = Path(__file__).resolve().parents[2] / "slurm_hooks" / "ajr-epilog"
 

@@ -20,10 +20,10 @@ import pytest
 from click.testing import CliRunner
 
 import ajr_agent
-from ajr_agent import install as installer
-from ajr_agent.cli import main as cli
-from ajr_agent.config import ConfigError, Settings, load_settings
-from ajr_agent.install import (
+from ajr_agent.ops import install as installer
+from ajr_agent.surfaces.cli import main as cli
+from ajr_agent.domain.settings import ConfigError, Settings, load_settings
+from ajr_agent.ops.install import (
     HOOK_PATH,
     Host,
     InstallError,
@@ -35,7 +35,7 @@ from ajr_agent.install import (
     shipped_file,
     slurm_conf_todo,
 )
-from ajr_agent.rules import RuleSet, default_rules_dir
+from ajr_agent.detect.rules import RuleSet, default_rules_dir
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CONFIG = ROOT / "packaging" / "etc" / "ajr.toml"
@@ -118,7 +118,7 @@ def test_the_shipped_config_as_is_gives_the_defaults() -> None:
 
 
 def test_the_settings_a_reload_cannot_change_are_marked_restart() -> None:
-    from ajr_agent.agent import RESTART_SETTINGS
+    from ajr_agent.runtime.agent import RESTART_SETTINGS
 
     lines = CONFIG.read_text().splitlines()
     for number, line in enumerate(lines):

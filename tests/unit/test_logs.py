@@ -1,4 +1,4 @@
-"""Tests of ajr_agent.logs: log file naming, discovery, tailing and change notification, on real files."""
+"""Tests of ajr_agent.adapters.logs: log file naming, discovery, tailing and change notification, on real files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ajr_agent.logs import (
+from ajr_agent.adapters.logs import (
     ChangeWatcher,
     FilePosition,
     LogLine,
@@ -718,7 +718,7 @@ def test_a_quiet_file_that_wakes_is_seen_within_the_quiet_interval(log_file: Pat
         looks.append(path)
         return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("ajr_agent.logs.os.stat", counted)
+    monkeypatch.setattr("ajr_agent.adapters.logs.os.stat", counted)
     passes = [t / 4 for t in range(4, 3600 * 4)]  # an hour of silence, a pass every 0.25 s
     for t in passes:
         assert tailer.read_all(now=t) == {}

@@ -14,14 +14,23 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ajr_agent import metrics as m
-from ajr_agent import policy
-from ajr_agent.agent import Agent, load_rules
-from ajr_agent.config import Settings
-from ajr_agent.model import Action, ActionFailed, ActionKind, AnomalyFound, Decision, ManagedJob, Phase, StopCause
-from ajr_agent.slurm import SlurmError
-from ajr_agent.spec import ResumeMode
-from ajr_agent.store import Store
+from ajr_agent.surfaces import metrics as m
+from ajr_agent.domain import policy
+from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.domain.settings import Settings
+from ajr_agent.domain.model import (
+    Action,
+    ActionFailed,
+    ActionKind,
+    AnomalyFound,
+    Decision,
+    ManagedJob,
+    Phase,
+    StopCause,
+)
+from ajr_agent.adapters.slurm import SlurmError
+from ajr_agent.domain.spec import ResumeMode
+from ajr_agent.adapters.store import Store
 from tests.unit.test_agent import LOG_NAME, ScriptedQueue, running
 from tests.unit.test_api import fill
 

@@ -16,13 +16,13 @@ from typing import Iterator
 
 import pytest
 
-from ajr_agent import policy
-from ajr_agent.agent import Agent, load_rules
-from ajr_agent.config import Settings
-from ajr_agent.model import Action, ActionDone, ActionKind, AnomalyFound, ManagedJob, Phase
-from ajr_agent.notify import CommandSink, Notification, Notifier, NotifyError, WebhookSink, plain
-from ajr_agent.spec import ResumeMode
-from ajr_agent.store import Store
+from ajr_agent.domain import policy
+from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.domain.settings import Settings
+from ajr_agent.domain.model import Action, ActionDone, ActionKind, AnomalyFound, ManagedJob, Phase
+from ajr_agent.surfaces.notify import CommandSink, Notification, Notifier, NotifyError, WebhookSink, plain
+from ajr_agent.domain.spec import ResumeMode
+from ajr_agent.adapters.store import Store
 from tests.conftest import wait_for
 from tests.unit.test_agent import LOG_NAME, ScriptedQueue, running
 
@@ -95,7 +95,7 @@ def test_webhook_receives_the_event_fields_and_a_slack_text(receiver: Receiver) 
 
 def test_a_failing_webhook_is_retried_with_back_off(receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
     receiver.statuses = [500, 500]
-    caplog.set_level(logging.INFO, logger="ajr_agent.notify")
+    caplog.set_level(logging.INFO, logger="ajr_agent.surfaces.notify")
     notifier = started(WebhookSink(receiver.url, timeout=5), retry_delay=0.2)
     begun = time.monotonic()
     notifier.publish(note())

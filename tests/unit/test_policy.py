@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from ajr_agent import policy
-from ajr_agent.config import Settings
-from ajr_agent.model import (
+from ajr_agent.domain import policy
+from ajr_agent.domain.settings import Settings
+from ajr_agent.domain.model import (
     Awaiting,
     StopCause,
     Action,
@@ -30,8 +30,8 @@ from ajr_agent.model import (
     StragglerFound,
     Verdict,
 )
-from ajr_agent.slurm import JobSnapshot
-from ajr_agent.spec import ApsSpec, ResumeMode
+from ajr_agent.adapters.slurm import JobSnapshot
+from ajr_agent.domain.spec import ApsSpec, ResumeMode
 
 # AdminComment actions are covered by their own tests; elsewhere they would only add noise.
 SETTINGS = Settings(site_requeue_cap=50, crashloop_threshold=3, annotate_jobs=False)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ajr_agent.agent import RESTART_SETTINGS, Agent, load_rules, reload
-from ajr_agent.config import Settings, load_settings
-from ajr_agent.rules import RuleSet
-from ajr_agent.slurm import JobSnapshot
-from ajr_agent.store import Store
+from ajr_agent.runtime.agent import RESTART_SETTINGS, Agent, load_rules, reload
+from ajr_agent.domain.settings import Settings, load_settings
+from ajr_agent.detect.rules import RuleSet
+from ajr_agent.adapters.slurm import JobSnapshot
+from ajr_agent.adapters.store import Store
 
 SITE_RULE = '[[rule]]\nname = "site_oops"\nkind = "anomaly"\npattern = "site oops"\ncategory = "site"\n'
 
@@ -138,7 +138,7 @@ def test_sighup_reloads_and_sigterm_stops_a_real_agent(tmp_path: Path) -> None:
     log = tmp_path / "agent.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AJR_", "APS_"))}
     env["PATH"] = str(tmp_path / "no-slurm")  # squeue is not found: the agent runs on regardless
-    agent = subprocess.Popen([sys.executable, "-m", "ajr_agent.agent", "--config", str(config)],
+    agent = subprocess.Popen([sys.executable, "-m", "ajr_agent.runtime.agent", "--config", str(config)],
                              stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                              cwd=Path(__file__).resolve().parent.parent.parent)  # fmt: skip
     try:

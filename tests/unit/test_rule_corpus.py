@@ -14,14 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ajr_agent.rules import (
-    Rule,
-    RuleKind,
-    RuleMatch,
-    RuleSet,
-    default_rules_dir,
-    root_cause,
-)
+from ajr_agent.detect.rules import Rule, RuleKind, RuleMatch, RuleSet, default_rules_dir, root_cause
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "corpus"
 ENTRY_KEYS = {"text", "source", "expect", "rule", "also", "note", "throughput"}

@@ -1,4 +1,4 @@
-"""Unit tests of the rule engine (ajr_agent.rules) and the shipped default rules."""
+"""Unit tests of the rule engine (ajr_agent.detect.rules) and the shipped default rules."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import pytest
 import regex
 
-from ajr_agent import rules as rules_module
-from ajr_agent.errors import AjrError
-from ajr_agent.rules import (
+from ajr_agent.detect import rules as rules_module
+from ajr_agent.domain.errors import AjrError
+from ajr_agent.detect.rules import (
     DEFAULT_PRIORITY,
     Fault,
     Rule,
@@ -326,7 +326,7 @@ enabled = false
 
 def test_disabling_an_unknown_rule_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write(tmp_path, "50-off.toml", "[[rule]]\nname = 'no_such_rule'\nenabled = false\n")
-    with caplog.at_level(logging.WARNING, logger="ajr_agent.rules"):
+    with caplog.at_level(logging.WARNING, logger="ajr_agent.detect.rules"):
         assert load_rule_files([tmp_path]) == []
     assert "no_such_rule" in caplog.text
 
@@ -469,7 +469,7 @@ def test_catastrophic_pattern_times_out_counts_and_does_not_raise(
     good = Rule(name="good", kind="anomaly", category="segfault", pattern="a{5}b")
     rules = RuleSet.from_rules([evil, good], match_timeout=0.001)
     line = "a" * 5000 + "!"
-    with caplog.at_level(logging.WARNING, logger="ajr_agent.rules"):
+    with caplog.at_level(logging.WARNING, logger="ajr_agent.detect.rules"):
         assert rules.match(line) == []
         assert rules.match(line) == []
     assert rules.timeouts["evil"] == 2
@@ -763,7 +763,7 @@ def test_a_block_scan_out_of_time_finishes_line_by_line(
     matcher = RuleSet.load([default_rules_dir()])
     expected = per_line(matcher, lines)
     monkeypatch.setattr(rules_module, "_SCAN_SECONDS_PER_CHAR", -1.0)  # a deadline already past
-    with caplog.at_level(logging.DEBUG, logger="ajr_agent.rules"):
+    with caplog.at_level(logging.DEBUG, logger="ajr_agent.detect.rules"):
         assert batch(matcher, lines) == expected
     assert "timed out; searching the rest line by line" in caplog.text
     assert sum(name == "tflops" for _, name, _ in expected) > 500
@@ -869,7 +869,7 @@ def test_a_line_break_inside_a_line_sets_grep_aside(
 ) -> None:
     # grep numbers such a line as two; the tailer never hands one over.
     lines = ["a\nBus error", " throughput per GPU (TFLOP/s/GPU): 400.0 |\nsegmentation fault", "plain"]
-    with caplog.at_level(logging.DEBUG, logger="ajr_agent.rules"):
+    with caplog.at_level(logging.DEBUG, logger="ajr_agent.detect.rules"):
         by_grep, by_python = grep_and_python(defaults.rules, lines)
     assert by_grep == by_python == [(0, "bus_error", None), (1, "segfault", None), (1, "tflops", 400.0)]
     assert grep_runs == [0]
@@ -940,7 +940,7 @@ def test_grep_failure_falls_back_to_python(
     matcher = RuleSet.load([default_rules_dir()])
     matcher.grep_executable = str(fake)
     matcher.grep_min_chars = 0
-    with caplog.at_level(logging.DEBUG, logger="ajr_agent.rules"):
+    with caplog.at_level(logging.DEBUG, logger="ajr_agent.detect.rules"):
         assert matcher.match_lines(lines) == expected.match_lines(lines)
     assert "matching without it" in caplog.text
     assert not [record for record in caplog.records if record.levelno > logging.DEBUG]
@@ -958,7 +958,7 @@ def test_no_memory_file_for_grep_falls_back_to_python(
     matcher = RuleSet.load([default_rules_dir()])
     matcher.grep_min_chars = 0
     monkeypatch.setattr(rules_module.os, "memfd_create", no_memfd)
-    with caplog.at_level(logging.DEBUG, logger="ajr_agent.rules"):
+    with caplog.at_level(logging.DEBUG, logger="ajr_agent.detect.rules"):
         assert matcher.match_lines(lines) == expected.match_lines(lines)
     assert "Too many open files" in caplog.text and "matching without it" in caplog.text
 

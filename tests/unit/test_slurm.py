@@ -12,8 +12,8 @@ from typing import Callable
 
 import pytest
 
-from ajr_agent.config import Settings, SlurmBackend
-from ajr_agent.slurm import (
+from ajr_agent.domain.settings import Settings, SlurmBackend
+from ajr_agent.adapters.slurm import (
     SQUEUE_FIELDS,
     SQUEUE_SLURM_FIELDS,
     SQUEUE_TEXT_FIELDS,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ajr_agent.agent import Agent
-from ajr_agent import spec as spec_module
-from ajr_agent.spec import ResumeMode, parse_comment
+from ajr_agent.runtime.agent import Agent
+from ajr_agent.domain import spec as spec_module
+from ajr_agent.domain.spec import ResumeMode, parse_comment
 from tests.unit.test_agent import ScriptedQueue, agent, queue, running  # noqa: F401 - the fixtures
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ajr_agent.logs import FilePosition
-from ajr_agent.model import Action, ActionKind, ManagedJob, Note, Phase, UnmanagedJob
-from ajr_agent.spec import ResumeMode
-from ajr_agent.store import SCHEMA_VERSION, ActionStatus, FollowedFile, Store, StoreError
+from ajr_agent.adapters.logs import FilePosition
+from ajr_agent.domain.model import Action, ActionKind, ManagedJob, Note, Phase, UnmanagedJob
+from ajr_agent.domain.spec import ResumeMode
+from ajr_agent.adapters.store import SCHEMA_VERSION, ActionStatus, FollowedFile, Store, StoreError
 
 
 def job(**changes: object) -> ManagedJob:

@@ -15,12 +15,12 @@ from typing import Iterator
 
 import pytest
 
-from ajr_agent.agent import Agent, load_rules
-from ajr_agent.config import Settings
-from ajr_agent.logs import FilePosition
-from ajr_agent.model import Action, ActionKind, ManagedJob, Note
-from ajr_agent.spec import ResumeMode
-from ajr_agent.store import (
+from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.domain.settings import Settings
+from ajr_agent.adapters.logs import FilePosition
+from ajr_agent.domain.model import Action, ActionKind, ManagedJob, Note
+from ajr_agent.domain.spec import ResumeMode
+from ajr_agent.adapters.store import (
     AGENT_BUSY_TIMEOUT_MS,
     DEFAULT_BUSY_TIMEOUT_MS,
     FollowedFile,
@@ -420,7 +420,7 @@ def test_a_locked_database_holds_recovery_back_only_while_the_lock_is_held(tmp_p
 
 
 def test_a_database_that_turns_corrupt_under_the_agent_stops_it_for_a_restart(tmp_path: Path) -> None:
-    from ajr_agent.agent import EXIT_RESTART
+    from ajr_agent.runtime.agent import EXIT_RESTART
 
     queue = ScriptedQueue()
     agent = agent_over(tmp_path / "ajr.db", tmp_path, queue)

@@ -7,10 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from ajr_agent.logs import FilePosition
-from ajr_agent.model import Action, ActionKind, Attempt, ManagedJob, Note, Outcome, Phase, UnmanagedJob, Verdict
-from ajr_agent.spec import ResumeMode
-from ajr_agent.store import (
+from ajr_agent.adapters.logs import FilePosition
+from ajr_agent.domain.model import (
+    Action,
+    ActionKind,
+    Attempt,
+    ManagedJob,
+    Note,
+    Outcome,
+    Phase,
+    UnmanagedJob,
+    Verdict,
+)
+from ajr_agent.domain.spec import ResumeMode
+from ajr_agent.adapters.store import (
     BULK_NOTE_KINDS,
     EXCERPT_BYTES,
     ActionStatus,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ajr_agent.agent import Agent, load_rules
-from ajr_agent.config import Settings
-from ajr_agent.model import Attempt, ManagedJob, Phase, StopCause
-from ajr_agent.store import MIGRATIONS, SCHEMA_VERSION, ActionStatus, Store, StoreSchemaError
+from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.domain.settings import Settings
+from ajr_agent.domain.model import Attempt, ManagedJob, Phase, StopCause
+from ajr_agent.adapters.store import MIGRATIONS, SCHEMA_VERSION, ActionStatus, Store, StoreSchemaError
 from tests.unit.test_agent import ScriptedQueue, running
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "db"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ajr_agent.text import printable
+from ajr_agent.domain.text import printable
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from ajr_agent.config import Settings
-from ajr_agent.web import CockpitServer, HttpLimits, Reply, make_server
+from ajr_agent.domain.settings import Settings
+from ajr_agent.surfaces.web import CockpitServer, HttpLimits, Reply, make_server
 from tests.conftest import wait_for
 from tests.unit.test_api import TOKEN, state_db  # noqa: F401 - the fixture, shared
 
@@ -29,8 +29,8 @@ from tests.unit.test_api import TOKEN, state_db  # noqa: F401 - the fixture, sha
 SERVER = """
 import json, sys
 from pathlib import Path
-from ajr_agent.config import Settings
-from ajr_agent import web
+from ajr_agent.domain.settings import Settings
+from ajr_agent.surfaces import web
 settings = Settings(state_db=Path(sys.argv[1]), rules_dirs=(), operator_token=sys.argv[2])
 overrides = json.loads(sys.argv[3])
 extra = {"limits": web.HttpLimits(**overrides)} if overrides else {}

@@ -35,12 +35,12 @@ from typing import Iterable, Literal, Protocol
 
 from pydantic import BaseModel, Field, field_validator
 
-from . import __version__
-from .config import Settings
-from .errors import AjrError
-from .metrics import recovered, refusal_reason
-from .model import ActionDone, ActionKind, Decision, Event, ManagedJob, Phase
-from .text import cut
+from ajr_agent import __version__
+from ajr_agent.domain.settings import Settings
+from ajr_agent.domain.errors import AjrError
+from ajr_agent.surfaces.metrics import recovered, refusal_reason
+from ajr_agent.domain.model import ActionDone, ActionKind, Decision, Event, ManagedJob, Phase
+from ajr_agent.domain.text import cut
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from dataclasses import replace
 import statistics
 from typing import Iterable, Sequence
 
-from .config import RestartSuccess, Settings
-from .model import (
+from ajr_agent.domain.settings import RestartSuccess, Settings
+from ajr_agent.domain.model import (
     Action,
     ActionDone,
     ActionFailed,
@@ -34,8 +34,8 @@ from .model import (
     StopCause,
     StragglerFound,
 )
-from .slurm import FAILED_STATES, JobSnapshot
-from .spec import ApsSpec, ResumeMode
+from ajr_agent.adapters.slurm import FAILED_STATES, JobSnapshot
+from ajr_agent.domain.spec import ApsSpec, ResumeMode
 
 # Phases in which AJR is between a failure and the next attempt.
 RECOVERING = frozenset({Phase.HOLDING, Phase.HELD, Phase.RELEASING, Phase.RESTARTING, Phase.HANDING_OVER})

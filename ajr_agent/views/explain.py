@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .logs import log_prefix
-from .model import Attempt, ManagedJob, Outcome, Phase, StopCause, UnmanagedJob
-from .slurm import JobSnapshot
-from .spec import EXAMPLE, SPEC_KEY, parse_comment
+from ajr_agent.adapters.logs import log_prefix
+from ajr_agent.domain.model import Attempt, ManagedJob, Outcome, Phase, StopCause, UnmanagedJob
+from ajr_agent.adapters.slurm import JobSnapshot
+from ajr_agent.domain.spec import EXAMPLE, SPEC_KEY, parse_comment
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ from itertools import product
 from pathlib import Path
 from typing import Iterable, Mapping, Protocol, Sequence
 
-from .config import Settings, SlurmBackend
-from .errors import AjrError
+from ajr_agent.domain.settings import Settings, SlurmBackend
+from ajr_agent.domain.errors import AjrError
 
 log = logging.getLogger(__name__)
 

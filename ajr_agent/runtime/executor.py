@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import time
 
-from .config import Settings
-from .metrics import Metrics
-from .model import Action, ActionDone, ActionFailed, ActionKind, Event
-from .slurm import JobSnapshot, SlurmError, SlurmGateway, open_gateway
-from .store import ActionStatus, JournalEntry, Store
+from ajr_agent.domain.settings import Settings
+from ajr_agent.surfaces.metrics import Metrics
+from ajr_agent.domain.model import Action, ActionDone, ActionFailed, ActionKind, Event
+from ajr_agent.adapters.slurm import JobSnapshot, SlurmError, SlurmGateway, open_gateway
+from ajr_agent.adapters.store import ActionStatus, JournalEntry, Store
 
 log = logging.getLogger(__name__)
 

@@ -75,7 +75,7 @@ from pydantic import (
 )
 
 import ajr_agent
-from ajr_agent.errors import AjrError
+from ajr_agent.domain.errors import AjrError
 
 logger = logging.getLogger(__name__)
 

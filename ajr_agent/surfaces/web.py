@@ -3,7 +3,7 @@
 Built on the standard library's `http.server`, with bounds of its own against hostile
 clients (`HttpLimits`: request size, deadlines, threads, connections); started as a thread of
 `ajr-agent` (`http_port`, 0 for none) or alone by `ajr serve`, reading the same store.
-Every JSON answer is a pydantic model from `ajr_agent.api`, and the OpenAPI 3.1
+Every JSON answer is a pydantic model from `ajr_agent.views.queries`, and the OpenAPI 3.1
 document is generated from the same models and the route table below, so the two
 cannot drift apart.
 
@@ -39,14 +39,15 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
-from . import __version__, api
-from .config import Settings
-from .errors import AjrError
-from .executor import run_operator_action
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .metrics import Metrics, exposition
-from .model import Action, ActionKind, ManagedJob
-from .store import ActionStatus, Store
+from ajr_agent import __version__
+from ajr_agent.views import queries as api
+from ajr_agent.domain.settings import Settings
+from ajr_agent.domain.errors import AjrError
+from ajr_agent.runtime.executor import run_operator_action
+from ajr_agent.surfaces.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ajr_agent.surfaces.metrics import Metrics, exposition
+from ajr_agent.domain.model import Action, ActionKind, ManagedJob
+from ajr_agent.adapters.store import ActionStatus, Store
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ class Service:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.static = resources.files("ajr_agent") / "static"
+        self.static = resources.files("ajr_agent.surfaces") / "static"
         self.openapi = json.dumps(openapi_document()).encode()
 
     def handle(self, method: str, target: str, headers: dict[str, str], client: str) -> Reply:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Iterable, Sequence
 
-from .model import Attempt, Outcome
+from ajr_agent.domain.model import Attempt, Outcome
 
 
 class Kind(StrEnum):

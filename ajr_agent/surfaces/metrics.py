@@ -17,11 +17,21 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from . import api
-from .logs import LogLine, line_time
-from .model import ActionDone, ActionFailed, ActionKind, AnomalyFound, Attributed, Decision, Event, ManagedJob, Phase
-from .slurm import SlurmError
-from .store import Store, StoreCorruptError, StoreError, StoreFullError, StoreLockedError
+from ajr_agent.views import queries as api
+from ajr_agent.adapters.logs import LogLine, line_time
+from ajr_agent.domain.model import (
+    ActionDone,
+    ActionFailed,
+    ActionKind,
+    AnomalyFound,
+    Attributed,
+    Decision,
+    Event,
+    ManagedJob,
+    Phase,
+)
+from ajr_agent.adapters.slurm import SlurmError
+from ajr_agent.adapters.store import Store, StoreCorruptError, StoreError, StoreFullError, StoreLockedError
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The overall efficiency gauge covers the same window as `ajr kpi --since 24h`.

@@ -20,18 +20,19 @@ from typing import Any
 
 import click
 
-from . import __version__, efficiency
-from .config import Settings, load_settings
-from .errors import AjrError
-from .executor import run_operator_action
-from .explain import Facts, explain
-from .logs import log_prefix
-from .model import Action, ActionKind, Attempt, ManagedJob
-from .policy import OVER, RECOVERING
-from .rules import RuleFileError, RuleSet, default_rules_dir
-from .slurm import CommandGateway, SlurmError
-from .store import ActionStatus, Store
-from .web import make_server
+from ajr_agent import __version__
+from ajr_agent.domain import efficiency
+from ajr_agent.domain.settings import Settings, load_settings
+from ajr_agent.domain.errors import AjrError
+from ajr_agent.runtime.executor import run_operator_action
+from ajr_agent.views.explain import Facts, explain
+from ajr_agent.adapters.logs import log_prefix
+from ajr_agent.domain.model import Action, ActionKind, Attempt, ManagedJob
+from ajr_agent.domain.policy import OVER, RECOVERING
+from ajr_agent.detect.rules import RuleFileError, RuleSet, default_rules_dir
+from ajr_agent.adapters.slurm import CommandGateway, SlurmError
+from ajr_agent.adapters.store import ActionStatus, Store
+from ajr_agent.surfaces.web import make_server
 
 
 def _when(epoch: float | None) -> str:
@@ -477,7 +478,7 @@ def rules_test(ctx: Context, logfile: Path, dirs: tuple[Path, ...]) -> None:
 @_fail_on_ajr_errors
 def install_command(ctx: Context, prefix: Path, dry_run: bool) -> None:
     """Put AJR in place on the slurmctld host (idempotent) and say what is left to do by hand."""
-    from . import install
+    from ajr_agent.ops import install
 
     if ctx.config_file is not None:
         raise click.UsageError("ajr install manages <prefix>/etc/ajr/ajr.toml; --config does not apply to it")
@@ -493,7 +494,7 @@ def install_command(ctx: Context, prefix: Path, dry_run: bool) -> None:
 @_fail_on_ajr_errors
 def doctor_command(ctx: Context, prefix: Path) -> None:
     """Check the installation: Slurm, the hooks, the directories, the rules and the running agent."""
-    from . import doctor
+    from ajr_agent.ops import doctor
 
     checks = doctor.diagnose(doctor.doctor_config(ctx.config_file, prefix), prefix, doctor.live_probes())
     for line in doctor.format_checks(checks):

@@ -3,7 +3,7 @@
 The models are the contract: the HTTP service serialises them and generates its
 OpenAPI document from their JSON schema, and the cockpit page reads nothing else.
 Like the CLI, this module only reads what the agent recorded and never decides:
-efficiency comes from `ajr_agent.efficiency` with the definitions `ajr kpi` uses.
+efficiency comes from `ajr_agent.domain.efficiency` with the definitions `ajr kpi` uses.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from . import __version__
-from .efficiency import NOTHING, Efficiency, of_attempts
-from .errors import AjrError
-from .model import Attempt, ManagedJob, Phase, StopCause
-from .policy import RECOVERING
-from .spec import ResumeMode
-from .store import JournalEntry, StoredEvent, Store
+from ajr_agent import __version__
+from ajr_agent.domain.efficiency import NOTHING, Efficiency, of_attempts
+from ajr_agent.domain.errors import AjrError
+from ajr_agent.domain.model import Attempt, ManagedJob, Phase, StopCause
+from ajr_agent.domain.policy import RECOVERING
+from ajr_agent.domain.spec import ResumeMode
+from ajr_agent.adapters.store import JournalEntry, StoredEvent, Store
 
 # SQLite caps the number of bound parameters of one statement (999 on old builds).
 _ID_CHUNK = 900

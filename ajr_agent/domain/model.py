@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from .spec import ResumeMode
+from ajr_agent.domain.spec import ResumeMode
 
 
 class Phase(StrEnum):

@@ -19,15 +19,26 @@ from types import FrameType
 
 import click
 
-from . import __version__, policy, web
-from .attribution import Attributor, Evidence
-from .config import Settings, load_settings
-from .errors import AjrError
-from .executor import Executor
-from .handoff import EpilogRecord, read_spool
-from .logs import ChangeWatcher, FilePosition, LogLine, LogTailer, TailNotice, TailResult, find_job_logs, line_time
-from .metrics import Metrics
-from .model import (
+from ajr_agent import __version__
+from ajr_agent.domain import policy
+from ajr_agent.surfaces import web
+from ajr_agent.detect.attribution import Attributor, Evidence
+from ajr_agent.domain.settings import Settings, load_settings
+from ajr_agent.domain.errors import AjrError
+from ajr_agent.runtime.executor import Executor
+from ajr_agent.adapters.epilog_spool import EpilogRecord, read_spool
+from ajr_agent.adapters.logs import (
+    ChangeWatcher,
+    FilePosition,
+    LogLine,
+    LogTailer,
+    TailNotice,
+    TailResult,
+    find_job_logs,
+    line_time,
+)
+from ajr_agent.surfaces.metrics import Metrics
+from ajr_agent.domain.model import (
     Action,
     ActionDone,
     ActionFailed,
@@ -43,12 +54,20 @@ from .model import (
     StragglerFound,
     UnmanagedJob,
 )
-from .rules import RuleKind, RuleSet, default_rules_dir
-from .slurm import JobSnapshot, SlurmError, SlurmGateway, open_gateway
-from .notify import Notifier
-from .spec import SPEC_KEY, parse_comment
-from .store import FollowedFile, Limits, Reading, Store, StoreCorruptError, StoreError, StoreFullError
-from .text import printable
+from ajr_agent.detect.rules import RuleKind, RuleSet, default_rules_dir
+from ajr_agent.adapters.slurm import JobSnapshot, SlurmError, SlurmGateway, open_gateway
+from ajr_agent.surfaces.notify import Notifier
+from ajr_agent.domain.spec import SPEC_KEY, parse_comment
+from ajr_agent.adapters.store import (
+    FollowedFile,
+    Limits,
+    Reading,
+    Store,
+    StoreCorruptError,
+    StoreError,
+    StoreFullError,
+)
+from ajr_agent.domain.text import printable
 
 log = logging.getLogger("ajr.agent")
 

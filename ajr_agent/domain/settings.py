@@ -15,7 +15,7 @@ from typing import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import AjrError
+from ajr_agent.domain.errors import AjrError
 
 DEFAULT_CONFIG_PATH = Path("/etc/ajr/ajr.toml")
 DEFAULT_SITE_RULES_DIR = Path("/etc/ajr/rules.d")

@@ -31,9 +31,9 @@ from typing import Callable, Mapping, Sequence
 
 import ajr_agent
 
-from .config import DEFAULT_CONFIG_PATH, DEFAULT_SITE_RULES_DIR, Settings, load_settings
-from .errors import AjrError
-from .slurm import CommandGateway, SlurmError
+from ajr_agent.domain.settings import DEFAULT_CONFIG_PATH, DEFAULT_SITE_RULES_DIR, Settings, load_settings
+from ajr_agent.domain.errors import AjrError
+from ajr_agent.adapters.slurm import CommandGateway, SlurmError
 
 HOOK_PATH = Path("/usr/local/lib/ajr/ajr-epilog")
 UNIT_PATH = Path("/etc/systemd/system/ajr-agent.service")

@@ -54,11 +54,22 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from sqlite_utils import Database
 
-from .errors import AjrError
-from .logs import FilePosition
-from .model import (Action, ActionKind, Attempt, Awaiting, ManagedJob, Note, Outcome, Phase, StopCause,
-                    UnmanagedJob, Verdict)
-from .spec import ResumeMode
+from ajr_agent.domain.errors import AjrError
+from ajr_agent.adapters.logs import FilePosition
+from ajr_agent.domain.model import (
+    Action,
+    ActionKind,
+    Attempt,
+    Awaiting,
+    ManagedJob,
+    Note,
+    Outcome,
+    Phase,
+    StopCause,
+    UnmanagedJob,
+    Verdict,
+)
+from ajr_agent.domain.spec import ResumeMode
 
 log = logging.getLogger("ajr.store")
 

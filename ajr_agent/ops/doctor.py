@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .config import DEFAULT_CONFIG_PATH, ConfigError, Settings, config_path, load_settings
-from .errors import AjrError
-from .install import (
+from ajr_agent.domain.settings import DEFAULT_CONFIG_PATH, ConfigError, Settings, config_path, load_settings
+from ajr_agent.domain.errors import AjrError
+from ajr_agent.ops.install import (
     DEFAULT_SLURM_CONF,
     EPILOG_MARKER,
     HOOK_PATH,
@@ -29,9 +29,9 @@ from .install import (
     show_config,
     shipped_file,
 )
-from .rules import RuleFileError, RuleSet, default_rules_dir
-from .slurm import SlurmGateway, open_gateway
-from .store import (
+from ajr_agent.detect.rules import RuleFileError, RuleSet, default_rules_dir
+from ajr_agent.adapters.slurm import SlurmGateway, open_gateway
+from ajr_agent.adapters.store import (
     DEFAULT_RESERVE_BYTES,
     Store,
     StoreCorruptError,
