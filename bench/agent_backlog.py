@@ -27,7 +27,7 @@ from rules_throughput import MIX, free_text, pin_to_one_cpu, synthetic_lines
 
 from ajr_agent.runtime.agent import Agent, load_rules
 from ajr_agent.domain.settings import Settings
-from ajr_agent.adapters.slurm import JobSnapshot
+from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.adapters.store import Store
 
 JOB_ID = 7

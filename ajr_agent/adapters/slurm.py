@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
 import re
 import secrets
 import shutil
 import subprocess
-from dataclasses import dataclass
 from datetime import datetime
-from itertools import product
 from pathlib import Path
-from typing import Iterable, Mapping, Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 from ajr_agent.domain.settings import Settings, SlurmBackend
 from ajr_agent.domain.errors import AjrError
+from ajr_agent.domain.hostlist import HostlistError, compress_hostlist, expand_hostlist
+from ajr_agent.domain.jobs import JobSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +51,12 @@ SQUEUE_TEXT_FIELDS = ("Reason", "WorkDir", "STDOUT", "Name", "Comment")
 SQUEUE_FIELDS = SQUEUE_SLURM_FIELDS + SQUEUE_TEXT_FIELDS
 # Array tasks ("12_3", "12_[1-5%2]") and heterogeneous job components ("12+0"): not managed.
 _COMPONENT_ID = re.compile(r"[0-9]+[_+][0-9\[\],%-]+")
-# Slurm's own host list code takes at most 64K names from one bracket (hostlist.c, MAX_RANGE).
-MAX_HOSTLIST_NAMES = 65536
 # The kernel refuses (E2BIG) any one argument over 32 pages (MAX_ARG_STRLEN: 128 KiB with
 # 4 KiB pages, its NUL included), and argv with the environment over sysconf(SC_ARG_MAX).
 MAX_ARGUMENT_BYTES = 32 * 4096 - 1
 # Failures to start a command that may pass: out of memory or processes, a file being replaced.
 _TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR, errno.ETXTBSY, errno.EMFILE, errno.ENFILE})
 
-# Job states in which the job's current attempt is over.
-ENDED_STATES = frozenset(
-    {"COMPLETED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "CANCELLED", "BOOT_FAIL", "DEADLINE",
-     "PREEMPTED", "REVOKED", "SPECIAL_EXIT"}
-)  # fmt: skip
-# Ends that mean the attempt failed on its own, as opposed to success or a user's scancel.
-FAILED_STATES = frozenset({"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"})
 
 # scontrol's answers that mean "try again later" rather than "Slurm said no".
 _TRANSIENT = re.compile(
@@ -102,14 +92,6 @@ class CommandTooLong(SlurmError):
         super().__init__(command, message, transient=False)
 
 
-class HostlistError(AjrError, ValueError):
-    """A string that is not a Slurm host list."""
-
-
-class HostlistTooLarge(HostlistError):
-    """A host list that names more nodes than it may (the cluster's size, where that is known)."""
-
-
 def _shown(command: Sequence[str]) -> str:
     """The command as an error message shows it, long arguments cut so that the message stays readable."""
     return " ".join(arg if len(arg) <= 200 else f"{arg[:80]}...[{len(arg)} characters]" for arg in command)
@@ -121,48 +103,6 @@ def _text(data: bytes) -> str:
     # reach SQLite, JSON and metric labels, which refuse them (for that job, at every poll).
     # The owner of such a path loses only AJR's reading of logs under it.
     return data.decode("utf-8", "replace")
-
-
-@dataclass(frozen=True)
-class JobSnapshot:
-    """One job as Slurm sees it at one poll."""
-
-    job_id: int
-    state: str
-    user_id: int
-    user: str
-    restart_count: int
-    start_time: float | None
-    end_time: float | None
-    batch: bool
-    requeueable: bool
-    nodes: str
-    reason: str
-    work_dir: str
-    stdout: str
-    name: str
-    comment: str
-    partition: str = ""
-
-    @property
-    def ended(self) -> bool:
-        """The current attempt is over."""
-        return self.state in ENDED_STATES
-
-    @property
-    def running(self) -> bool:
-        """The current attempt is running.
-
-        COMPLETING is not: a job AJR just requeued shows COMPLETING with the new restart
-        count and the old start time, and must not pass for a new attempt.
-        """
-        return self.state in ("RUNNING", "CONFIGURING")
-
-    @property
-    def stdout_dir(self) -> str:
-        """The directory of the job's standard output, where steps often write their logs too."""
-        path = expand_stdout(self.stdout, self) if self.stdout else ""
-        return str(Path(path).parent) if path else ""
 
 
 class SlurmGateway(Protocol):
@@ -324,92 +264,6 @@ def _whole_stdout(stdout: str, work_dir: str, job_id: str) -> str:
     default = f"{work_dir}/slurm-{job_id}.out"
     encoded = default.encode()
     return default if len(encoded) > 1023 and stdout == _text(encoded[:1023]) else stdout
-
-
-def expand_hostlist(hostlist: str, limit: int = MAX_HOSTLIST_NAMES) -> list[str]:
-    """Expand Slurm's compact node lists: `gpu-[01-03,7],login1` -> gpu-01, gpu-02, gpu-03, gpu-7, login1.
-
-    A list that names more than `limit` nodes is a HostlistTooLarge, raised before any name
-    is made: pass the cluster's size where the list does not come straight from slurmctld.
-    A string that is no host list is a HostlistError.
-    """
-    names: list[str] = []
-    for item in _hostlist_items(hostlist):
-        parts = re.split(r"\[([^\]]*)\]", item)
-        texts, brackets = parts[0::2], [_bracket_spans(spec, hostlist) for spec in parts[1::2]]
-        count = math.prod(sum(high - low + 1 for low, high, _ in spans) for spans in brackets)
-        if len(names) + count > limit:
-            raise HostlistTooLarge(
-                f"host list {hostlist[:100]!r} names at least {len(names) + count} nodes, more than the {limit} "
-                f"it may name (the nodes this cluster has)"
-            )
-        numbers = [[f"{n:0{width}d}" for low, high, width in spans for n in range(low, high + 1)] for spans in brackets]
-        for chosen in product(*numbers):
-            names.append("".join(text + number for text, number in zip(texts, (*chosen, ""))))
-    return names
-
-
-def _hostlist_items(hostlist: str) -> list[str]:
-    """The comma-separated items of a host list (commas inside brackets are the bracket's own)."""
-    items, start, inside = [], 0, False
-    for index, char in enumerate(hostlist):
-        if char in "[]" and inside == (char == "["):
-            raise HostlistError(f"host list {hostlist[:100]!r}: unbalanced or nested '{char}' at {index}")
-        if char in "[]":
-            inside = char == "["
-        elif char == "," and not inside:
-            items.append(hostlist[start:index])
-            start = index + 1
-    if inside:
-        raise HostlistError(f"host list {hostlist[:100]!r}: a '[' is never closed")
-    items.append(hostlist[start:])
-    return [item for item in items if item]
-
-
-def _bracket_spans(spec: str, hostlist: str) -> list[tuple[int, int, int]]:
-    """`01-03,7` -> (low, high, width) spans; Slurm pads each to the width of its first number."""
-    spans = []
-    for part in spec.split(","):
-        found = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)
-        # A backward range would also count negative and let the rest pass the limit.
-        if not found or int(found.group(2) or found.group(1)) < int(found.group(1)):
-            raise HostlistError(f"host list {hostlist[:100]!r}: {part[:40]!r} is no number or rising range of numbers")
-        low, high = found.group(1), found.group(2) or found.group(1)
-        spans.append((int(low), int(high), len(low)))
-    return spans
-
-
-def compress_hostlist(names: Iterable[str]) -> str:
-    """The compact Slurm host list of `names`, duplicates left out: n3, n1, n2, n7 -> `n[1-3,7]`."""
-    groups: dict[tuple[str, int], set[int]] = {}
-    others: list[str] = []
-    for name in dict.fromkeys(names):
-        found = re.fullmatch(r"(.*?)([0-9]+)", name)
-        if not found:
-            others.append(name)
-            continue
-        prefix, digits = found.groups()
-        # Slurm reads a span's width from its first number (n[08-10]: n08, n09, n10; n[8-10]:
-        # n8, n9, n10), so zero-padded numbers only share a span with numbers of their length.
-        width = len(digits) if digits.startswith("0") and len(digits) > 1 else 0
-        groups.setdefault((prefix, width), set()).add(int(digits))
-    parts = []
-    for (prefix, width), numbers in groups.items():
-        spans: list[list[int]] = []
-        for number in sorted(numbers):
-            if spans and number == spans[-1][1] + 1:
-                spans[-1][1] = number
-            else:
-                spans.append([number, number])
-        shown = [f"{low:0{width}d}" + (f"-{high:0{width}d}" if high > low else "") for low, high in spans]
-        parts.append(f"{prefix}{shown[0]}" if len(numbers) == 1 else f"{prefix}[{','.join(shown)}]")
-    return ",".join(parts + others)
-
-
-def expand_stdout(pattern: str, job: JobSnapshot) -> str:
-    """Expand the filename patterns Slurm 22.05 leaves in STDOUT (newer Slurm expands them itself)."""
-    replacements = {"%j": str(job.job_id), "%A": str(job.job_id), "%x": job.name, "%u": job.user, "%%": "%"}
-    return re.sub(r"%[jAxu%]", lambda m: replacements[m.group(0)], pattern)
 
 
 def _check_size(command: Sequence[str], env: Mapping[str, str]) -> None:

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ajr_agent.domain.settings import Settings
-from ajr_agent.adapters.logs import parse_line_time
+from ajr_agent.detect.timestamps import parse_line_time
 from ajr_agent.domain.model import Attributed, ManagedJob, Verdict
 from ajr_agent.detect.rules import Fault, RuleKind, RuleMatch, RuleSet, root_cause
-from ajr_agent.adapters.slurm import SlurmError, SlurmGateway, expand_hostlist
+from ajr_agent.adapters.slurm import SlurmError, SlurmGateway
+from ajr_agent.domain.hostlist import expand_hostlist
 
 log = logging.getLogger(__name__)
 

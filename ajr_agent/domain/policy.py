@@ -7,7 +7,6 @@ answer, so the agent never meets a case it cannot decide.
 from __future__ import annotations
 
 from dataclasses import replace
-import statistics
 from typing import Iterable, Sequence
 
 from ajr_agent.domain.settings import RestartSuccess, Settings
@@ -34,7 +33,7 @@ from ajr_agent.domain.model import (
     StopCause,
     StragglerFound,
 )
-from ajr_agent.adapters.slurm import FAILED_STATES, JobSnapshot
+from ajr_agent.domain.jobs import FAILED_STATES, JobSnapshot
 from ajr_agent.domain.spec import ApsSpec, ResumeMode
 
 # Phases in which AJR is between a failure and the next attempt.
@@ -505,43 +504,6 @@ def _straggler(job: ManagedJob, event: StragglerFound, settings: Settings, succe
         return Decision(reported, notes=(Note("straggler", text),))
     failure = _failure(reported, event.attempt, event.at, "straggler (throughput drop)", settings, successor)
     return Decision(failure.job, failure.actions, (Note("straggler", text), *failure.notes))
-
-
-def hung(job: ManagedJob, last_output: float, now: float, settings: Settings) -> AnomalyFound | None:
-    """A `hang` anomaly when a running attempt with log files has written nothing for its heartbeat timeout.
-
-    `last_output` is when a line was last read from the attempt's files (or when the first
-    of them was found). An attempt within its start-up grace is never hung.
-    """
-    if job.phase is not Phase.WATCHING or job.attempt_started is None or job.attempt_ended is not None:
-        return None
-    timeout = job.heartbeat_timeout or settings.heartbeat_timeout
-    silence = now - max(last_output, job.attempt_started)
-    if silence < timeout or now - job.attempt_started < settings.hang_startup_grace:
-        return None
-    return AnomalyFound(job.job_id, job.attempt, now, "heartbeat", "hang", "unknown", "",
-                        f"no log line for {silence:.0f} s (heartbeat timeout {timeout:g} s)")  # fmt: skip
-
-
-def straggling(values: Sequence[float], settings: Settings) -> tuple[float, tuple[float, ...]] | None:
-    """(baseline, recent reports) when the last `straggler_reports` values all fall below the fraction.
-
-    The baseline is the median of the attempt's earlier reports, so one slow warm-up step
-    or one fast outlier does not move it; at least as many earlier reports as the window
-    are needed before anything is judged.
-    """
-    window = settings.straggler_reports
-    if len(values) < 2 * window:
-        return None
-    earlier, recent = values[:-window], tuple(values[-window:])
-    # The agent asks at every report, so rule a drop out without sorting where possible: the
-    # median is at most the largest of any more than half of the earlier reports.
-    if recent[-1] >= settings.straggler_fraction * max(earlier[(len(earlier) - 1) // 2 :]):
-        return None
-    baseline = statistics.median(earlier)
-    if baseline > 0 and all(v < settings.straggler_fraction * baseline for v in recent):
-        return baseline, recent
-    return None
 
 
 def plan_drains(nodes: Sequence[str], drains_last_hour: int, partitions: dict[str, list[str]],

@@ -21,6 +21,7 @@ import click
 
 from ajr_agent import __version__
 from ajr_agent.domain import policy
+from ajr_agent.detect import signals
 from ajr_agent.surfaces import web
 from ajr_agent.detect.attribution import Attributor, Evidence
 from ajr_agent.domain.settings import Settings, load_settings
@@ -35,8 +36,8 @@ from ajr_agent.adapters.logs import (
     TailNotice,
     TailResult,
     find_job_logs,
-    line_time,
 )
+from ajr_agent.detect.timestamps import line_time
 from ajr_agent.surfaces.metrics import Metrics
 from ajr_agent.domain.model import (
     Action,
@@ -55,7 +56,8 @@ from ajr_agent.domain.model import (
     UnmanagedJob,
 )
 from ajr_agent.detect.rules import RuleKind, RuleSet, default_rules_dir
-from ajr_agent.adapters.slurm import JobSnapshot, SlurmError, SlurmGateway, open_gateway
+from ajr_agent.domain.jobs import JobSnapshot
+from ajr_agent.adapters.slurm import SlurmError, SlurmGateway, open_gateway
 from ajr_agent.surfaces.notify import Notifier
 from ajr_agent.domain.spec import SPEC_KEY, parse_comment
 from ajr_agent.adapters.store import (
@@ -528,7 +530,7 @@ class Agent:
         self._keep(self.series, key, reading.value, 500)
         if reading.attempt != job.attempt or job.straggler_reported:
             return []
-        found = policy.straggling(self.series[key], self.settings)
+        found = signals.straggling(self.series[key], self.settings)
         return [StragglerFound(job.job_id, reading.attempt, reading.at, found[0], found[1])] if found else []
 
     def _check_hangs(self, now: float) -> None:
@@ -538,7 +540,7 @@ class Agent:
             has_log = self._has_log(job)
             if snapshot is None or not snapshot.running or not has_log:
                 continue
-            event = policy.hung(job, self.last_output.get(job.job_id, now), now, self.settings)
+            event = signals.hung(job, self.last_output.get(job.job_id, now), now, self.settings)
             if event is not None:
                 self._guarded(job.job_id, self._handle_all, job.job_id, [event], now)
 

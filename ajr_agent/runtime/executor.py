@@ -15,7 +15,8 @@ import time
 from ajr_agent.domain.settings import Settings
 from ajr_agent.surfaces.metrics import Metrics
 from ajr_agent.domain.model import Action, ActionDone, ActionFailed, ActionKind, Event
-from ajr_agent.adapters.slurm import JobSnapshot, SlurmError, SlurmGateway, open_gateway
+from ajr_agent.domain.jobs import JobSnapshot
+from ajr_agent.adapters.slurm import SlurmError, SlurmGateway, open_gateway
 from ajr_agent.adapters.store import ActionStatus, JournalEntry, Store
 
 log = logging.getLogger(__name__)

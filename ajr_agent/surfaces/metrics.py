@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from ajr_agent.views import queries as api
-from ajr_agent.adapters.logs import LogLine, line_time
+from ajr_agent.adapters.logs import LogLine
+from ajr_agent.detect.timestamps import line_time
 from ajr_agent.domain.model import (
     ActionDone,
     ActionFailed,

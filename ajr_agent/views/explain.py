@@ -11,7 +11,7 @@ from typing import Sequence
 
 from ajr_agent.adapters.logs import log_prefix
 from ajr_agent.domain.model import Attempt, ManagedJob, Outcome, Phase, StopCause, UnmanagedJob
-from ajr_agent.adapters.slurm import JobSnapshot
+from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.spec import EXAMPLE, SPEC_KEY, parse_comment
 
 

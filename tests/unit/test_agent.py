@@ -18,7 +18,8 @@ from ajr_agent.runtime.agent import Agent, load_rules
 from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.model import Phase
 from ajr_agent.detect.rules import RuleMatch
-from ajr_agent.adapters.slurm import JobSnapshot, SlurmError
+from ajr_agent.domain.jobs import JobSnapshot
+from ajr_agent.adapters.slurm import SlurmError
 from ajr_agent.adapters.store import Store
 
 LOG_NAME = "train_7_date_26-01-01_time_00-00-00.log"

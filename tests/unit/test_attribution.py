@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ajr_agent.detect import signals
 from ajr_agent.domain import policy
 from ajr_agent.detect.attribution import Evidence, excludable, node_line_time, read_node_logs, verdict
 from ajr_agent.domain.settings import Settings
@@ -108,31 +109,31 @@ JOB = ManagedJob(job_id=7, name="train", user="alice", user_id=1000, mode=Resume
 
 def test_hang_after_heartbeat_timeout_only() -> None:
     settings = Settings(heartbeat_timeout=120, hang_startup_grace=300)
-    assert policy.hung(JOB, last_output=1300.0, now=1419.0, settings=settings) is None
-    event = policy.hung(JOB, last_output=1300.0, now=1421.0, settings=settings)
+    assert signals.hung(JOB, last_output=1300.0, now=1419.0, settings=settings) is None
+    event = signals.hung(JOB, last_output=1300.0, now=1421.0, settings=settings)
     assert event is not None and event.category == "hang" and "no log line for 121 s" in event.line
 
 
 def test_no_hang_within_the_start_up_grace_or_when_not_watching() -> None:
     settings = Settings(heartbeat_timeout=10, hang_startup_grace=300)
-    assert policy.hung(JOB, last_output=1000.0, now=1200.0, settings=settings) is None
-    assert policy.hung(replace(JOB, phase=Phase.HELD), 1000.0, 2000.0, settings) is None
-    assert policy.hung(replace(JOB, attempt_ended=1500.0), 1000.0, 2000.0, settings) is None
+    assert signals.hung(JOB, last_output=1000.0, now=1200.0, settings=settings) is None
+    assert signals.hung(replace(JOB, phase=Phase.HELD), 1000.0, 2000.0, settings) is None
+    assert signals.hung(replace(JOB, attempt_ended=1500.0), 1000.0, 2000.0, settings) is None
 
 
 def test_job_heartbeat_overrides_the_site() -> None:
     settings = Settings(heartbeat_timeout=1000, hang_startup_grace=0)
-    assert policy.hung(replace(JOB, heartbeat_timeout=30), 1000.0, 1031.0, settings) is not None
+    assert signals.hung(replace(JOB, heartbeat_timeout=30), 1000.0, 1031.0, settings) is not None
 
 
 def test_straggler_needs_a_sustained_drop_below_the_baseline() -> None:
     settings = Settings(straggler_fraction=0.7, straggler_reports=3)
     steady = [400.0, 402.0, 398.0, 401.0]
-    assert policy.straggling(steady + [250.0, 260.0], settings) is None  # only two low reports
-    found = policy.straggling(steady + [250.0, 260.0, 270.0], settings)
+    assert signals.straggling(steady + [250.0, 260.0], settings) is None  # only two low reports
+    found = signals.straggling(steady + [250.0, 260.0, 270.0], settings)
     assert found == (400.5, (250.0, 260.0, 270.0))
-    assert policy.straggling(steady + [250.0, 390.0, 270.0], settings) is None  # not sustained
-    assert policy.straggling([400.0, 250.0, 250.0, 250.0], settings) is None  # too little history
+    assert signals.straggling(steady + [250.0, 390.0, 270.0], settings) is None  # not sustained
+    assert signals.straggling([400.0, 250.0, 250.0, 250.0], settings) is None  # too little history
 
 
 def test_straggler_shortcut_agrees_with_the_median_rule() -> None:
@@ -145,7 +146,7 @@ def test_straggler_shortcut_agrees_with_the_median_rule() -> None:
                   for _ in range(rng.randrange(6, 14))]  # fmt: skip
         baseline, recent = statistics.median(values[:-3]), tuple(values[-3:])
         drop = baseline > 0 and all(v < 0.7 * baseline for v in recent)
-        assert policy.straggling(values, settings) == ((baseline, recent) if drop else None), values
+        assert signals.straggling(values, settings) == ((baseline, recent) if drop else None), values
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,8 @@ from ajr_agent.ops.doctor import (
     format_checks,
 )
 from ajr_agent.ops.install import HOOK_PATH, shipped_file
-from ajr_agent.adapters.slurm import JobSnapshot, SlurmError
+from ajr_agent.domain.jobs import JobSnapshot
+from ajr_agent.adapters.slurm import SlurmError
 from ajr_agent.adapters.store import SCHEMA_VERSION, Store
 
 ME = pwd.getpwuid(os.geteuid()).pw_name

@@ -11,7 +11,8 @@ import pytest
 from ajr_agent.domain.settings import Settings
 from ajr_agent.runtime.executor import Executor
 from ajr_agent.domain.model import Action, ActionDone, ActionFailed, ActionKind
-from ajr_agent.adapters.slurm import JobSnapshot, SlurmError
+from ajr_agent.domain.jobs import JobSnapshot
+from ajr_agent.adapters.slurm import SlurmError
 from ajr_agent.adapters.store import ActionStatus, Store
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ajr_agent.views.explain import Facts, explain
 from ajr_agent.domain.model import Attempt, ManagedJob, Outcome, Phase, StopCause, UnmanagedJob
-from ajr_agent.adapters.slurm import JobSnapshot
+from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.spec import ResumeMode
 
 LIVE = JobSnapshot(7, "RUNNING", 1000, "alice", 0, 1.0, None, True, True, "node-1", "None", "/runs", "/runs/o.out",

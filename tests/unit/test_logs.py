@@ -21,9 +21,9 @@ from ajr_agent.adapters.logs import (
     TailResult,
     find_job_logs,
     is_job_log_name,
-    line_time,
     log_prefix,
 )
+from ajr_agent.detect.timestamps import line_time
 
 EXAMPLE = "AJR-verification-test_42_date_26-11-27_time_00-44-51.log"
 

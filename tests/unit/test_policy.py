@@ -30,7 +30,7 @@ from ajr_agent.domain.model import (
     StragglerFound,
     Verdict,
 )
-from ajr_agent.adapters.slurm import JobSnapshot
+from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.spec import ApsSpec, ResumeMode
 
 # AdminComment actions are covered by their own tests; elsewhere they would only add noise.

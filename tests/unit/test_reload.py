@@ -14,7 +14,7 @@ import pytest
 from ajr_agent.runtime.agent import RESTART_SETTINGS, Agent, load_rules, reload
 from ajr_agent.domain.settings import Settings, load_settings
 from ajr_agent.detect.rules import RuleSet
-from ajr_agent.adapters.slurm import JobSnapshot
+from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.adapters.store import Store
 
 SITE_RULE = '[[rule]]\nname = "site_oops"\nkind = "anomaly"\npattern = "site oops"\ncategory = "site"\n'

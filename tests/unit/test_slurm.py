@@ -19,20 +19,17 @@ from ajr_agent.adapters.slurm import (
     SQUEUE_TEXT_FIELDS,
     CommandGateway,
     CommandTooLong,
-    HostlistError,
-    HostlistTooLarge,
     PyslurmGateway,
     SlurmError,
     SlurmOutputError,
     _snapshot_from_pyslurm,
-    compress_hostlist,
-    expand_hostlist,
-    expand_stdout,
     new_token,
     open_gateway,
     parse_squeue,
     parse_time,
 )
+from ajr_agent.domain.jobs import expand_stdout
+from ajr_agent.domain.hostlist import HostlistError, HostlistTooLarge, compress_hostlist, expand_hostlist
 
 DEFAULTS = {
     "JobID": "12", "State": "RUNNING", "UserId": "1000", "UserName": "alice", "RestartCnt": "2",
