@@ -26,6 +26,7 @@ from ajr_agent.surfaces import web
 from ajr_agent.detect.attribution import Attributor, Evidence
 from ajr_agent.domain.settings import Settings, load_settings
 from ajr_agent.domain.errors import AjrError
+from ajr_agent.runtime.observers import Observer, Observers
 from ajr_agent.runtime.executor import Executor
 from ajr_agent.adapters.epilog_spool import EpilogRecord, read_spool
 from ajr_agent.adapters.logs import (
@@ -101,16 +102,14 @@ class Agent:
     """Watches managed jobs and recovers the ones that fail."""
 
     def __init__(self, settings: Settings, store: Store, gateway: SlurmGateway, rules: RuleSet,
-                 watcher: ChangeWatcher | None = None, metrics: Metrics | None = None,
-                 notifier: Notifier | None = None) -> None:  # fmt: skip
+                 watcher: ChangeWatcher | None = None, observer: Observer | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.store = store
         self.gateway = gateway
         self.rules = rules
         self.watcher = watcher
-        self.metrics = metrics or Metrics()
-        self.notifier = notifier or Notifier()
-        self.executor = Executor(gateway, store, settings, self.metrics)
+        self.observer = observer or Observer()
+        self.executor = Executor(gateway, store, settings, self.observer)
         self.tailer = LogTailer(max_line_bytes=settings.max_line_bytes, quiet_after=settings.tail_quiet_after,
                                 quiet_interval=settings.tail_quiet_interval)  # fmt: skip
         self.forgotten: dict[int, str] = store.forgotten()
@@ -210,7 +209,7 @@ class Agent:
             # Never take a failed poll for "every job vanished".
             if isinstance(exc, SlurmError):
                 log.error("cannot read the Slurm queue (will retry): %s", exc)
-                self.metrics.slurm_error(exc)
+                self.observer.slurm_error(exc)
             else:
                 log.exception("cannot read the Slurm queue: unexpected error (will retry)")
             self._guarded(0, self.store.set_meta, last_poll_error=str(exc), last_poll_error_at=now)
@@ -236,8 +235,8 @@ class Agent:
                               followed_files=len(self.files)) is None  # fmt: skip
         if saved and self.store_trouble is not None:
             self._store_recovered()
-        self.metrics.polled(time.monotonic() - started, len(self.files))
-        self.notifier.check_held(self.jobs.values(), now)
+        self.observer.polled(time.monotonic() - started, len(self.files))
+        self.observer.check_held(self.jobs.values(), now)
         if now >= self.next_prune:
             self._guarded(0, self.prune, now)
 
@@ -428,7 +427,7 @@ class Agent:
         else:
             self.deferred -= paths
         for job_id, result in self.tailer.read_all(paths, time.monotonic()).items():
-            self.metrics.lines_read(result.lines)
+            self.observer.lines_read(result.lines)
             job = self.jobs.get(job_id)
             if job is None:
                 continue
@@ -558,8 +557,7 @@ class Agent:
                 continue
             successor = policy.next_in_chain(current, self.snapshots.values()) if current.chain else None
             decision = policy.decide(current, event, self.settings, successor)
-            self.metrics.decided(current, event, decision)
-            self.notifier.decided(current, event, decision)
+            self.observer.decided(current, event, decision)
             try:
                 with self.store.transaction():
                     # An action's outcome and what it leads to land together: a crash in between
@@ -611,7 +609,7 @@ class Agent:
             partitions = self.gateway.partition_nodes()
             out = self.gateway.nodes_out_of_service()
         except SlurmError as exc:
-            self.metrics.slurm_error(exc)
+            self.observer.slurm_error(exc)
             self._record(job, Note("warning", f"no node drained: cannot read the partitions: {exc}"), now)
             return
         drain, spared = policy.plan_drains(attributed.verdict.nodes, self.store.drains_since(now - 3600),
@@ -668,7 +666,7 @@ class Agent:
 
     def _store_failed(self, exc: StoreError) -> None:
         """Say in the log that the state database fails, once a minute while it does."""
-        self.metrics.store_error(exc)
+        self.observer.store_error(exc)
         self.store_failures += 1
         if isinstance(exc, StoreCorruptError):
             # Going on would fail every write from now on; a restart moves the file aside.
@@ -787,7 +785,7 @@ def main(config_file: Path | None, dry_run: bool | None, log_level: str) -> None
     watcher = ChangeWatcher()
     metrics, notifier = Metrics(), Notifier.from_settings(settings)
     notifier.start()
-    agent = Agent(settings, store, gateway, rules, watcher, metrics, notifier)
+    agent = Agent(settings, store, gateway, rules, watcher, Observers([metrics, notifier]))
     server = web.start_for_agent(settings, metrics)
     store.set_meta(backend=gateway.backend, dry_run=settings.dry_run, agent_started_at=time.time(),
                    agent_version=__version__)  # fmt: skip

@@ -13,7 +13,7 @@ import logging
 import time
 
 from ajr_agent.domain.settings import Settings
-from ajr_agent.surfaces.metrics import Metrics
+from ajr_agent.runtime.observers import Observer
 from ajr_agent.domain.model import Action, ActionDone, ActionFailed, ActionKind, Event
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.adapters.slurm import SlurmError, SlurmGateway, open_gateway
@@ -31,11 +31,11 @@ RESTART_DELAY = 2
 class Executor:
     """Carries out journaled actions and reports their outcome as events."""
 
-    def __init__(self, gateway: SlurmGateway, store: Store, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(self, gateway: SlurmGateway, store: Store, settings: Settings, observer: Observer | None = None) -> None:
         self.gateway = gateway
         self.store = store
         self.settings = settings
-        self.metrics = metrics or Metrics()
+        self.observer = observer or Observer()
 
     def run(self, action: Action, now: float, tries_before: int = 0) -> list[Event]:
         """Run one journaled action; its outcome as events (none while a retry is pending), for
@@ -92,7 +92,7 @@ class Executor:
                         job_id, exc)  # fmt: skip
 
     def _failed(self, action: Action, exc: SlurmError, now: float, tries: int) -> list[Event]:
-        self.metrics.slurm_error(exc)
+        self.observer.slurm_error(exc)
         if exc.transient and tries < self.settings.action_max_tries:
             delay = min(self.settings.action_retry_delay * 2 ** (tries - 1), self.settings.action_retry_max_delay)
             self.store.update_action(action, ActionStatus.RETRY, now, error=str(exc), next_try_at=now + delay)

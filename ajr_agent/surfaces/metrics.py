@@ -33,6 +33,7 @@ from ajr_agent.domain.model import (
 )
 from ajr_agent.adapters.slurm import SlurmError
 from ajr_agent.adapters.store import Store, StoreCorruptError, StoreError, StoreFullError, StoreLockedError
+from ajr_agent.runtime.observers import Observer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The overall efficiency gauge covers the same window as `ajr kpi --since 24h`.
@@ -147,7 +148,7 @@ class _Histogram:
         self.count += 1
 
 
-class Metrics:
+class Metrics(Observer):
     """The agent's counters, histograms and gauges; thread-safe (the agent writes, the HTTP thread reads)."""
 
     def __init__(self) -> None:

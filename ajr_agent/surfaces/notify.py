@@ -41,6 +41,7 @@ from ajr_agent.domain.errors import AjrError
 from ajr_agent.surfaces.metrics import recovered, refusal_reason
 from ajr_agent.domain.model import ActionDone, ActionKind, Decision, Event, ManagedJob, Phase
 from ajr_agent.domain.text import cut
+from ajr_agent.runtime.observers import Observer
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class _Delivery:
     tries: int = field(default=0, compare=False)
 
 
-class Notifier:
+class Notifier(Observer):
     """Turns the agent's decisions into notifications and delivers them from a worker thread."""
 
     def __init__(self, sinks: Iterable[Sink] = (), held_after: float = 600.0, queue_size: int = 1000,

@@ -53,7 +53,7 @@ def agent(tmp_path: Path) -> Agent:
     settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), clear_begin_time=True)
     store = Store(settings.state_db)
     store.set_meta(watching_since=1.0)
-    return Agent(settings, store, ScriptedQueue(), load_rules(settings), metrics=m.Metrics())
+    return Agent(settings, store, ScriptedQueue(), load_rules(settings), observer=m.Metrics())
 
 
 def test_a_real_agent_loop_feeds_the_counters(agent: Agent, tmp_path: Path) -> None:
@@ -71,7 +71,7 @@ def test_a_real_agent_loop_feeds_the_counters(agent: Agent, tmp_path: Path) -> N
     queue.fail_polls = 1
     agent.poll(now + 2)
 
-    text = m.exposition(agent.store, agent.metrics, time.time())
+    text = m.exposition(agent.store, agent.observer, time.time())
     assert value(text, "ajr_anomalies_total", category="segfault", fault="application") == 1
     assert value(text, "ajr_actions_total", kind="requeue_hold", outcome="done", dry_run="false") == 1
     assert value(text, "ajr_actions_total", kind="release", outcome="done", dry_run="false") == 1
@@ -233,7 +233,7 @@ def test_dashboard_queries_match_samples_a_real_exposition_has(agent: Agent, tmp
     agent.poll(time.time())
     queue.fail_polls = 1
     agent.poll(time.time())
-    text = m.exposition(agent.store, agent.metrics, time.time())
+    text = m.exposition(agent.store, agent.observer, time.time())
     present = {name for name, _ in samples(text)}
     used = {name for expr in expressions(json.loads(DASHBOARD.read_text())) for name in re.findall(r"\bajr_[a-z_]+", expr)}
     # Refusals and per-job efficiency need more history than this one failure gives.

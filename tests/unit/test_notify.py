@@ -232,7 +232,7 @@ def test_the_agent_notifies_a_recovery_through_a_real_sink(tmp_path: Path, recei
     queue = ScriptedQueue()
     notifier = Notifier.from_settings(settings)
     notifier.start()
-    agent = Agent(settings, store, queue, load_rules(settings), notifier=notifier)
+    agent = Agent(settings, store, queue, load_rules(settings), observer=notifier)
     queue.jobs[7] = running(tmp_path)
     log = tmp_path / LOG_NAME
     log.write_text("step 1\n")
