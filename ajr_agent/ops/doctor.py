@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from ajr_agent.domain.settings import DEFAULT_CONFIG_PATH, ConfigError, Settings, config_path, load_settings
+from ajr_agent.adapters.config_file import DEFAULT_CONFIG_PATH, config_path, load_settings
+from ajr_agent.domain.settings import ConfigError, Settings
 from ajr_agent.domain.errors import AjrError
 from ajr_agent.ops.install import (
     DEFAULT_SLURM_CONF,

@@ -31,7 +31,8 @@ from typing import Callable, Mapping, Sequence
 
 import ajr_agent
 
-from ajr_agent.domain.settings import DEFAULT_CONFIG_PATH, DEFAULT_SITE_RULES_DIR, Settings, load_settings
+from ajr_agent.adapters.config_file import DEFAULT_CONFIG_PATH, load_settings
+from ajr_agent.domain.settings import DEFAULT_SITE_RULES_DIR, Settings
 from ajr_agent.domain.errors import AjrError
 from ajr_agent.adapters.slurm import CommandGateway, SlurmError
 

@@ -24,7 +24,8 @@ from ajr_agent.domain import policy
 from ajr_agent.detect import signals
 from ajr_agent.surfaces import web
 from ajr_agent.detect.attribution import Attributor, Evidence
-from ajr_agent.domain.settings import Settings, load_settings
+from ajr_agent.domain.settings import Settings
+from ajr_agent.adapters.config_file import load_settings
 from ajr_agent.domain.errors import AjrError
 from ajr_agent.runtime.observers import Observer, Observers
 from ajr_agent.runtime.executor import Executor

@@ -22,7 +22,8 @@ import click
 
 from ajr_agent import __version__
 from ajr_agent.domain import efficiency
-from ajr_agent.domain.settings import Settings, load_settings
+from ajr_agent.domain.settings import Settings
+from ajr_agent.adapters.config_file import load_settings
 from ajr_agent.domain.errors import AjrError
 from ajr_agent.runtime.executor import run_operator_action
 from ajr_agent.views.explain import Facts, explain

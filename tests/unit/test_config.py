@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from ajr_agent.domain.settings import ConfigError, Settings, load_settings
+from ajr_agent.domain.settings import ConfigError, Settings
+from ajr_agent.adapters.config_file import load_settings
 
 
 def test_defaults_need_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ajr_agent.domain.settings.DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
+    monkeypatch.setattr("ajr_agent.adapters.config_file.DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
     settings = load_settings(environ={})
     assert settings == Settings()
     assert settings.poll_interval == 1.0 and settings.site_requeue_cap == 50

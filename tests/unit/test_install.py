@@ -22,7 +22,8 @@ from click.testing import CliRunner
 import ajr_agent
 from ajr_agent.ops import install as installer
 from ajr_agent.surfaces.cli import main as cli
-from ajr_agent.domain.settings import ConfigError, Settings, load_settings
+from ajr_agent.domain.settings import ConfigError, Settings
+from ajr_agent.adapters.config_file import load_settings
 from ajr_agent.ops.install import (
     HOOK_PATH,
     Host,

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from ajr_agent.runtime.agent import RESTART_SETTINGS, Agent, load_rules, reload
-from ajr_agent.domain.settings import Settings, load_settings
+from ajr_agent.domain.settings import Settings
+from ajr_agent.adapters.config_file import load_settings
 from ajr_agent.detect.rules import RuleSet
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.adapters.store import Store
