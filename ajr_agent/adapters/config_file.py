@@ -15,6 +15,7 @@ from typing import Mapping
 from pydantic import ValidationError
 
 from ajr_agent.domain.settings import ConfigError, Settings
+from ajr_agent.domain.validation import FieldProblem, describe_problems, validation_problems
 
 
 DEFAULT_CONFIG_PATH = Path("/etc/ajr/ajr.toml")
@@ -56,9 +57,10 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] = os.envi
     _check_keys(values, str(source))
     from_environment = _environment_values(environ)
     try:
-        return Settings.model_validate(values | from_environment)
+        return Settings.model_validate(values | {key: value for key, (_, value) in from_environment.items()})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, str(source), set(from_environment))) from exc
+        variables = {key: variable for key, (variable, _) in from_environment.items()}
+        raise ConfigError(_describe(exc, str(source), variables)) from exc
 
 
 def _check_keys(values: Mapping[str, object], source: str) -> None:
@@ -68,25 +70,27 @@ def _check_keys(values: Mapping[str, object], source: str) -> None:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; the known keys are: {known}")
 
 
-def _environment_values(environ: Mapping[str, str]) -> dict[str, object]:
-    """AJR_<KEY> for every setting; lists are colon-separated like PATH."""
-    values: dict[str, object] = {}
+def _environment_values(environ: Mapping[str, str]) -> dict[str, tuple[str, object]]:
+    """AJR_<KEY> for every setting, by key: the variable and its value; lists are colon-separated like PATH."""
+    values: dict[str, tuple[str, object]] = {}
     if environ.get(LEGACY_DRY_RUN_ENV):
-        values["dry_run"] = environ[LEGACY_DRY_RUN_ENV]
+        values["dry_run"] = (LEGACY_DRY_RUN_ENV, environ[LEGACY_DRY_RUN_ENV])
     for name, field in Settings.model_fields.items():
-        raw = environ.get(f"AJR_{name.upper()}")
+        variable = f"AJR_{name.upper()}"
+        raw = environ.get(variable)
         if raw is None:
             continue
         is_list = "tuple" in str(field.annotation)
-        values[name] = tuple(p for p in raw.split(":") if p) if is_list else raw
+        values[name] = (variable, tuple(p for p in raw.split(":") if p) if is_list else raw)
     return values
 
 
-def _describe(exc: ValidationError, source: str, from_environment: set[str]) -> str:
-    lines = []
-    for error in exc.errors():
-        key = ".".join(str(p) for p in error["loc"])
-        top = key.split(".")[0]
-        origin = f"environment variable AJR_{top.upper()}" if top in from_environment else source
-        lines.append(f"{origin}: key '{key}': {error['msg']} (got {error.get('input')!r})")
+def _describe(exc: ValidationError, source: str, variables: Mapping[str, str]) -> str:
+    """The problems, one line per source: the file, or the environment variable that set the key."""
+    by_origin: dict[str, list[FieldProblem]] = {}
+    for problem in validation_problems(exc):
+        variable = variables.get(problem.top_key or "")
+        origin = f"environment variable {variable}" if variable else source
+        by_origin.setdefault(origin, []).append(problem)
+    lines = [describe_problems(problems, origin) for origin, problems in by_origin.items()]
     return "invalid configuration:\n  " + "\n  ".join(lines)

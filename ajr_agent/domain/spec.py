@@ -14,6 +14,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
+from ajr_agent.domain.validation import describe_validation_error
+
 SPEC_KEY = "APS"
 EXAMPLE = '{"APS": {"auto_resume_mode": "requeue", "max_requeue_times": 10}}'
 # Bounds on what a user may ask for; slurm_hooks/job_submit.lua refuses the same at submission.
@@ -24,7 +26,6 @@ MAX_HEARTBEAT_TIMEOUT = 30 * 24 * 3600  # 30 days, in seconds
 # nesting bound the work. Both refuse the same.
 MAX_COMMENT_BYTES = 16_384
 MAX_DEPTH = 64
-SHOWN_CHARACTERS = 40
 
 
 class ResumeMode(StrEnum):
@@ -98,26 +99,7 @@ def parse_comment(comment: str | None) -> SpecVerdict:
     try:
         return SpecVerdict(spec=ApsSpec.model_validate(body))
     except ValidationError as exc:
-        return SpecVerdict(spec=None, problem=f"{describe_validation_error(exc)}. Example: {EXAMPLE}")
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """One readable sentence per pydantic error: `key: what was expected (got value)`."""
-    parts = []
-    for error in exc.errors():
-        key = ".".join(str(p) for p in error["loc"]) or "(top level)"
-        message = error["msg"]
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        got = error.get("input")
-        suffix = "" if error["type"] == "extra_forbidden" else f" (got {_shown(repr(got))})"
-        parts.append(f"{key}: {message}{suffix}")
-    return "; ".join(parts)
-
-
-def _shown(text: str) -> str:
-    """A user's value as a problem message shows it: cut, so the message stays readable."""
-    return text if len(text) <= SHOWN_CHARACTERS else text[:SHOWN_CHARACTERS] + "..."
+        return SpecVerdict(spec=None, problem=f"{describe_validation_error(exc, SPEC_KEY)}. Example: {EXAMPLE}")
 
 
 def _depth(document: object) -> int:

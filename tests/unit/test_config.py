@@ -77,3 +77,23 @@ def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
     path.write_text("poll_interval = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(path, environ={})
+
+
+def test_each_wrong_value_is_told_with_its_own_source(tmp_path: Path) -> None:
+    path = tmp_path / "ajr.toml"
+    path.write_text('site_requeue_cap = -2\nlog_dirs = ["/a", 3]\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={"AJR_POLL_INTERVAL": "soon"})
+    # In the order of the settings (pydantic's), one line per source.
+    assert str(caught.value).splitlines() == [
+        "invalid configuration:",
+        "  environment variable AJR_POLL_INTERVAL: poll_interval: Input should be a valid number, unable to parse "
+        "string as a number (got 'soon')",
+        f"  {path}: log_dirs[1]: Input is not a valid path for <class 'pathlib.Path'> (got 3); "
+        "site_requeue_cap: Input should be greater than or equal to 0 (got -2)",
+    ]
+
+
+def test_a_wrong_legacy_dry_run_names_the_variable_that_was_set() -> None:
+    with pytest.raises(ConfigError, match="environment variable APS_DRY_RUN: dry_run: Input should be a valid boolean"):
+        load_settings(environ={"APS_DRY_RUN": "perhaps"})
