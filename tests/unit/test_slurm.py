@@ -13,18 +13,15 @@ from typing import Callable
 import pytest
 
 from ajr_agent.domain.settings import Settings, SlurmBackend
-from ajr_agent.adapters.slurm import (
+from ajr_agent.adapters.slurm.commands import CommandGateway
+from ajr_agent.adapters.slurm.errors import CommandTooLong, SlurmError, SlurmOutputError
+from ajr_agent.adapters.slurm.gateway import open_gateway
+from ajr_agent.adapters.slurm.pyslurm_backend import PyslurmGateway, _snapshot_from_pyslurm
+from ajr_agent.adapters.slurm.squeue import (
     SQUEUE_FIELDS,
     SQUEUE_SLURM_FIELDS,
     SQUEUE_TEXT_FIELDS,
-    CommandGateway,
-    CommandTooLong,
-    PyslurmGateway,
-    SlurmError,
-    SlurmOutputError,
-    _snapshot_from_pyslurm,
     new_token,
-    open_gateway,
     parse_squeue,
     parse_time,
 )

@@ -1,0 +1,88 @@
+"""What AJR needs from Slurm, whatever the backend, and the choice of backend.
+
+The command backend reads the queue with one `squeue` per poll and acts with
+`scontrol`. A pyslurm backend is used instead when an importable pyslurm matches the
+running Slurm's major.minor.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from typing import Protocol, Sequence
+
+from ajr_agent.adapters.slurm.commands import CommandGateway
+from ajr_agent.adapters.slurm.errors import SlurmError
+from ajr_agent.adapters.slurm.pyslurm_backend import PyslurmGateway
+from ajr_agent.domain.jobs import JobSnapshot
+from ajr_agent.domain.settings import Settings, SlurmBackend
+
+log = logging.getLogger(__name__)
+
+
+class SlurmGateway(Protocol):
+    """What the agent needs from Slurm, whatever the backend."""
+
+    backend: str
+
+    def list_jobs(self) -> list[JobSnapshot]:
+        """Every job slurmctld knows, in one call."""
+
+    def requeue_hold(self, job_id: int) -> None:
+        """Kill the job if it runs and requeue it held (`scontrol requeuehold`)."""
+
+    def release(self, job_id: int) -> None:
+        """Release a held job (`scontrol release`)."""
+
+    def requeue(self, job_id: int) -> None:
+        """Requeue the job without holding it (`scontrol requeue`)."""
+
+    def cancel(self, job_id: int) -> None:
+        """Cancel the job (`scancel`); a job already over is not an error."""
+
+    def update(self, job_id: int, **fields: str) -> None:
+        """Change job fields (`scontrol update JobId=N Key=Value ...`)."""
+
+    def exclude_nodes(self, job_id: int, nodes: Sequence[str]) -> None:
+        """Add nodes to the job's ExcNodeList, keeping the ones the user excluded."""
+
+    def drain(self, node: str, reason: str) -> None:
+        """Drain a node with a reason (`scontrol update NodeName=.. State=DRAIN Reason=..`)."""
+
+    def partition_nodes(self) -> dict[str, list[str]]:
+        """Every partition's nodes, expanded."""
+
+    def nodes_out_of_service(self) -> set[str]:
+        """Nodes that are down, drained or draining."""
+
+    def version(self) -> str:
+        """Slurm's version, e.g. `22.05.8`."""
+
+
+def open_gateway(settings: Settings) -> SlurmGateway:
+    """The backend the settings ask for; with `auto`, pyslurm only when it matches the running Slurm."""
+    commands = CommandGateway(settings.slurm_command_timeout)
+    if settings.slurm_backend is SlurmBackend.COMMANDS:
+        return commands
+    try:
+        import pyslurm  # type: ignore[import-not-found]
+    except ImportError as exc:
+        if settings.slurm_backend is SlurmBackend.PYSLURM:
+            raise SlurmError(["import pyslurm"], f"pyslurm is not importable: {exc}", transient=False) from exc
+        return commands
+    slurm_version = commands.version() if shutil.which("scontrol") else ""
+    pyslurm_version = str(getattr(pyslurm, "__version__", ""))
+    if _major_minor(slurm_version) and _major_minor(slurm_version) == _major_minor(pyslurm_version):
+        return PyslurmGateway(settings.slurm_command_timeout, pyslurm)
+    if settings.slurm_backend is SlurmBackend.PYSLURM:
+        raise SlurmError(
+            ["import pyslurm"],
+            f"pyslurm {pyslurm_version} does not match Slurm {slurm_version}; install the pyslurm release built for it",
+            transient=False,
+        )
+    log.info("pyslurm %s does not match Slurm %s: using the Slurm commands", pyslurm_version, slurm_version)
+    return commands
+
+
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2]) if version.count(".") >= 1 else ()
