@@ -565,3 +565,43 @@ def test_pyslurm_is_used_only_when_it_matches_slurm(fake_slurm: Path, monkeypatc
     assert open_gateway(Settings()).backend == "commands"
     with pytest.raises(SlurmError, match="does not match Slurm 25.11.2"):
         open_gateway(Settings(slurm_backend=SlurmBackend.PYSLURM))
+
+
+@pytest.mark.parametrize(
+    ("slurm", "pyslurm"),
+    [("22.05.8", "22.5.3"), ("23.02.7", "23.2.2"), ("24.05.4", "24.5.0"), ("25.05.1", "25.5.0"),
+     ("23.11.10", "23.11.0"), ("24.11.5-1", "24.11.0.post1")],
+)  # fmt: skip
+def test_pyslurm_matches_slurm_by_number_not_by_text(fake_slurm: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture, slurm: str,
+                                                     pyslurm: str) -> None:  # fmt: skip
+    """pyslurm numbers its releases 22.5, 23.2, 24.5, 25.5 for Slurm's 22.05, 23.02, 24.05, 25.05."""
+    write_command(fake_slurm, "scontrol", f"echo 'slurm {slurm}'")
+    fake_pyslurm(monkeypatch, pyslurm)
+    caplog.set_level("INFO", logger="ajr_agent.adapters.slurm.gateway")
+    assert isinstance(open_gateway(Settings()), PyslurmGateway)
+    assert f"Slurm backend: pyslurm ({pyslurm} matches Slurm {slurm})" in caplog.text
+    assert isinstance(open_gateway(Settings(slurm_backend=SlurmBackend.PYSLURM)), PyslurmGateway)
+
+
+@pytest.mark.parametrize(("slurm", "pyslurm"), [("24.11.1", "24.1.0"), ("23.02.7", "23.20.0"), ("22.05.8", "23.2.0"),
+                                                 ("22.05.8", "unknown"), ("unreadable", "22.5.0")])  # fmt: skip
+def test_pyslurm_of_another_release_is_not_used(fake_slurm: Path, monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture, slurm: str, pyslurm: str) -> None:
+    write_command(fake_slurm, "scontrol", f"echo 'slurm {slurm}'")
+    fake_pyslurm(monkeypatch, pyslurm)
+    caplog.set_level("INFO", logger="ajr_agent.adapters.slurm.gateway")
+    assert open_gateway(Settings()).backend == "commands"
+    assert "Slurm backend: commands" in caplog.text and f"pyslurm {pyslurm} does not match Slurm" in caplog.text
+    with pytest.raises(SlurmError, match=f"pyslurm {pyslurm} does not match Slurm"):
+        open_gateway(Settings(slurm_backend=SlurmBackend.PYSLURM))
+
+
+def test_the_choice_of_backend_is_logged_with_its_reason(monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    caplog.set_level("INFO", logger="ajr_agent.adapters.slurm.gateway")
+    open_gateway(Settings(slurm_backend=SlurmBackend.COMMANDS))
+    assert "Slurm backend: commands (slurm_backend = commands)" in caplog.text
+    monkeypatch.setitem(sys.modules, "pyslurm", None)
+    open_gateway(Settings())
+    assert "Slurm backend: commands (pyslurm is not importable:" in caplog.text

@@ -8,6 +8,7 @@ running Slurm's major.minor.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from typing import Protocol, Sequence
 
@@ -18,6 +19,9 @@ from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.settings import Settings, SlurmBackend
 
 log = logging.getLogger(__name__)
+
+# Slurm prints `22.05.8` or `24.11.5-1`; pyslurm `22.5.3` or `24.11.0.post1`.
+_MAJOR_MINOR = re.compile(r"([0-9]+)\.([0-9]+)")
 
 
 class SlurmGateway(Protocol):
@@ -60,29 +64,43 @@ class SlurmGateway(Protocol):
 
 
 def open_gateway(settings: Settings) -> SlurmGateway:
-    """The backend the settings ask for; with `auto`, pyslurm only when it matches the running Slurm."""
+    """The backend the settings ask for; with `auto`, pyslurm only when it matches the running Slurm.
+
+    The choice and its reason are logged: the backend decides how every poll and action goes.
+    """
     commands = CommandGateway(settings.slurm_command_timeout)
     if settings.slurm_backend is SlurmBackend.COMMANDS:
+        log.info("Slurm backend: commands (slurm_backend = commands)")
         return commands
     try:
         import pyslurm  # type: ignore[import-not-found]
     except ImportError as exc:
         if settings.slurm_backend is SlurmBackend.PYSLURM:
             raise SlurmError(["import pyslurm"], f"pyslurm is not importable: {exc}", transient=False) from exc
+        log.info("Slurm backend: commands (pyslurm is not importable: %s)", exc)
         return commands
-    slurm_version = commands.version() if shutil.which("scontrol") else ""
+    slurm_version = commands.version() if shutil.which("scontrol") else "unknown (no scontrol on PATH)"
     pyslurm_version = str(getattr(pyslurm, "__version__", ""))
-    if _major_minor(slurm_version) and _major_minor(slurm_version) == _major_minor(pyslurm_version):
+    release = _release(slurm_version)
+    if release is not None and release == _release(pyslurm_version):
+        log.info("Slurm backend: pyslurm (%s matches Slurm %s)", pyslurm_version, slurm_version)
         return PyslurmGateway(settings.slurm_command_timeout, pyslurm)
     if settings.slurm_backend is SlurmBackend.PYSLURM:
         raise SlurmError(
             ["import pyslurm"],
-            f"pyslurm {pyslurm_version} does not match Slurm {slurm_version}; install the pyslurm release built for it",
+            f"pyslurm {pyslurm_version} does not match Slurm {slurm_version}: install the pyslurm release built for "
+            f"this Slurm (pyslurm numbers Slurm 24.05 as 24.5), or set slurm_backend = \"auto\" to use the commands",
             transient=False,
-        )
-    log.info("pyslurm %s does not match Slurm %s: using the Slurm commands", pyslurm_version, slurm_version)
+        )  # fmt: skip
+    log.info("Slurm backend: commands (pyslurm %s does not match Slurm %s)", pyslurm_version, slurm_version)
     return commands
 
 
-def _major_minor(version: str) -> tuple[str, ...]:
-    return tuple(version.split(".")[:2]) if version.count(".") >= 1 else ()
+def _release(version: str) -> tuple[int, int] | None:
+    """A version's major and minor numbers, None when it has none.
+
+    As numbers: pyslurm numbers its release for Slurm 22.05 "22.5", so Slurm's `22.05.8`
+    and pyslurm's `22.5.3` are the same release, and `24.1` is not `24.11`.
+    """
+    found = _MAJOR_MINOR.match(version)
+    return (int(found[1]), int(found[2])) if found else None
