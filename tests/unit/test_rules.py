@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pytest
 import regex
 
-from ajr_agent.detect import rules as rules_module
+from ajr_agent.detect.rules import engine, grep, patterns, prefilter
 from ajr_agent.domain.errors import AjrError
 from ajr_agent.detect.rules import (
     DEFAULT_PRIORITY,
@@ -488,7 +488,7 @@ def test_a_line_stops_trying_rules_after_a_few_timeouts() -> None:
     line = "".join(f"slow{i}" for i in range(5)) + "a" * 5000 + "!"
     assert rules.match(line) == []
     assert sum(rules.timeouts.values()) == 5, "every rule counts as not matching"
-    assert rules_module.LINE_TIMEOUTS_AT_MOST < 5
+    assert engine.LINE_TIMEOUTS_AT_MOST < 5
 
 
 def test_a_pass_matches_what_fits_in_its_budget_and_leaves_the_rest(defaults: RuleSet) -> None:
@@ -617,7 +617,7 @@ def test_disabled_rules_are_left_out_of_a_rule_set() -> None:
 
 
 def test_only_three_non_ascii_letters_match_ascii_ones_case_insensitively() -> None:
-    # The prefilter key maps exactly these to ASCII (see rules._key_table); a
+    # The prefilter key maps exactly these to ASCII (see prefilter._key_table); a
     # new `regex` release that folds more characters would make it hide matches.
     ascii_alnum = regex.compile(r"[a-z0-9]", regex.IGNORECASE)
     found = [
@@ -663,15 +663,15 @@ def test_match_lines_with_repeated_and_cached_lines(batched: RuleSet) -> None:
 
 
 def test_candidate_cache_stays_bounded_and_correct(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rules_module, "_CACHE_MAX_ENTRIES", 4)
-    monkeypatch.setattr(rules_module, "_CACHE_MAX_KEY_CHARS", 40)
+    monkeypatch.setattr(prefilter, "_CACHE_MAX_ENTRIES", 4)
+    monkeypatch.setattr(prefilter, "_CACHE_MAX_KEY_CHARS", 40)
     matcher = RuleSet.load([default_rules_dir()])
     lines = [f"step {i} tag{chr(97 + i % 26)}{i % 7} segmentation fault" for i in range(50)]
     lines.append("x" * 100 + " segmentation fault")  # too long to be cached
     for _ in range(2):  # the second pass runs on whatever the cache kept
         assert [m.rule.name for _, m in matcher.match_lines(lines)] == ["segfault"] * len(lines)
-        assert len(matcher._cache) <= 4
-        assert all(len(key) <= 40 for key in matcher._cache)
+        assert len(matcher._prefilter._cache) <= 4
+        assert all(len(key) <= 40 for key in matcher._prefilter._cache)
 
 
 
@@ -697,7 +697,7 @@ def test_candidate_cache_stays_bounded_and_correct(monkeypatch: pytest.MonkeyPat
     ],
 )
 def test_block_scannable(pattern: str, scannable: bool) -> None:
-    assert rules_module.block_scannable(pattern) is scannable
+    assert patterns.block_scannable(pattern) is scannable
 
 
 # Throughput patterns whose matches can run across a line break in a joined batch.
@@ -725,7 +725,7 @@ def test_a_few_lines_are_matched_one_by_one(defaults: RuleSet, grep_runs: list[i
     found = []
     for start in range(0, len(lines), 5):  # under BATCH_MIN_LINES: no batch, so no grep either
         found += [(start + i, m.rule.name, m.value) for i, m in matcher.match_lines(lines[start : start + 5])]
-    assert rules_module.BATCH_MIN_LINES == 6
+    assert engine.BATCH_MIN_LINES == 6
     assert found == expected and grep_runs == []
 
 
@@ -762,7 +762,7 @@ def test_a_block_scan_out_of_time_finishes_line_by_line(
     lines = realistic_log(4000)
     matcher = RuleSet.load([default_rules_dir()])
     expected = per_line(matcher, lines)
-    monkeypatch.setattr(rules_module, "_SCAN_SECONDS_PER_CHAR", -1.0)  # a deadline already past
+    monkeypatch.setattr(engine, "_SCAN_SECONDS_PER_CHAR", -1.0)  # a deadline already past
     with caplog.at_level(logging.DEBUG, logger="ajr_agent.detect.rules"):
         assert batch(matcher, lines) == expected
     assert "timed out; searching the rest line by line" in caplog.text
@@ -828,7 +828,7 @@ def grep_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
             runs.append(returncode)
             return returncode
 
-    monkeypatch.setattr(rules_module.subprocess, "Popen", RecordingPopen)
+    monkeypatch.setattr(grep.subprocess, "Popen", RecordingPopen)
     return runs
 
 
@@ -903,7 +903,7 @@ def test_grep_prefilter_finds_the_events_of_a_realistic_log(
 
 def test_grep_runs_only_on_large_batches(defaults: RuleSet, grep_runs: list[int]) -> None:
     matcher = RuleSet.from_rules(defaults.rules)
-    assert matcher.grep_min_chars == rules_module.GREP_MIN_BATCH_CHARS == 2**20
+    assert matcher.grep_min_chars == grep.GREP_MIN_BATCH_CHARS == 2**20
     lines = realistic_log(2000)
     assert sum(map(len, lines)) < matcher.grep_min_chars
     small = matcher.match_lines(lines)
@@ -933,7 +933,7 @@ def test_grep_failure_falls_back_to_python(
     else:
         fake.write_text("#!/bin/sh\nexit 2\n" if failure == "exit_2" else "#!/bin/sh\nexec sleep 10\n")
         fake.chmod(0o755)
-        monkeypatch.setattr(rules_module, "GREP_TIMEOUT", 0.2)
+        monkeypatch.setattr(grep, "GREP_TIMEOUT", 0.2)
     lines = realistic_log(3000) + TRICKY_GREP_LINES
     expected = RuleSet.load([default_rules_dir()])
     expected.grep_executable = None
@@ -957,7 +957,7 @@ def test_no_memory_file_for_grep_falls_back_to_python(
     expected.grep_executable = None
     matcher = RuleSet.load([default_rules_dir()])
     matcher.grep_min_chars = 0
-    monkeypatch.setattr(rules_module.os, "memfd_create", no_memfd)
+    monkeypatch.setattr(grep.os, "memfd_create", no_memfd)
     with caplog.at_level(logging.DEBUG, logger="ajr_agent.detect.rules"):
         assert matcher.match_lines(lines) == expected.match_lines(lines)
     assert "Too many open files" in caplog.text and "matching without it" in caplog.text

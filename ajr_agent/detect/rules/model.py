@@ -1,0 +1,147 @@
+"""What a rule is: the schema of a ``[[rule]]`` table, what a match of it carries, and which
+match of several explains a failure (`root_cause`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated
+
+import regex
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+
+from ajr_agent.domain.errors import AjrError
+
+DEFAULT_PRIORITY = 50
+"""Priority of an anomaly rule that does not set one: the middle of the 0-1000 scale."""
+
+_NAME_RE = regex.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_CATEGORY_RE = regex.compile(r"[a-z][a-z0-9_]*")
+
+
+class RuleKind(StrEnum):
+    """What a match of the rule means."""
+
+    CHECKPOINT = "checkpoint"
+    ANOMALY = "anomaly"
+    THROUGHPUT = "throughput"
+
+
+class Fault(StrEnum):
+    """Where an anomaly puts the blame; it decides whether to avoid the node."""
+
+    NODE = "node"
+    APPLICATION = "application"
+    INFRASTRUCTURE = "infrastructure"
+    UNKNOWN = "unknown"
+
+
+class RuleFileError(AjrError):
+    """A rule file cannot be read or holds an invalid rule."""
+
+
+def _check_rule_name(name: str) -> str:
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"name {name!r} must be letters, digits, '_', '.' and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+RuleName = Annotated[StrictStr, AfterValidator(_check_rule_name)]
+"""A rule's name as rule files may spell it; the rule entries of the loader share it."""
+
+
+class Rule(BaseModel):
+    """One validated rule; ``source`` is the file it came from (set by the loader)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: RuleName
+    kind: RuleKind
+    pattern: StrictStr = Field(min_length=1)
+    category: StrictStr | None = None
+    fault: Fault = Fault.UNKNOWN
+    priority: StrictInt = Field(default=DEFAULT_PRIORITY, ge=0, le=1000)
+    cascade: StrictBool = False
+    ignore_case: StrictBool = True
+    enabled: StrictBool = True
+    description: StrictStr = ""
+    source: StrictStr = ""
+
+    @field_validator("category")
+    @classmethod
+    def _check_category(cls, category: str | None) -> str | None:
+        if category is not None and not _CATEGORY_RE.fullmatch(category):
+            raise ValueError(
+                f"category {category!r} must be lower-case letters, digits and '_', "
+                "starting with a letter"
+            )
+        return category
+
+    @model_validator(mode="after")
+    def _check_rule(self) -> Rule:
+        if self.kind is RuleKind.ANOMALY:
+            if self.category is None:
+                raise ValueError("an anomaly rule needs a category")
+        else:
+            # Silently ignoring these would hide a rule whose kind is a typo.
+            if self.category is not None:
+                raise ValueError(f"category is only for anomaly rules, not {self.kind.value}")
+            for key in ("fault", "priority", "cascade"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"{key} is only for anomaly rules, not {self.kind.value}")
+        try:
+            compiled = self.compile()
+        except regex.error as exc:
+            raise ValueError(f"pattern does not compile: {exc}") from None
+        if self.kind is RuleKind.THROUGHPUT and "value" not in compiled.groupindex:
+            raise ValueError(
+                "a throughput pattern needs a named group (?P<value>...) around the number"
+            )
+        return self
+
+    def compile(self) -> regex.Pattern[str]:
+        """Return the rule's pattern compiled, ignoring case if the rule says so."""
+        return regex.compile(self.pattern, regex.IGNORECASE if self.ignore_case else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleMatch:
+    """A rule that matched a line; ``value`` is the number a throughput rule captured."""
+
+    rule: Rule
+    value: float | None = None
+
+
+def root_cause(matches: Iterable[RuleMatch]) -> RuleMatch | None:
+    """Return the anomaly match that best explains ``matches``, or None if there is none.
+
+    ``matches`` may come from one line or from all the anomaly lines of an
+    attempt, in the order they were seen. A match of a rule that is not a
+    cascade beats every cascade match; among those left the highest
+    ``priority`` wins, and on a tie the earliest. Checkpoint and throughput
+    matches are ignored.
+    """
+    best: RuleMatch | None = None
+    best_rank = (False, -1)
+    for match in matches:
+        rule = match.rule
+        if rule.kind is not RuleKind.ANOMALY:
+            continue
+        rank = (not rule.cascade, rule.priority)
+        if rank > best_rank:  # strictly greater: the earliest of equals stays
+            best, best_rank = match, rank
+    return best
