@@ -60,7 +60,7 @@ def other_agents() -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"ajr_agent.runtime.agent" in argv or any(arg.endswith(b"/ajr-agent") for arg in argv):
+        if b"ajr_agent.surfaces.service" in argv or any(arg.endswith(b"/ajr-agent") for arg in argv):
             found.append(int(entry.name))
     return found
 

@@ -1,6 +1,6 @@
 """Detection latency: from a failure line written to a job's log until AJR issues the requeue.
 
-Runs against the local Slurm with a real agent process (`python -m ajr_agent.runtime.agent`),
+Runs against the local Slurm with a real agent process (`python -m ajr_agent.surfaces.service`),
 once per configuration of concurrently followed log files (1, 100 and 1,000 by
 default). For each configuration:
 
@@ -110,7 +110,7 @@ class AgentProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AJR_", "APS_"))}
         env["PATH"] = f"{shims}:{env.get('PATH', '/usr/bin:/bin')}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ajr_agent.runtime.agent", "--config", str(config), "--log-level", "INFO"],
+            [sys.executable, "-m", "ajr_agent.surfaces.service", "--config", str(config), "--log-level", "INFO"],
             cwd=ROOT, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + 30

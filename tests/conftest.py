@@ -124,7 +124,7 @@ class AgentProcess:
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AJR_", "APS_"))}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ajr_agent.runtime.agent", "--config", str(self.config), "--log-level", "DEBUG"],
+            [sys.executable, "-m", "ajr_agent.surfaces.service", "--config", str(self.config), "--log-level", "DEBUG"],
             stdout=self.log.open("a"), stderr=subprocess.STDOUT, text=True, env=env,
         )  # fmt: skip
         wait_for(lambda: "started" in self.log.read_text() or self.process.poll() is not None, 30, "agent start")

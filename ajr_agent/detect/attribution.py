@@ -3,33 +3,22 @@
 The verdict rests on the failed attempt's own anomaly lines (the root cause among them,
 not the cascade) and, where the site keeps them on shared storage, the kernel and
 system logs of the job's nodes in a window around the failure (`NVRM: Xid` lines, for
-example). The decision is a pure function; reading node logs is a thin, bounded adapter
-with a deadline, so a slow file system delays a release by seconds, never strands it.
+example). Everything here is pure: adapters.node_logs reads the node logs, and
+runtime.verdicts does both off the decision loop.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import re
-import time
-from datetime import datetime
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import datetime
 from typing import Iterable, Sequence
 
-from ajr_agent.domain.settings import Settings
+from ajr_agent.detect.rules import Fault as RuleFault
+from ajr_agent.detect.rules import RuleKind, RuleMatch, RuleSet, root_cause
 from ajr_agent.detect.timestamps import parse_line_time
-from ajr_agent.domain.model import Attributed, ManagedJob, Verdict
-from ajr_agent.detect.rules import Fault, RuleKind, RuleMatch, RuleSet, root_cause
-from ajr_agent.adapters.slurm import SlurmError, SlurmGateway
-from ajr_agent.domain.hostlist import expand_hostlist
-
-log = logging.getLogger(__name__)
-
-# How much of each node log file is read, from its end: enough for minutes of kernel
-# messages, bounded whatever the file's size.
-TAIL_BYTES = 1024 * 1024
+from ajr_agent.domain.jobs import NodeLogLine
+from ajr_agent.domain.model import Fault, Verdict
 
 
 @dataclass(frozen=True)
@@ -51,21 +40,21 @@ def verdict(job_evidence: Sequence[Evidence], node_evidence: Sequence[Evidence],
     the line, or on the only node of a one-node job. A job Slurm ended NODE_FAIL with no
     line to go on is a node fault of unknown node.
     """
-    blamed = [e for e in node_evidence if e.match.rule.fault is Fault.NODE]
+    blamed = [e for e in node_evidence if e.match.rule.fault is RuleFault.NODE]
     if blamed:
         cause = root_cause([e.match for e in blamed])
         nodes = tuple(sorted({e.node for e in blamed}))
         lines = _evidence_lines(blamed)
-        return Verdict("node", nodes, _describe(cause), lines)
+        return Verdict(Fault.NODE, nodes, _describe(cause), lines)
     cause = root_cause([e.match for e in job_evidence])
     if cause is None:
         if ended_state == "NODE_FAIL":
-            return Verdict("node", tuple(job_nodes) if len(job_nodes) == 1 else (), "Slurm: NODE_FAIL", ())
-        return Verdict("unknown", (), "no anomaly line", ())
+            return Verdict(Fault.NODE, tuple(job_nodes) if len(job_nodes) == 1 else (), "Slurm: NODE_FAIL", ())
+        return Verdict(Fault.UNKNOWN, (), "no anomaly line", ())
     chosen = [e for e in job_evidence if e.match is cause]
-    fault = cause.rule.fault.value
+    fault = Fault(cause.rule.fault.value)
     nodes: tuple[str, ...] = ()
-    if cause.rule.fault is Fault.NODE:
+    if cause.rule.fault is RuleFault.NODE:
         named = tuple(n for n in job_nodes if any(_names(e.line, n) for e in chosen))
         nodes = named or (tuple(job_nodes) if len(job_nodes) == 1 else ())
     return Verdict(fault, nodes, _describe(cause), _evidence_lines(chosen + [e for e in job_evidence if e not in chosen][:4]))
@@ -106,81 +95,17 @@ def excludable(nodes: Sequence[str], already: Sequence[str], partition_nodes: Se
     return new, ""
 
 
-class Attributor:
-    """Gathers what a verdict needs (node logs, partition members) and returns the Attributed event."""
-
-    def __init__(self, settings: Settings, rules: RuleSet, gateway: SlurmGateway) -> None:
-        self.settings = settings
-        self.rules = rules
-        self.gateway = gateway
-
-    def attribute(self, job: ManagedJob, attempt: int, evidence: Sequence[Evidence], ended_state: str,
-                  failed_at: float, now: float) -> tuple[Attributed, list[str]]:  # fmt: skip
-        """The verdict on `attempt` of `job` and notes on what limited it."""
-        notes: list[str] = []
-        nodes = expand_hostlist(job.nodes) if job.nodes else []
-        node_evidence: list[Evidence] = []
-        if self.settings.node_log_dir and nodes:
-            deadline = time.monotonic() + self.settings.attribution_timeout
-            node_evidence, cut = read_node_logs(self.settings.node_log_dir, nodes, self.rules, failed_at,
-                                                self.settings.attribution_window, deadline)  # fmt: skip
-            if cut:
-                notes.append(f"attribution cut short after {self.settings.attribution_timeout:g} s of reading node logs")
-        found = verdict(evidence, node_evidence, nodes, ended_state)
-        exclude: tuple[str, ...] = ()
-        if found.fault == "node" and found.nodes and self.settings.exclude_faulty_nodes:
-            try:
-                members = self.gateway.partition_nodes().get(job.partition, [])
-            except SlurmError as exc:
-                members = []
-                notes.append(f"partition {job.partition} unknown ({exc}); excluding without the last-node check")
-            exclude, why = excludable(found.nodes, job.excluded_nodes.split(","), members)
-            if why:
-                notes.append(f"{', '.join(found.nodes)} {why}")
-        return Attributed(job.job_id, attempt, now, found, exclude), notes
-
-
-def read_node_logs(template: str, nodes: Sequence[str], rules: RuleSet, around: float, window: float,
-                   deadline: float) -> tuple[list[Evidence], bool]:  # fmt: skip
-    """Anomaly lines of the nodes' own logs within `window` seconds of `around`.
-
-    `template` names a node's log directory, e.g. `/shared/syslog/{node}`; every regular
-    file in it is read from its last TAIL_BYTES. Returns the evidence and whether the
-    deadline cut the reading short.
-    """
+def node_evidence(lines: Sequence[NodeLogLine], rules: RuleSet, around: float, window: float) -> list[Evidence]:
+    """The anomaly lines of the nodes' own logs written within `window` seconds of `around`."""
     found: list[Evidence] = []
-    for node in nodes:
-        directory = Path(template.format(node=node))
-        try:
-            files = sorted(e.path for e in os.scandir(directory) if e.is_file(follow_symlinks=False))
-        except OSError as exc:
-            log.debug("node log directory %s unreadable: %s", directory, exc)
+    for line in lines:
+        when = node_line_time(line.text, around)
+        if when is None or abs(when - around) > window:
             continue
-        for path in files:
-            if time.monotonic() > deadline:
-                return found, True
-            for line in _tail_lines(path):
-                when = node_line_time(line, around)
-                if when is None or abs(when - around) > window:
-                    continue
-                for match in rules.match(line):
-                    if match.rule.kind is RuleKind.ANOMALY:
-                        found.append(Evidence(match, line, f"node {node}: {Path(path).name}", node))
-    return found, False
-
-
-def _tail_lines(path: str) -> list[str]:
-    try:
-        with open(path, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - TAIL_BYTES))
-            data = handle.read(TAIL_BYTES)
-    except OSError as exc:
-        log.debug("node log %s unreadable: %s", path, exc)
-        return []
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    # The first line of a tail is most likely cut in the middle.
-    return lines[1:] if size > TAIL_BYTES else lines
+        for match in rules.match(line.text):
+            if match.rule.kind is RuleKind.ANOMALY:
+                found.append(Evidence(match, line.text, f"node {line.node}: {line.file}", line.node))
+    return found
 
 
 _SYSLOG_TIME = re.compile(r"^([A-Z][a-z]{2}) +(\d{1,2}) (\d{2}):(\d{2}):(\d{2})\b")

@@ -64,3 +64,12 @@ def expand_stdout(pattern: str, job: JobSnapshot) -> str:
     """Expand the filename patterns Slurm 22.05 leaves in STDOUT (newer Slurm expands them itself)."""
     replacements = {"%j": str(job.job_id), "%A": str(job.job_id), "%x": job.name, "%u": job.user, "%%": "%"}
     return re.sub(r"%[jAxu%]", lambda m: replacements[m.group(0)], pattern)
+
+
+@dataclass(frozen=True)
+class NodeLogLine:
+    """A line of a node's own kernel or system log, read for a verdict."""
+
+    node: str
+    file: str  # the file's name in the node's log directory
+    text: str

@@ -48,7 +48,42 @@ class StopCause(StrEnum):
 class Awaiting(StrEnum):
     """A step the policy waits for before it goes on with a job."""
 
-    VERDICT = "verdict"  # singleton: the failed job had ended; the successor is released once the verdict is in
+    # The failed attempt's verdict, worked out off the loop: the release (or, in a singleton
+    # chain, the successor's release) waits for it, so that a faulty node is kept out.
+    VERDICT = "verdict"
+
+
+class Fault(StrEnum):
+    """Where a failure's fault lies; a node fault keeps the node out."""
+
+    NODE = "node"
+    APPLICATION = "application"
+    INFRASTRUCTURE = "infrastructure"
+    UNKNOWN = "unknown"
+
+
+class NoteKind(StrEnum):
+    """What a line of a job's story is about (the cockpit and `ajr show` group by it)."""
+
+    MANAGED = "managed"
+    ATTEMPT = "attempt"
+    CHECKPOINT = "checkpoint"
+    FAILURE = "failure"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+    ACTION = "action"
+    VERDICT = "verdict"
+    HELD = "held"
+    ENDED = "ended"
+    NOT_REQUEUED = "not_requeued"
+    CHAIN_ENDED = "chain_ended"
+    STRAGGLER = "straggler"
+    SUCCESS = "success"
+    EPILOG = "epilog"
+    LOG = "log"
+    WARNING = "warning"
+    FORGOTTEN = "forgotten"
+    GONE = "gone"
 
 
 class Outcome(StrEnum):
@@ -200,7 +235,7 @@ class AttemptSucceeded:
 class Verdict:
     """Where a failure's fault lies, and the lines that say so."""
 
-    fault: str  # node | application | infrastructure | unknown
+    fault: Fault
     nodes: tuple[str, ...]  # the nodes at fault, for a node verdict when they are known
     cause: str  # the root cause, e.g. "gpu_hardware (xid_79)"
     evidence: tuple[str, ...]  # the log lines it rests on, "source: line"
@@ -215,6 +250,29 @@ class Attributed:
     at: float
     verdict: Verdict
     exclude: tuple[str, ...] = ()  # the blamed nodes that may be excluded (never a partition's last ones)
+    # What a drain decision needs, read with the verdict (None when Slurm could not say).
+    cluster: NodeFacts | None = None
+    cluster_error: str = ""  # why `cluster` is None
+    drains_last_hour: int = 0  # AJR's drains in the hour before; the site's budget bounds them
+    notes: tuple[str, ...] = ()  # what limited the verdict (a deadline, an unknown partition)
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """The cluster's partitions and the nodes already out of service, as Slurm showed them."""
+
+    partitions: tuple[tuple[str, tuple[str, ...]], ...]
+    out_of_service: frozenset[str]
+
+
+@dataclass(frozen=True)
+class VerdictOverdue:
+    """The verdict on a failed attempt did not come within its deadline: go on without it."""
+
+    job_id: int
+    attempt: int
+    at: float
+    waited: float
 
 
 @dataclass(frozen=True)
@@ -287,8 +345,8 @@ class ActionFailed:
 
 
 Event = (
-    AttemptStarted | AttemptSucceeded | JobEnded | JobHeld | JobVanished | Attributed | StragglerFound
-    | AnomalyFound | CheckpointSaved | ActionDone | ActionFailed
+    AttemptStarted | AttemptSucceeded | JobEnded | JobHeld | JobVanished | Attributed | VerdictOverdue
+    | StragglerFound | AnomalyFound | CheckpointSaved | ActionDone | ActionFailed
 )
 
 
@@ -334,7 +392,7 @@ class Action:
 class Note:
     """A line of a job's story: what happened and what AJR made of it."""
 
-    kind: str
+    kind: NoteKind
     text: str
 
 

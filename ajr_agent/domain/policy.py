@@ -23,18 +23,22 @@ from ajr_agent.domain.model import (
     CheckpointSaved,
     Decision,
     Event,
+    Fault,
     JobEnded,
     JobHeld,
     JobVanished,
     ManagedJob,
     Note,
+    NoteKind,
     Outcome,
     Phase,
     StopCause,
     StragglerFound,
+    VerdictOverdue,
 )
 from ajr_agent.domain.jobs import FAILED_STATES, JobSnapshot
 from ajr_agent.domain.spec import ApsSpec, ResumeMode
+from ajr_agent.domain.text import printable
 
 # Phases in which AJR is between a failure and the next attempt.
 RECOVERING = frozenset({Phase.HOLDING, Phase.HELD, Phase.RELEASING, Phase.RESTARTING, Phase.HANDING_OVER})
@@ -93,7 +97,7 @@ def adopt(snapshot: JobSnapshot, spec: ApsSpec, settings: Settings, now: float, 
     )
     asked = f" (job asked {spec.max_requeue_times}, site cap {settings.site_requeue_cap})"
     limit_text = f"{limit}{asked if spec.max_requeue_times not in (None, limit) else ''}"
-    note = Note("managed", f"managed in {job.mode.value} mode, requeue limit {limit_text}")
+    note = Note(NoteKind.MANAGED, f"managed in {job.mode.value} mode, requeue limit {limit_text}")
     if snapshot.ended and (snapshot.end_time or now) < watching_since:
         job = replace(
             job,
@@ -105,7 +109,7 @@ def adopt(snapshot: JobSnapshot, spec: ApsSpec, settings: Settings, now: float, 
             attempt_end_reason=f"{snapshot.state} before AJR watched",
             slurm_state=snapshot.state,
         )
-        note = Note("managed", f"ended {snapshot.state} before AJR started watching; not recovered")
+        note = Note(NoteKind.MANAGED, f"ended {snapshot.state} before AJR started watching; not recovered")
     return Decision(job, notes=(note,))
 
 
@@ -199,11 +203,13 @@ def decide(job: ManagedJob, event: Event, settings: Settings, successor: int | N
         case JobHeld():
             return _held(job, event)
         case Attributed():
-            return _attributed(job, event)
+            return _attributed(job, event, settings)
+        case VerdictOverdue():
+            return _verdict_overdue(job, event, settings)
         case StragglerFound():
             return _straggler(job, event, settings, successor)
         case JobVanished():
-            return Decision(replace(job, phase=Phase.GONE), notes=(Note("gone", "job left slurmctld's memory"),))
+            return Decision(replace(job, phase=Phase.GONE), notes=(Note(NoteKind.GONE, "job left slurmctld's memory"),))
     raise TypeError(f"unknown event {event!r}")  # pragma: no cover - Event is a closed union
 
 
@@ -233,7 +239,7 @@ def _attempt_started(job: ManagedJob, event: AttemptStarted) -> Decision:
         stop_cause=None if phase is Phase.WATCHING else job.stop_cause,
     )
     where = f" on {event.nodes}" if event.nodes else ""
-    return Decision(started, notes=(Note("attempt", f"attempt {event.attempt} started{where}"),))
+    return Decision(started, notes=(Note(NoteKind.ATTEMPT, f"attempt {event.attempt} started{where}"),))
 
 
 def _end_attempt(job: ManagedJob, at: float, outcome: Outcome, reason: str) -> ManagedJob:
@@ -257,20 +263,20 @@ def _job_ended(job: ManagedJob, event: JobEnded, settings: Settings, successor: 
         job = _keep_failed(job, Outcome.CANCELLED, state)
         if job.phase in (Phase.HANDING_OVER, Phase.HANDED_OVER):
             # AJR's own scancel of a failed singleton job: the chain goes on.
-            return Decision(job, notes=(Note("ended", f"attempt {event.attempt} cancelled for the hand-over"),))
+            return Decision(job, notes=(Note(NoteKind.ENDED, f"attempt {event.attempt} cancelled for the hand-over"),))
         held = " while AJR was recovering it" if job.phase in RECOVERING else ""
         return Decision(
-            replace(job, phase=Phase.FINISHED), notes=(Note("ended", f"job cancelled{held}; not requeued"),)
+            replace(job, phase=Phase.FINISHED), notes=(Note(NoteKind.ENDED, f"job cancelled{held}; not requeued"),)
         )
     if job.handled_attempt == event.attempt:
         job = _keep_failed(job, Outcome.FAILED, state)
-        return Decision(job, notes=(Note("ended", f"attempt {event.attempt} ended {state} (failure already handled)"),))
+        return Decision(job, notes=(Note(NoteKind.ENDED, f"attempt {event.attempt} ended {state} (failure already handled)"),))
     if state == "COMPLETED":
         job = replace(job, phase=Phase.FINISHED, attempt_outcome=Outcome.COMPLETED, attempt_end_reason=state)
-        return Decision(job, notes=(Note("ended", "job completed successfully"),))
+        return Decision(job, notes=(Note(NoteKind.ENDED, "job completed successfully"),))
     # PREEMPTED, REVOKED, SPECIAL_EXIT: Slurm or the user's own logic decides what comes next.
     job = replace(job, attempt_outcome=Outcome.ENDED, attempt_end_reason=state)
-    return Decision(job, notes=(Note("ended", f"attempt {event.attempt} ended {state}; left to Slurm"),))
+    return Decision(job, notes=(Note(NoteKind.ENDED, f"attempt {event.attempt} ended {state}; left to Slurm"),))
 
 
 def _keep_failed(job: ManagedJob, outcome: Outcome, state: str) -> ManagedJob:
@@ -284,11 +290,11 @@ def _failure(job: ManagedJob, attempt: int, at: float, cause: str, settings: Set
              successor: int | None) -> Decision:  # fmt: skip
     """A failure of `attempt`: recover, or say why not. One failure gives at most one recovery."""
     if attempt != job.attempt:
-        return Decision(job, notes=(Note("ignored", f"{cause} in attempt {attempt}, which is over; ignored"),))
+        return Decision(job, notes=(Note(NoteKind.IGNORED, f"{cause} in attempt {attempt}, which is over; ignored"),))
     if job.handled_attempt == attempt:
-        return Decision(job, notes=(Note("duplicate", f"{cause}: same failure of attempt {attempt}, already handled"),))
+        return Decision(job, notes=(Note(NoteKind.DUPLICATE, f"{cause}: same failure of attempt {attempt}, already handled"),))
     if job.phase in OVER:
-        return Decision(job, notes=(Note("ignored", f"{cause} after the job had {job.slurm_state or 'ended'}"),))
+        return Decision(job, notes=(Note(NoteKind.IGNORED, f"{cause} after the job had {job.slurm_state or 'ended'}"),))
     streak = job.failure_streak + (0 if job.attempt_succeeded else 1)
     failed = replace(job, handled_attempt=attempt, failure_streak=streak, attempt_outcome=Outcome.FAILED,
                      attempt_end_reason=job.attempt_end_reason or cause)  # fmt: skip
@@ -304,41 +310,51 @@ def _failure(job: ManagedJob, attempt: int, at: float, cause: str, settings: Set
     if used >= limit:
         return _stop(failed, StopCause.LIMIT, f"{cause}; requeue limit reached ({used}/{limit})", settings)
     if job.mode is ResumeMode.SINGLETON:
-        return _hand_over(failed, attempt, cause, successor, settings)
+        return _hand_over(failed, cause, successor, settings)
     action = Action(ActionKind.REQUEUE_HOLD, job.job_id, attempt, cause)
-    requeued = replace(failed, phase=Phase.HOLDING, requeues_used=used + 1, last_action=f"requeue_hold ({cause})")
+    # Held at once, so the failed run gives its nodes back; released once the verdict is in.
+    requeued = _await_verdict(failed, phase=Phase.HOLDING, requeues_used=used + 1,
+                              last_action=f"requeue_hold ({cause})")  # fmt: skip
     return Decision(
         requeued,
         actions=(action,),
-        notes=(Note("failure", f"attempt {attempt} failed: {cause}; requeueing held ({used + 1}/{limit})"),),
+        notes=(Note(NoteKind.FAILURE, f"attempt {attempt} failed: {cause}; requeueing held ({used + 1}/{limit})"),),
     )
 
 
-def _hand_over(job: ManagedJob, attempt: int, cause: str, successor: int | None, settings: Settings) -> Decision:
+def _hand_over(job: ManagedJob, cause: str, successor: int | None, settings: Settings) -> Decision:
     """Singleton mode: stop the failing job and release the oldest held job of its chain."""
     if successor is None:
         return Decision(
             replace(job, phase=Phase.FINISHED, stop_cause=StopCause.CHAIN_ENDED,
                     stop_reason=f"{cause}; chain ended: no held job left"),
             actions=_annotate(job, f"{cause}{_on(job)}; chain ended: no held job left", settings),
-            notes=(Note("chain_ended", f"attempt failed: {cause}; chain ended: no held job of {job.name} left"),),
+            notes=(Note(NoteKind.CHAIN_ENDED, f"attempt failed: {cause}; chain ended: no held job of {job.name} left"),),
         )
     used = job.requeues_used + 1
-    handing = replace(job, phase=Phase.HANDING_OVER, successor=successor, requeues_used=used)
+    handing = _await_verdict(job, phase=Phase.HANDING_OVER, successor=successor, requeues_used=used,
+                             last_action=AWAITING_VERDICT)  # fmt: skip
+    # The verdict comes first: it may keep a faulty node out of the successor.
+    return Decision(handing, notes=(Note(NoteKind.FAILURE, f"attempt failed: {cause}; releasing job {successor} "
+                                                          f"({used}/{job.limit})"),))  # fmt: skip
+
+
+def _stop_and_hand_over(job: ManagedJob, settings: Settings) -> Decision:
+    """Singleton mode, the verdict in: stop the failing job, then release its successor."""
+    if job.attempt_ended is not None:
+        return _hand_to_successor(job)
+    cause = job.attempt_end_reason or "the failure"
     # The successor is released only once this job is stopped: two jobs of one chain
     # must never run at once, and a cancel that fails must not be overtaken.
-    note = Note("failure", f"attempt failed: {cause}; releasing job {successor} ({used}/{job.limit})")
-    if job.attempt_ended is not None:
-        # Already over: the release waits only for the verdict, which may keep a node out of it.
-        return Decision(replace(handing, awaiting=Awaiting.VERDICT, last_action=AWAITING_VERDICT), notes=(note,))
-    cancel = Action(ActionKind.CANCEL, job.job_id, attempt, f"{cause}; hand over to job {successor}")
+    cancel = Action(ActionKind.CANCEL, job.job_id, job.attempt, f"{cause}; hand over to job {job.successor}")
     # Written before the cancel: Slurm takes no AdminComment once the job has finished.
-    text = f"failed: {cause}{_on(job)}; releasing job {successor} of the chain ({used}/{job.limit})"
-    return Decision(
-        replace(handing, last_action=f"cancel ({cause})"),
-        actions=(*_annotate(handing, text, settings), cancel),
-        notes=(note,),
-    )
+    text = f"failed: {cause}{_on(job)}; releasing job {job.successor} of the chain ({job.requeues_used}/{job.limit})"
+    return Decision(replace(job, last_action=f"cancel ({cause})"), actions=(*_annotate(job, text, settings), cancel))
+
+
+def _await_verdict(job: ManagedJob, **changes: object) -> ManagedJob:
+    """The job with `changes`, waiting for the verdict on its failure (the last failure's cleared)."""
+    return replace(job, awaiting=Awaiting.VERDICT, verdict="", verdict_nodes="", **changes)  # type: ignore[arg-type]
 
 
 def _hand_to_successor(job: ManagedJob) -> Decision:
@@ -361,7 +377,7 @@ def _stop(job: ManagedJob, cause: StopCause, reason: str, settings: Settings) ->
     return Decision(
         stopped,
         actions=_annotate(stopped, f"not requeued: {reason}", settings),
-        notes=(Note("not_requeued", f"not requeued: {reason}"),),
+        notes=(Note(NoteKind.NOT_REQUEUED, f"not requeued: {reason}"),),
     )
 
 
@@ -385,7 +401,7 @@ def _succeeded(job: ManagedJob, attempt: int, how: str) -> Decision:
         return Decision(job)
     succeeded = replace(job, attempt_succeeded=True, failure_streak=0)
     text = f"restart successful ({how})" if job.attempt > 0 or job.chain else f"attempt {attempt} healthy ({how})"
-    return Decision(succeeded, notes=(Note("success", text),))
+    return Decision(succeeded, notes=(Note(NoteKind.SUCCESS, text),))
 
 
 def _checkpoint(job: ManagedJob, event: CheckpointSaved, settings: Settings) -> Decision:
@@ -393,7 +409,7 @@ def _checkpoint(job: ManagedJob, event: CheckpointSaved, settings: Settings) -> 
         return Decision(job)
     first = job.attempt_first_checkpoint or event.at
     saved = replace(job, last_checkpoint=event.at, attempt_first_checkpoint=first, attempt_last_checkpoint=event.at)
-    notes = [Note("checkpoint", f"checkpoint saved ({event.rule})")]
+    notes = [Note(NoteKind.CHECKPOINT, f"checkpoint saved ({event.rule})")]
     if settings.restart_success is RestartSuccess.CHECKPOINT and not job.attempt_succeeded:
         success = _succeeded(saved, event.attempt, "first checkpoint saved")
         return Decision(success.job, notes=(*notes, *success.notes))
@@ -407,10 +423,10 @@ def _action_done(job: ManagedJob, event: ActionDone, settings: Settings) -> Deci
         return Decision(job)
     if action.kind is ActionKind.REQUEUE_HOLD and job.phase is Phase.HOLDING and action.attempt == job.handled_attempt:
         job = _end_attempt(job, event.at, Outcome.FAILED, f"requeued by AJR after {action.reason}")
-        note = Note("action", f"{prefix}requeued held ({job.requeues_used}/{job.limit})")
+        note = Note(NoteKind.ACTION, f"{prefix}requeued held ({job.requeues_used}/{job.limit})")
         held = replace(job, phase=Phase.HELD, last_action="requeue_hold")
         trail = _annotate(held, f"requeued after {action.reason}{_on(job)} ({job.requeues_used}/{job.limit})", settings)
-        if event.dry_run:
+        if event.dry_run and job.awaiting is None:
             # Nothing was held, so Slurm will never show the job pending again: go on at once.
             release = _release(job, notes=(note,))
             return replace(release, actions=(*release.actions, *trail))
@@ -420,27 +436,27 @@ def _action_done(job: ManagedJob, event: ActionDone, settings: Settings) -> Deci
     if action.kind is ActionKind.RELEASE and job.phase is Phase.RELEASING:
         return Decision(
             replace(job, phase=Phase.RESTARTING, last_action="released"),
-            notes=(Note("action", f"{prefix}released; next attempt may start"),),
+            notes=(Note(NoteKind.ACTION, f"{prefix}released; next attempt may start"),),
         )
     if action.kind is ActionKind.RELEASE and job.phase is Phase.HANDING_OVER and action.target is not None:
         return Decision(
             replace(job, phase=Phase.HANDED_OVER, last_action=f"released job {action.target}"),
-            notes=(Note("action", f"{prefix}released job {action.target}, the next of the chain"),),
+            notes=(Note(NoteKind.ACTION, f"{prefix}released job {action.target}, the next of the chain"),),
         )
     if action.kind is ActionKind.CANCEL and job.phase is Phase.HANDING_OVER:
         handing = _hand_to_successor(job)
-        return Decision(handing.job, handing.actions, (Note("action", f"{prefix}cancelled the failing job"),))
+        return Decision(handing.job, handing.actions, (Note(NoteKind.ACTION, f"{prefix}cancelled the failing job"),))
     if action.kind is ActionKind.EXCLUDE and job.phase in (Phase.RELEASING, Phase.HANDING_OVER):
         return _after_exclusion(job, action, True, "", prefix)
     if action.kind is ActionKind.DRAIN:
-        return Decision(job, notes=(Note("action", f"{prefix}drained {action.nodes}: {action.reason}"),))
-    return Decision(job, notes=(Note("action", f"{prefix}{action.kind.value} done"),))
+        return Decision(job, notes=(Note(NoteKind.ACTION, f"{prefix}drained {action.nodes}: {action.reason}"),))
+    return Decision(job, notes=(Note(NoteKind.ACTION, f"{prefix}{action.kind.value} done"),))
 
 
 def _held(job: ManagedJob, event: JobHeld) -> Decision:
-    if job.phase is not Phase.HELD:
+    if job.phase is not Phase.HELD or job.awaiting is Awaiting.VERDICT:
         return Decision(job)
-    return _release(job, notes=(Note("held", f"job is held pending (restart count {event.attempt})"),))
+    return _release(job, notes=(Note(NoteKind.HELD, f"job is held pending (restart count {event.attempt})"),))
 
 
 def _release(job: ManagedJob, notes: tuple[Note, ...]) -> Decision:
@@ -470,7 +486,7 @@ def _after_exclusion(job: ManagedJob, action: Action, done: bool, reason: str, p
     job = replace(job, excluded_nodes=excluded)
     text = f"{prefix}excluded {action.nodes} from the next attempt" if done else (
         f"could not exclude {action.nodes}: {reason}; releasing anyway")  # fmt: skip
-    note = Note("action" if done else "warning", text)
+    note = Note(NoteKind.ACTION if done else "warning", text)
     if job.phase is Phase.HANDING_OVER and job.successor is not None:
         release = _release_successor(job, job.attempt_end_reason or "the failure")
     else:
@@ -478,19 +494,58 @@ def _after_exclusion(job: ManagedJob, action: Action, done: bool, reason: str, p
     return Decision(replace(job, last_action="release"), actions=(release,), notes=(note,))
 
 
-def _attributed(job: ManagedJob, event: Attributed) -> Decision:
+def _attributed(job: ManagedJob, event: Attributed, settings: Settings) -> Decision:
     if event.attempt != job.handled_attempt:
         return Decision(job)
     verdict = event.verdict
     nodes = ",".join(verdict.nodes)
-    where = {"node": f"node {nodes}" if nodes else "a node (which one is not known)",
-             "application": "the application", "infrastructure": "shared infrastructure"}.get(verdict.fault, "unknown")  # fmt: skip
+    where = {Fault.NODE: f"node {nodes}" if nodes else "a node (which one is not known)",
+             Fault.APPLICATION: "the application", Fault.INFRASTRUCTURE: "shared infrastructure"}.get(verdict.fault,
+                                                                                                   "unknown")  # fmt: skip
     attributed = replace(job, verdict=verdict.fault, verdict_nodes=",".join(event.exclude))
-    note = Note("verdict", f"fault lies with {where}: {verdict.cause}")
-    if attributed.phase is Phase.HANDING_OVER and attributed.awaiting is Awaiting.VERDICT:
-        handed = _hand_to_successor(replace(attributed, awaiting=None))
-        return Decision(handed.job, handed.actions, (note,))
-    return Decision(attributed, notes=(note,))
+    notes = [Note(NoteKind.VERDICT, text) for text in event.notes]
+    notes.append(Note(NoteKind.VERDICT, f"fault lies with {where}: {verdict.cause}"))
+    drains, drain_notes = _drains(job, event, settings)
+    going_on = _after_verdict(attributed, settings) if job.awaiting is Awaiting.VERDICT else Decision(attributed)
+    return Decision(going_on.job, (*drains, *going_on.actions), (*notes, *drain_notes, *going_on.notes))
+
+
+def _verdict_overdue(job: ManagedJob, event: VerdictOverdue, settings: Settings) -> Decision:
+    if event.attempt != job.handled_attempt or job.awaiting is not Awaiting.VERDICT:
+        return Decision(job)
+    note = Note(NoteKind.WARNING, f"no verdict after {event.waited:.0f} s (node logs or Slurm do not answer): "
+                                  "going on without it, no node kept out")  # fmt: skip
+    going_on = _after_verdict(job, settings)
+    return Decision(going_on.job, going_on.actions, (note, *going_on.notes))
+
+
+def _after_verdict(job: ManagedJob, settings: Settings) -> Decision:
+    """Go on with the recovery that waited for the verdict."""
+    job = replace(job, awaiting=None)
+    if job.phase is Phase.HANDING_OVER:
+        return _stop_and_hand_over(job, settings)
+    if job.phase is Phase.HELD and (settings.dry_run or job.slurm_state == "PENDING"):
+        # Slurm shows the job pending already (or, in dry run, never will): no poll to wait for.
+        return _release(job, notes=())
+    return Decision(job)  # still holding: the release follows the hold's JobHeld
+
+
+def _drains(job: ManagedJob, event: Attributed, settings: Settings) -> tuple[tuple[Action, ...], tuple[Note, ...]]:
+    """Drain the nodes a node verdict blamed, within the site's hourly budget and never a partition's last ones."""
+    verdict = event.verdict
+    if not settings.drain_faulty_nodes or verdict.fault is not Fault.NODE or not verdict.nodes:
+        return (), ()
+    if event.cluster is None:
+        return (), (Note(NoteKind.WARNING, f"no node drained: cannot read the partitions: {event.cluster_error}"),)
+    partitions = {name: list(members) for name, members in event.cluster.partitions}
+    drain, spared = plan_drains(verdict.nodes, event.drains_last_hour, partitions, set(event.cluster.out_of_service),
+                                settings)  # fmt: skip
+    evidence = verdict.evidence[0] if verdict.evidence else verdict.cause
+    # The evidence is a line of the user's log: in a node's Reason, every admin's `sinfo -R`
+    # shows it, so it goes in as one printable line.
+    reason = printable(f"ajr: job {job.job_id} {verdict.cause}: {evidence}", 250)
+    actions = tuple(Action(ActionKind.DRAIN, job.job_id, event.attempt, reason, nodes=node) for node in drain)
+    return actions, tuple(Note(NoteKind.WARNING, f"not drained: {text}") for text in spared)
 
 
 def _straggler(job: ManagedJob, event: StragglerFound, settings: Settings, successor: int | None) -> Decision:
@@ -501,9 +556,9 @@ def _straggler(job: ManagedJob, event: StragglerFound, settings: Settings, succe
             f"{event.baseline:g} for {len(event.recent)} reports ({recent})")  # fmt: skip
     reported = replace(job, straggler_reported=True, last_anomaly="straggler")
     if not settings.straggler_recovery:
-        return Decision(reported, notes=(Note("straggler", text),))
+        return Decision(reported, notes=(Note(NoteKind.STRAGGLER, text),))
     failure = _failure(reported, event.attempt, event.at, "straggler (throughput drop)", settings, successor)
-    return Decision(failure.job, failure.actions, (Note("straggler", text), *failure.notes))
+    return Decision(failure.job, failure.actions, (Note(NoteKind.STRAGGLER, text), *failure.notes))
 
 
 def plan_drains(nodes: Sequence[str], drains_last_hour: int, partitions: dict[str, list[str]],
@@ -537,28 +592,28 @@ def plan_drains(nodes: Sequence[str], drains_last_hour: int, partitions: dict[st
 def _action_failed(job: ManagedJob, event: ActionFailed) -> Decision:
     action = event.action
     if action.kind is ActionKind.ANNOTATE:
-        return Decision(job, notes=(Note("action", f"AdminComment not written: {event.reason}"),))
+        return Decision(job, notes=(Note(NoteKind.ACTION, f"AdminComment not written: {event.reason}"),))
     if action.kind is ActionKind.EXCLUDE and job.phase in (Phase.RELEASING, Phase.HANDING_OVER):
         return _after_exclusion(job, action, False, event.reason, "")
     if action.kind is ActionKind.REQUEUE_HOLD and job.phase is Phase.HOLDING:
         stopped = replace(job, requeues_used=max(job.requeues_used - 1, 0), last_action="requeue refused",
                           phase=Phase.STOPPED, stop_cause=StopCause.SLURM_REFUSED,
                           stop_reason=f"Slurm refused to requeue: {event.reason}")  # fmt: skip
-        return Decision(stopped, notes=(Note("not_requeued", f"not requeued: {stopped.stop_reason}"),))
+        return Decision(stopped, notes=(Note(NoteKind.NOT_REQUEUED, f"not requeued: {stopped.stop_reason}"),))
     if action.kind is ActionKind.RELEASE and job.phase is Phase.RELEASING:
         reason = f"release failed: {event.reason}; the job may still be held: `scontrol release {job.job_id}`"
         return Decision(replace(job, phase=Phase.STOPPED, stop_cause=StopCause.RELEASE_FAILED, stop_reason=reason,
                                 last_action="release failed"),
-                        notes=(Note("not_requeued", f"not requeued: {reason}"),))  # fmt: skip
+                        notes=(Note(NoteKind.NOT_REQUEUED, f"not requeued: {reason}"),))  # fmt: skip
     if action.kind is ActionKind.CANCEL and job.phase is Phase.HANDING_OVER:
         reason = f"could not stop the failing job: {event.reason}; job {job.successor} stays held"
         return Decision(replace(job, phase=Phase.STOPPED, stop_cause=StopCause.CANCEL_FAILED, stop_reason=reason,
                                 last_action="cancel failed"),
-                        notes=(Note("not_requeued", reason),))  # fmt: skip
+                        notes=(Note(NoteKind.NOT_REQUEUED, reason),))  # fmt: skip
     if action.kind is ActionKind.RELEASE and job.phase is Phase.HANDING_OVER:
         reason = (f"release of job {action.target} failed: {event.reason}; release it by hand: "
                   f"`scontrol release {action.target}`")  # fmt: skip
         return Decision(replace(job, phase=Phase.STOPPED, stop_cause=StopCause.SUCCESSOR_RELEASE_FAILED,
                                 stop_reason=reason, last_action="release failed"),
-                        notes=(Note("not_requeued", reason),))  # fmt: skip
-    return Decision(job, notes=(Note("action", f"{action.kind.value} failed: {event.reason}"),))
+                        notes=(Note(NoteKind.NOT_REQUEUED, reason),))  # fmt: skip
+    return Decision(job, notes=(Note(NoteKind.ACTION, f"{action.kind.value} failed: {event.reason}"),))

@@ -37,7 +37,7 @@ def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory with an ajr-agent: run from the checkout by a Python that has none beside it,
     the installer looks on PATH."""
     agent = tmp_path_factory.mktemp("bin") / "ajr-agent"
-    agent.write_text(f'#!/bin/sh\nexec {sys.executable} -m ajr_agent.runtime.agent "$@"\n')
+    agent.write_text(f'#!/bin/sh\nexec {sys.executable} -m ajr_agent.surfaces.service "$@"\n')
     agent.chmod(0o755)
     return agent.parent
 

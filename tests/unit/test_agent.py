@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ajr_agent.runtime import agent as agent_module
+from ajr_agent.runtime import log_feed
 from ajr_agent.detect import rules as rules_module
 from ajr_agent.runtime.agent import Agent, load_rules
 from ajr_agent.domain.settings import Settings
@@ -307,7 +307,7 @@ def test_lines_that_keep_failing_are_skipped_with_a_note(agent: Agent, queue: Sc
     monkeypatch.setattr(agent.rules, "match_within", broken_on_poison)
     with log.open("a") as handle:
         handle.write("poison\nRank0: (1) segmentation fault: artificial segfault\n")
-    for second in range(agent_module.READ_TRIES):
+    for second in range(log_feed.READ_TRIES):
         agent.read_logs(201.0 + second)
     assert queue.calls == []
     notes = [e.text for e in agent.store.events(7) if "skipped" in e.text]
@@ -338,16 +338,16 @@ def test_one_jobs_slow_lines_wait_for_later_passes_while_another_job_is_recovere
     victim_log.write_text("Rank0: (1) segmentation fault: artificial segfault\n")
     agent.read_logs(201.0)
     assert "requeue_hold 8" in queue.calls, "the other job's failure is handled in the same pass"
-    assert agent.tailer.position(str(slow_log)).offset < slow_log.stat().st_size
-    assert agent.deferred == {str(slow_log)}
+    assert agent.feed.tailer.position(str(slow_log)).offset < slow_log.stat().st_size
+    assert agent.feed.deferred == {str(slow_log)}
     # The deferred position is what a restart would resume from.
     assert {f.position.path: f.position.offset for f in agent.store.files(7)}[str(slow_log)] == \
-        agent.tailer.position(str(slow_log)).offset
+        agent.feed.tailer.position(str(slow_log)).offset
     for second in range(200):
-        if not agent.deferred:
+        if not agent.feed.deferred:
             break
-        agent.read_logs(202.0 + second, set(agent.deferred))
-    assert agent.deferred == set()
+        agent.read_logs(202.0 + second, set(agent.feed.deferred))
+    assert agent.feed.deferred == set()
     assert agent.jobs[7].attempt_first_checkpoint is not None, "every line is matched in the end"
 
 
@@ -396,6 +396,6 @@ def test_a_job_naming_ever_more_files_after_itself_is_followed_up_to_its_cap(
         (tmp_path / f"train_7_date_26-01-01_time_00-00-{second:02d}.log").write_text("step\n")
     agent.poll(200.0)
     agent.poll(200.0 + settings.log_scan_interval + 1)
-    assert len(agent.store.files(7)) == 3 and len(agent.files) == 3
+    assert len(agent.store.files(7)) == 3 and len(agent.feed.files) == 3
     warnings = [e.text for e in agent.store.events(7) if e.kind == "warning"]
     assert len(warnings) == 1 and "max_log_files_per_job" in warnings[0]

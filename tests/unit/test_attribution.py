@@ -14,7 +14,8 @@ import pytest
 
 from ajr_agent.detect import signals
 from ajr_agent.domain import policy
-from ajr_agent.detect.attribution import Evidence, excludable, node_line_time, read_node_logs, verdict
+from ajr_agent.adapters.node_logs import read_node_logs
+from ajr_agent.detect.attribution import Evidence, excludable, node_evidence, node_line_time, verdict
 from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.model import ManagedJob, Phase, Verdict
 from ajr_agent.detect.rules import RuleSet, default_rules_dir
@@ -96,9 +97,12 @@ def test_read_node_logs_keeps_lines_in_the_window(tmp_path: Path) -> None:
     ]
     (node_dir / "kern.log").write_text("\n".join(kern_lines) + "\n")
     os.symlink("/etc/passwd", node_dir / "link")
-    found, cut = read_node_logs(str(tmp_path / "{node}"), ["gpu-1", "gpu-2"], RULES, around, 300, time.monotonic() + 5)
-    assert not cut and found and {(e.line, e.node) for e in found} == {(kern_lines[1], "gpu-2")}
-    _, cut = read_node_logs(str(tmp_path / "{node}"), ["gpu-2"], RULES, around, 300, time.monotonic() - 1)
+    os.mkfifo(node_dir / "fifo")  # never opened: it would block a reader with no writer
+    lines, cut = read_node_logs(str(tmp_path / "{node}"), ["gpu-1", "gpu-2"], time.monotonic() + 5)
+    assert not cut and {(line.node, line.file) for line in lines} == {("gpu-2", "kern.log")}
+    found = node_evidence(lines, RULES, around, 300)
+    assert found and {(e.line, e.node) for e in found} == {(kern_lines[1], "gpu-2")}
+    _, cut = read_node_logs(str(tmp_path / "{node}"), ["gpu-2"], time.monotonic() - 1)
     assert cut
 
 

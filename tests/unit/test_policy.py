@@ -29,6 +29,9 @@ from ajr_agent.domain.model import (
     Phase,
     StragglerFound,
     Verdict,
+    VerdictOverdue,
+    Fault,
+    NodeFacts,
 )
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.spec import ApsSpec, ResumeMode
@@ -113,10 +116,16 @@ def test_anomaly_requeues_held_and_counts_the_requeue() -> None:
     assert "(1/2)" in decision.notes[0].text
 
 
+def app_verdict(attempt: int = 0) -> Attributed:
+    return Attributed(7, attempt, 1010.5, Verdict(Fault.APPLICATION, (), "segfault (segfault)", ("l",)))
+
+
 def hold_then_release(job: ManagedJob) -> tuple[Decision, Decision]:
-    """Failure, requeuehold done, Slurm shows the job pending: the release decision."""
+    """Failure, verdict in, requeuehold done, Slurm shows the job pending: the release decision."""
     holding = policy.decide(job, anomaly(), SETTINGS)
-    held = policy.decide(holding.job, ActionDone(holding.actions[0], 1011.0), SETTINGS)
+    attributed = policy.decide(holding.job, app_verdict(), SETTINGS)
+    assert attributed.actions == () and attributed.job.awaiting is None
+    held = policy.decide(attributed.job, ActionDone(holding.actions[0], 1011.0), SETTINGS)
     assert held.actions == () and held.job.phase is Phase.HELD
     return holding, policy.decide(held.job, JobHeld(7, 1, 1012.0), SETTINGS)
 
@@ -277,7 +286,8 @@ def test_failed_release_stops_and_tells_how_to_release() -> None:
 
 def test_dry_run_releases_at_once_since_nothing_was_held() -> None:
     held = policy.decide(running_job(), anomaly(), SETTINGS)
-    releasing = policy.decide(held.job, ActionDone(held.actions[0], 1011.0, dry_run=True), SETTINGS)
+    attributed = policy.decide(held.job, app_verdict(), SETTINGS).job
+    releasing = policy.decide(attributed, ActionDone(held.actions[0], 1011.0, dry_run=True), SETTINGS)
     assert releasing.notes[0].text.startswith("dry run: would have")
     assert releasing.actions[0].kind is ActionKind.RELEASE
     done = policy.decide(releasing.job, ActionDone(releasing.actions[0], 1012.0, dry_run=True), SETTINGS)
@@ -391,7 +401,8 @@ def test_no_admin_comment_for_a_job_slurm_has_finished() -> None:
 
 def test_singleton_comment_is_written_before_the_cancel() -> None:
     settings = Settings(annotate_jobs=True)
-    decision = policy.decide(singleton_job(), anomaly(), settings, successor=9)
+    failed = policy.decide(singleton_job(), anomaly(), settings, successor=9)
+    decision = policy.decide(failed.job, app_verdict(), settings)
     assert [a.kind for a in decision.actions] == [ActionKind.ANNOTATE, ActionKind.CANCEL]
     assert decision.actions[0].reason == "ajr: failed: segfault (segfault) on node-1; releasing job 9 of the chain (1/3)"
 
@@ -492,10 +503,13 @@ def test_next_in_chain_is_the_oldest_held_job_of_the_same_user_and_name() -> Non
 
 
 def test_singleton_failure_stops_the_job_and_releases_the_next() -> None:
-    decision = policy.decide(singleton_job(), anomaly(), SETTINGS, successor=9)
+    failed = policy.decide(singleton_job(), anomaly(), SETTINGS, successor=9)
+    # The verdict comes first: it may keep a faulty node out of the successor.
+    assert failed.actions == () and failed.job.awaiting is Awaiting.VERDICT
+    assert failed.job.phase is Phase.HANDING_OVER and failed.job.successor == 9
+    assert failed.job.requeues_used == 1
+    decision = policy.decide(failed.job, app_verdict(), SETTINGS)
     assert [(a.kind, a.acts_on) for a in decision.actions] == [(ActionKind.CANCEL, 7)]
-    assert decision.job.phase is Phase.HANDING_OVER and decision.job.successor == 9
-    assert decision.job.requeues_used == 1
     cancelled = policy.decide(decision.job, ActionDone(decision.actions[0], 1011.0), SETTINGS)
     assert [(a.kind, a.acts_on) for a in cancelled.actions] == [(ActionKind.RELEASE, 9)]
     done = policy.decide(cancelled.job, ActionDone(cancelled.actions[0], 1012.0), SETTINGS)
@@ -533,7 +547,8 @@ def test_singleton_limit_and_crash_loop_count_across_the_chain() -> None:
 
 
 def test_failed_cancel_keeps_the_successor_held() -> None:
-    decision = policy.decide(singleton_job(), anomaly(), SETTINGS, successor=9)
+    failed = policy.decide(singleton_job(), anomaly(), SETTINGS, successor=9)
+    decision = policy.decide(failed.job, app_verdict(), SETTINGS)
     failed = policy.decide(decision.job, ActionFailed(decision.actions[0], 1011.0, "gave up after 10 tries"), SETTINGS)
     assert failed.actions == () and failed.job.phase is Phase.STOPPED
     assert "job 9 stays held" in (failed.job.stop_reason or "")
@@ -557,7 +572,7 @@ def test_failed_release_of_the_next_job_says_how_to_release_it() -> None:
 
 
 def node_verdict(attempt: int = 0, exclude: tuple[str, ...] = ("node-1",)) -> Attributed:
-    return Attributed(7, attempt, 1010.5, Verdict("node", ("node-1",), "gpu_hardware (xid_79)", ("l",)), exclude)
+    return Attributed(7, attempt, 1010.5, Verdict(Fault.NODE, ("node-1",), "gpu_hardware (xid_79)", ("l",)), exclude)
 
 
 def test_node_verdict_excludes_the_node_before_the_release() -> None:
@@ -598,9 +613,10 @@ def test_verdict_for_another_attempt_is_ignored() -> None:
 
 
 def test_singleton_successor_keeps_the_faulty_node_out() -> None:
-    decision = policy.decide(singleton_job(), anomaly(), SETTINGS, successor=9)
-    job = policy.decide(decision.job, node_verdict(), SETTINGS).job
-    cancelled = policy.decide(job, ActionDone(decision.actions[0], 1011.0), SETTINGS)
+    failed = policy.decide(singleton_job(), anomaly(), SETTINGS, successor=9)
+    decision = policy.decide(failed.job, node_verdict(), SETTINGS)
+    assert [a.kind for a in decision.actions] == [ActionKind.CANCEL]
+    cancelled = policy.decide(decision.job, ActionDone(decision.actions[0], 1011.0), SETTINGS)
     assert [(a.kind, a.acts_on, a.nodes) for a in cancelled.actions] == [(ActionKind.EXCLUDE, 9, "node-1")]
     released = policy.decide(cancelled.job, ActionDone(cancelled.actions[0], 1012.0), SETTINGS)
     assert [(a.kind, a.acts_on) for a in released.actions] == [(ActionKind.RELEASE, 9)]
@@ -617,3 +633,80 @@ def test_straggler_is_recorded_once_and_recovers_only_when_asked() -> None:
     acted = policy.decide(running_job(), found, recover)
     assert [a.kind for a in acted.actions] == [ActionKind.REQUEUE_HOLD]
     assert "straggler" in acted.actions[0].reason
+
+
+# ---- the release waits for the verdict, worked out off the loop -----------------------------------
+
+
+def held_pending(job: ManagedJob) -> ManagedJob:
+    """Failed, held by Slurm and shown pending, the verdict not yet in."""
+    holding = policy.decide(job, anomaly(), SETTINGS)
+    held = policy.decide(holding.job, ActionDone(holding.actions[0], 1011.0), SETTINGS).job
+    return replace(held, slurm_state="PENDING")
+
+
+def test_a_held_job_waits_for_its_verdict_then_is_released_at_once() -> None:
+    held = held_pending(running_job())
+    assert held.awaiting is Awaiting.VERDICT
+    assert policy.decide(held, JobHeld(7, 1, 1012.0), SETTINGS).actions == ()
+    released = policy.decide(held, app_verdict(), SETTINGS)
+    assert [a.kind for a in released.actions] == [ActionKind.RELEASE] and released.job.awaiting is None
+    assert "fault lies with the application" in released.notes[0].text
+
+
+def test_a_node_verdict_that_comes_late_still_keeps_the_node_out() -> None:
+    released = policy.decide(held_pending(running_job()), node_verdict(), SETTINGS)
+    assert [(a.kind, a.nodes) for a in released.actions] == [(ActionKind.EXCLUDE, "node-1")]
+
+
+def test_an_overdue_verdict_releases_without_it_and_says_so() -> None:
+    held = held_pending(running_job())
+    overdue = policy.decide(held, VerdictOverdue(7, 0, 1030.0, 17.0), SETTINGS)
+    assert [a.kind for a in overdue.actions] == [ActionKind.RELEASE]
+    assert "no verdict after 17 s" in overdue.notes[0].text
+    # The verdict that comes after all is recorded, and changes nothing more.
+    late = policy.decide(overdue.job, node_verdict(), SETTINGS)
+    assert late.actions == () and late.job.verdict == "node"
+    assert policy.decide(overdue.job, VerdictOverdue(7, 0, 1031.0, 18.0), SETTINGS).actions == ()
+
+
+def test_a_dry_run_hold_done_before_the_verdict_releases_when_it_comes() -> None:
+    dry = Settings(annotate_jobs=False, dry_run=True)
+    holding = policy.decide(running_job(), anomaly(), dry)
+    held = policy.decide(holding.job, ActionDone(holding.actions[0], 1011.0, dry_run=True), dry)
+    assert held.actions == () and held.job.phase is Phase.HELD
+    assert [a.kind for a in policy.decide(held.job, app_verdict(), dry).actions] == [ActionKind.RELEASE]
+
+
+def test_a_singleton_verdict_overdue_still_hands_over() -> None:
+    failed = policy.decide(singleton_job(), anomaly(), SETTINGS, successor=9)
+    overdue = policy.decide(failed.job, VerdictOverdue(7, 0, 1030.0, 17.0), SETTINGS)
+    assert [(a.kind, a.acts_on) for a in overdue.actions] == [(ActionKind.CANCEL, 7)]
+
+
+DRAINING = Settings(annotate_jobs=False, drain_faulty_nodes=True, drain_keep_nodes=1, max_drains_per_hour=2)
+
+
+def drain_verdict(cluster: NodeFacts | None, drains_last_hour: int = 0, error: str = "") -> Attributed:
+    return replace(node_verdict(), cluster=cluster, cluster_error=error, drains_last_hour=drains_last_hour)
+
+
+def test_a_node_verdict_drains_the_node_by_the_policy() -> None:
+    holding = policy.decide(running_job(), anomaly(), DRAINING)
+    facts = NodeFacts((("gpu", ("node-1", "node-2", "node-3")),), frozenset())
+    decided = policy.decide(holding.job, drain_verdict(facts), DRAINING)
+    assert [(a.kind, a.nodes) for a in decided.actions] == [(ActionKind.DRAIN, "node-1")]
+    assert decided.actions[0].reason.startswith("ajr: job 7 gpu_hardware (xid_79): l")
+
+
+def test_drains_keep_the_hourly_budget_and_the_partition_s_last_nodes() -> None:
+    holding = policy.decide(running_job(), anomaly(), DRAINING).job
+    facts = NodeFacts((("gpu", ("node-1", "node-2", "node-3")),), frozenset())
+    over_budget = policy.decide(holding, drain_verdict(facts, drains_last_hour=2), DRAINING)
+    assert over_budget.actions == () and any("already 2 drains" in n.text for n in over_budget.notes)
+    last = NodeFacts((("gpu", ("node-1", "node-2")),), frozenset({"node-2"}))
+    spared = policy.decide(holding, drain_verdict(last), DRAINING)
+    assert spared.actions == () and any("last nodes in service" in n.text for n in spared.notes)
+    unknown = policy.decide(holding, drain_verdict(None, error="Socket timed out"), DRAINING)
+    assert unknown.actions == () and any("cannot read the partitions: Socket timed out" in n.text
+                                         for n in unknown.notes)  # fmt: skip

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ajr_agent.runtime.agent import RESTART_SETTINGS, Agent, load_rules, reload
+from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.runtime.reload import RESTART_SETTINGS, reload
 from ajr_agent.domain.settings import Settings
 from ajr_agent.adapters.config_file import load_settings
 from ajr_agent.detect.rules import RuleSet
@@ -139,7 +140,7 @@ def test_sighup_reloads_and_sigterm_stops_a_real_agent(tmp_path: Path) -> None:
     log = tmp_path / "agent.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AJR_", "APS_"))}
     env["PATH"] = str(tmp_path / "no-slurm")  # squeue is not found: the agent runs on regardless
-    agent = subprocess.Popen([sys.executable, "-m", "ajr_agent.runtime.agent", "--config", str(config)],
+    agent = subprocess.Popen([sys.executable, "-m", "ajr_agent.surfaces.service", "--config", str(config)],
                              stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                              cwd=Path(__file__).resolve().parent.parent.parent)  # fmt: skip
     try:
