@@ -7,7 +7,7 @@ warnings, and free text such as printed samples that never repeat), then times:
 - ``RuleSet.match_lines`` on chunks of a few MiB, as the agent passes a backlog
   it catches up on (a read takes at most 4 MiB of a file): the throughput rule
   searches each chunk as a whole and grep prefilters it for the other rules
-  (see ``rules.GREP_MIN_BATCH_CHARS``);
+  (see ``ajr_agent.detect.rules.grep.GREP_MIN_BATCH_CHARS``);
 - ``RuleSet.match_lines`` on batches of a few thousand lines, below grep's threshold;
 - ``RuleSet.match`` line by line;
 - the same on a log of free text only, where no line shape repeats and the
@@ -50,8 +50,8 @@ from ajr_agent.detect.rules import RuleSet, default_rules_dir
 
 # Free text (printed samples, dataset records) draws its words from a neutral
 # English text, not from the common words the prefilter is tuned on
-# (rules._COMMON_TEXT): the GPL-3 text of Debian's common-licenses, or this
-# project's README where that is missing.
+# (ajr_agent.detect.rules.patterns.COMMON_TEXT): the GPL-3 text of Debian's
+# common-licenses, or this project's README where that is missing.
 _PROSE = Path("/usr/share/common-licenses/GPL-3")
 WORDS = sorted(set((_PROSE if _PROSE.is_file() else ROOT / "README.md").read_text().split()))
 
