@@ -1,10 +1,9 @@
 """The agent: one loop that reads Slurm and the logs, asks the policy, and acts.
 
-Data flows one way: the poll and the log lines become events; the policy turns each
-event into a new job state and actions; the store records both in one transaction;
-the executor runs the actions and its outcomes come back as events. Work that may
-wait (verdicts reading node logs on shared storage) runs off the loop and comes back
-as events too, so one job's slow file system holds up no other job.
+The poll and the log lines become events; the policy turns each event into a new job
+state and actions; the store records both in one transaction; the executor's outcomes
+come back as events. Verdicts, which read node logs on shared storage, are worked out
+off the loop and come back as events too: one job's slow file system holds up no other.
 """
 
 from __future__ import annotations
@@ -16,13 +15,12 @@ from concurrent.futures import Executor as Pool
 from dataclasses import replace
 from typing import Callable
 
-from ajr_agent.adapters.epilog_spool import EpilogRecord, read_spool
+from ajr_agent.adapters.epilog_spool import EpilogRecord
 from ajr_agent.adapters.logs import ChangeWatcher
 from ajr_agent.adapters.slurm import SlurmError, SlurmGateway
-from ajr_agent.adapters.store import Store, StoreCorruptError, StoreError
+from ajr_agent.adapters.store import Store, StoreError
 from ajr_agent.detect.rules import RuleSet, default_rules_dir
 from ajr_agent.domain import policy
-from ajr_agent.domain.errors import AjrError
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.model import (
     ActionDone,
@@ -41,6 +39,8 @@ from ajr_agent.domain.model import (
 from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.spec import SPEC_KEY, parse_comment
 from ajr_agent.runtime.executor import Executor
+from ajr_agent.runtime.guard import Guard
+from ajr_agent.runtime.job_ends import JobEnds
 from ajr_agent.runtime.log_feed import LogFeed
 from ajr_agent.runtime.observers import Observer
 from ajr_agent.runtime.tracked import TrackedJob
@@ -51,16 +51,6 @@ log = logging.getLogger("ajr.agent")
 # Shortest pause between two passes over the followed files when writes keep waking the loop.
 READ_GAP = 0.05
 
-# Seconds between two log lines about a state database that keeps failing: one line per
-# failed write would bury everything else in the agent's log.
-STORE_TROUBLE_LOG_EVERY = 60.0
-
-# Exit codes of ajr-agent. A setting, rule file or database schema it cannot use stays
-# wrong until an admin acts: systemd does not restart it (RestartPreventExitStatus).
-# A database it can no longer use in place (corrupt, a disk full at start) is worth a
-# restart: the next start moves a corrupt file aside, and a disk may get room.
-EXIT_NEEDS_ADMIN = 2
-EXIT_RESTART = 75  # EX_TEMPFAIL
 
 
 def load_rules(settings: Settings) -> RuleSet:
@@ -89,15 +79,11 @@ class Agent:
         self.feed = LogFeed(settings, store, rules, self.tracked, self, watcher, self.observer)
         self.unmanaged: dict[int, str] = {job.job_id: job.comment for job in store.unmanaged()}
         self.snapshots: dict[int, JobSnapshot] = {}  # the opted-in jobs of the last poll
-        self.awaiting_end: dict[int, float] = {}  # jobs the epilog reported ended: polled quickly until settled
-        self.unadopted_ends: dict[int, EpilogRecord] = {}
+        self.ends = JobEnds(settings.spool_dir, settings.end_settle_seconds)
         # Action outcomes whose decision the store could not save: they cannot be seen again in
         # Slurm or the logs, so they are kept here and decided again at the next poll.
         self.unsaved_outcomes: dict[int, list[Event]] = {}
-        self.store_trouble: StoreError | None = None  # the last write that failed, until one succeeds
-        self.store_trouble_logged = 0.0
-        self.store_failures = 0  # failed writes since the trouble was last logged
-        self.exit_code = 0
+        self.guard = Guard(self.observer, on_corrupt=self.stop)
         self.next_prune = 0.0
         try:
             settings.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +121,7 @@ class Agent:
             while not self.stop_requested.is_set():
                 now = time.time()
                 self.guarded(0, self.read_epilog_records, now)
-                if now >= next_poll or self.awaiting_end:
+                if now >= next_poll or self.ends.awaiting:
                     self.guarded(0, self.poll, now)
                     # Retries wait seconds of back-off: looking for due ones at each poll is enough.
                     self.guarded(0, self.run_due_actions, time.time())
@@ -167,6 +153,10 @@ class Agent:
         """Ask the loop to end after the current step."""
         self.stop_requested.set()
 
+    def guarded(self, job_id: int, handler: Callable[..., object], *args: object, **kwargs: object) -> Exception | None:
+        """Run ``handler``; the error it failed with (logged), or None (see Guard)."""
+        return self.guard.run(job_id, handler, *args, **kwargs)
+
     def poll(self, now: float) -> None:
         """Read every job once; turn what changed into events; look for new log files."""
         started = time.monotonic()
@@ -190,7 +180,7 @@ class Agent:
         self.guarded(0, self._drop_forgotten, now)
         for snapshot in self.snapshots.values():
             self.guarded(snapshot.job_id, self._observe, snapshot, now)
-        self._settle_ends(now)
+        self.ends.settle(self.snapshots, now)
         for event in self.feed.hangs(self.snapshots, now):
             self.guarded(event.job_id, self.handle_all, event.job_id, [event], now)
         for job_id in [j for j in self.tracked if j not in self.snapshots]:
@@ -202,8 +192,8 @@ class Agent:
                              last_poll_at=now, last_poll_seconds=round(time.monotonic() - started, 4),
                              jobs_in_queue=len(snapshots), managed_jobs=len(self.tracked),
                              followed_files=len(self.feed.files)) is None  # fmt: skip
-        if saved and self.store_trouble is not None:
-            self._store_recovered()
+        if saved:
+            self.guard.store_written()
         self.observer.polled(time.monotonic() - started, len(self.feed.files))
         self.observer.check_held([t.job for t in self.tracked.values()], now)
         if now >= self.next_prune:
@@ -290,31 +280,15 @@ class Agent:
         self.tracked[job.job_id] = TrackedJob(job)
         for note in decision.notes:
             self.record(job, note, now)
-        record = self.unadopted_ends.pop(job.job_id, None)
+        record = self.ends.adopted(job.job_id)
         if record is not None:
             self._note_epilog(job, record)
         return self.tracked[job.job_id]
 
     def read_epilog_records(self, now: float) -> None:
         """Take in what the EpilogSlurmctld hook reported: those jobs are polled at once."""
-        for record in read_spool(self.settings.spool_dir):
-            log.info("job %s: Slurm reports its end (exit %s on %s, restart count %d)", record.job_id,
-                     record.exit_code or "?", record.nodes or "?", record.restart_count)  # fmt: skip
-            self.awaiting_end[record.job_id] = now + self.settings.end_settle_seconds
-            tracked = self.tracked.get(record.job_id)
-            if tracked is not None:
-                self._note_epilog(tracked.job, record)
-            else:
-                # A job that ran between two polls: noted when the poll this record triggers adopts it.
-                self.unadopted_ends[record.job_id] = record
-
-    def _settle_ends(self, now: float) -> None:
-        # During the hook Slurm still shows the job COMPLETING; poll quickly until it does not.
-        for job_id, deadline in list(self.awaiting_end.items()):
-            snapshot = self.snapshots.get(job_id)
-            if snapshot is None or snapshot.state != "COMPLETING" or now >= deadline:
-                del self.awaiting_end[job_id]
-                self.unadopted_ends.pop(job_id, None)
+        for record in self.ends.take(now, self.tracked):
+            self._note_epilog(self.tracked[record.job_id].job, record)
 
     def _note_epilog(self, job: ManagedJob, record: EpilogRecord) -> None:
         text = f"Slurm reported the end of restart {record.restart_count}: exit {record.exit_code or '?'}"
@@ -420,41 +394,3 @@ class Agent:
         # came: recorded for `ajr show`, but not worth a line each in the service's log.
         level = logging.DEBUG if job.phase is Phase.FINISHED and note.kind is NoteKind.MANAGED else logging.INFO
         log.log(level, "job %s (%s): %s", job.job_id, job.name, note.text)
-
-    def guarded(self, job_id: int, handler: Callable[..., object], *args: object, **kwargs: object) -> Exception | None:
-        """Run ``handler``; the error it failed with (logged), or None. One job's surprise, or a
-        state database that cannot be written for a while, must not stop the agent for every
-        other job (job 0: no job in particular)."""
-        try:
-            handler(*args, **kwargs)
-        except StoreError as exc:
-            self._store_failed(exc)
-            return exc
-        except AjrError as exc:
-            log.error("job %s: %s", job_id, exc)
-            return exc
-        except Exception as exc:
-            log.exception("job %s: unexpected error; the agent goes on with the other jobs", job_id)
-            return exc
-        return None
-
-    def _store_failed(self, exc: StoreError) -> None:
-        """Say in the log that the state database fails, once a minute while it does."""
-        self.observer.store_error(exc)
-        self.store_failures += 1
-        if isinstance(exc, StoreCorruptError):
-            # Going on would fail every write from now on; a restart moves the file aside.
-            log.critical("%s; stopping so that systemd restarts the agent", exc)
-            self.exit_code = EXIT_RESTART
-            self.stop()
-        elif self.store_trouble is None or time.monotonic() - self.store_trouble_logged >= STORE_TROUBLE_LOG_EVERY:
-            log.error("state database: %s. No job is requeued or released while decisions cannot be saved; "
-                      "they are taken again as soon as it can be written (%d writes failed so far)", exc,
-                      self.store_failures)  # fmt: skip
-            self.store_trouble_logged = time.monotonic()
-        self.store_trouble = exc
-
-    def _store_recovered(self) -> None:
-        log.warning("state database can be written again after %d failed writes; the decisions that waited are "
-                    "taken now", self.store_failures)  # fmt: skip
-        self.store_trouble, self.store_failures = None, 0

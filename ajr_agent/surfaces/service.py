@@ -17,7 +17,8 @@ from ajr_agent.adapters.logs import ChangeWatcher
 from ajr_agent.adapters.slurm import open_gateway
 from ajr_agent.adapters.store import Store, StoreFullError
 from ajr_agent.domain.errors import AjrError
-from ajr_agent.runtime.agent import EXIT_NEEDS_ADMIN, EXIT_RESTART, Agent, load_rules
+from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.runtime.guard import EXIT_NEEDS_ADMIN, EXIT_RESTART
 from ajr_agent.runtime.observers import Observers
 from ajr_agent.runtime.reload import reload, store_limits
 from ajr_agent.surfaces import web
@@ -82,7 +83,7 @@ def main(config_file: Path | None, dry_run: bool | None, log_level: str) -> None
         watcher.close()
         store.close()
         log.info("ajr-agent stopped")
-    sys.exit(agent.exit_code)
+    sys.exit(agent.guard.exit_code)
 
 
 if __name__ == "__main__":

@@ -235,13 +235,13 @@ def test_a_job_end_record_makes_the_agent_poll_until_slurm_shows_the_end(tmp_pat
     (settings.spool_dir / "7.0.end").write_text("job_id=7\nrestart_count=0\nexit_code=1:0\nnodes=node-1\n")
     queue.jobs[7] = running(tmp_path, state="COMPLETING")
     agent.read_epilog_records(101.0)
-    assert agent.awaiting_end == {7: 106.0}
+    assert agent.ends.awaiting == {7: 106.0}
     assert any(e.kind == "epilog" and "exit 1:0" in e.text for e in agent.store.events(7))
     agent.poll(101.1)
-    assert 7 in agent.awaiting_end  # still COMPLETING: keep polling
+    assert 7 in agent.ends.awaiting  # still COMPLETING: keep polling
     queue.jobs[7] = running(tmp_path, state="FAILED", end_time=101.0)
     agent.poll(101.3)
-    assert agent.awaiting_end == {}
+    assert agent.ends.awaiting == {}
     assert queue.calls[0] == "requeue_hold 7"
 
 
