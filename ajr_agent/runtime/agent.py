@@ -20,6 +20,7 @@ from ajr_agent.adapters.logs import ChangeWatcher
 from ajr_agent.adapters.slurm import SlurmError, SlurmGateway
 from ajr_agent.adapters.store import Store, StoreError
 from ajr_agent.detect.rules import RuleSet, default_rules_dir
+from ajr_agent.domain import adoption
 from ajr_agent.domain import policy
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.model import (
@@ -251,7 +252,7 @@ class Agent:
             if tracked is None:
                 return
         job = tracked.job
-        refreshed, events = policy.observe(job, snapshot, now, self.settings)
+        refreshed, events = adoption.observe(job, snapshot, now, self.settings)
         tracked.job = refreshed
         # last_seen alone changes at every poll: writing every job each second would cost
         # the poll ~1 ms per managed job; it is stored with the next real change.
@@ -272,11 +273,11 @@ class Agent:
                 )
             self.unmanaged[snapshot.job_id] = snapshot.comment
             return None
-        decision = policy.adopt(snapshot, verdict.spec, self.settings, now, self.watching_since)
+        decision = adoption.adopt(snapshot, verdict.spec, self.settings, now, self.watching_since)
         job = decision.job
         predecessor = next((t.job for t in self.tracked.values() if t.job.successor == job.job_id), None)
         if predecessor is not None:
-            job = policy.inherit(job, predecessor)
+            job = adoption.inherit(job, predecessor)
         self.tracked[job.job_id] = TrackedJob(job)
         for note in decision.notes:
             self.record(job, note, now)
@@ -312,7 +313,7 @@ class Agent:
 
     def _vanish(self, job_id: int, now: float) -> None:
         tracked = self.tracked[job_id]
-        self.handle_all(job_id, policy.vanished(tracked.job, now), now)
+        self.handle_all(job_id, adoption.vanished(tracked.job, now), now)
         self._drop(job_id)
 
     # ---- decisions ---------------------------------------------------------------------------
@@ -328,7 +329,7 @@ class Agent:
                     self.executor.settle(event)  # the job is gone; its action is over all the same
                 continue
             current = tracked.job
-            successor = policy.next_in_chain(current, self.snapshots.values()) if current.chain else None
+            successor = adoption.next_in_chain(current, self.snapshots.values()) if current.chain else None
             decision = policy.decide(current, event, self.settings, successor)
             self.observer.decided(current, event, decision)
             try:
@@ -374,7 +375,7 @@ class Agent:
         """The released job of a singleton chain takes over the chain's counts."""
         successor = self.tracked.get(predecessor.successor or -1)
         if successor is not None:
-            successor.job = policy.inherit(successor.job, predecessor)
+            successor.job = adoption.inherit(successor.job, predecessor)
             self.store.save_job(successor.job)
 
     def record(self, job: ManagedJob, note: Note, now: float) -> None:

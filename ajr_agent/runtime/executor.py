@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import time
 
-from ajr_agent.domain.settings import Settings
-from ajr_agent.runtime.observers import Observer
-from ajr_agent.domain.model import Action, ActionDone, ActionFailed, ActionKind, Event
-from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.adapters.slurm import SlurmError, SlurmGateway, open_gateway
 from ajr_agent.adapters.store import ActionStatus, JournalEntry, Store
+from ajr_agent.domain.jobs import JobSnapshot
+from ajr_agent.domain.model import Action, ActionDone, ActionFailed, ActionKind, Event
+from ajr_agent.domain.settings import Settings
+from ajr_agent.runtime.observers import Observer
 
 log = logging.getLogger(__name__)
 

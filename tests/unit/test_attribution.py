@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from ajr_agent.detect import signals
-from ajr_agent.domain import policy
 from ajr_agent.adapters.node_logs import read_node_logs
+from ajr_agent.detect import signals
 from ajr_agent.detect.attribution import Evidence, excludable, node_evidence, node_line_time, verdict
-from ajr_agent.domain.settings import Settings
-from ajr_agent.domain.model import ManagedJob, Phase, Verdict
 from ajr_agent.detect.rules import RuleSet, default_rules_dir
+from ajr_agent.domain import drains
+from ajr_agent.domain.model import ManagedJob, Phase, Verdict
+from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.spec import ResumeMode
 
 RULES = RuleSet.load([default_rules_dir()])
@@ -160,9 +160,9 @@ def test_straggler_shortcut_agrees_with_the_median_rule() -> None:
 def test_plan_drains(drains_so_far: int, out: set[str], expected: list[str]) -> None:
     settings = Settings(drain_faulty_nodes=True, max_drains_per_hour=2, drain_keep_nodes=1)
     partitions = {"gpu": ["gpu-1", "gpu-2", "gpu-3"]}
-    drain, spared = policy.plan_drains(["gpu-2"], drains_so_far, partitions, out, settings)
+    drain, spared = drains.plan_drains(["gpu-2"], drains_so_far, partitions, out, settings)
     assert drain == expected and (bool(spared) == (not expected))
 
 
 def test_no_drains_unless_the_site_asks() -> None:
-    assert policy.plan_drains(["gpu-2"], 0, {"gpu": ["gpu-1", "gpu-2"]}, set(), Settings()) == ([], [])
+    assert drains.plan_drains(["gpu-2"], 0, {"gpu": ["gpu-1", "gpu-2"]}, set(), Settings()) == ([], [])

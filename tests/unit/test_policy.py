@@ -6,8 +6,10 @@ from dataclasses import replace
 
 import pytest
 
+from ajr_agent.domain import adoption
 from ajr_agent.domain import policy
-from ajr_agent.domain.settings import Settings
+from ajr_agent.domain import recovery
+from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.model import (
     Awaiting,
     StopCause,
@@ -33,7 +35,7 @@ from ajr_agent.domain.model import (
     Fault,
     NodeFacts,
 )
-from ajr_agent.domain.jobs import JobSnapshot
+from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.spec import ApsSpec, ResumeMode
 
 # AdminComment actions are covered by their own tests; elsewhere they would only add noise.
@@ -51,7 +53,7 @@ def snapshot(**changes: object) -> JobSnapshot:
 
 def adopt(snap: JobSnapshot | None = None, spec: ApsSpec | None = None, settings: Settings = SETTINGS,
           watching_since: float = 0.0) -> ManagedJob:  # fmt: skip
-    return policy.adopt(snap or snapshot(), spec or ApsSpec(), settings, 1000.0, watching_since).job
+    return adoption.adopt(snap or snapshot(), spec or ApsSpec(), settings, 1000.0, watching_since).job
 
 
 def running_job(limit: int | None = 2, **changes: object) -> ManagedJob:
@@ -67,10 +69,10 @@ def anomaly(attempt: int = 0, at: float = 1010.0) -> AnomalyFound:
 
 def test_effective_limit_is_the_smaller_of_job_and_site() -> None:
     site = Settings(site_requeue_cap=5)
-    assert policy.effective_limit(ApsSpec(max_requeue_times=10), site) == 5
-    assert policy.effective_limit(ApsSpec(max_requeue_times=2), site) == 2
-    assert policy.effective_limit(ApsSpec(), site) == 5
-    assert policy.effective_limit(ApsSpec(max_requeue_times=0), site) == 0
+    assert adoption.effective_limit(ApsSpec(max_requeue_times=10), site) == 5
+    assert adoption.effective_limit(ApsSpec(max_requeue_times=2), site) == 2
+    assert adoption.effective_limit(ApsSpec(), site) == 5
+    assert adoption.effective_limit(ApsSpec(max_requeue_times=0), site) == 0
 
 
 def test_new_job_stdout_directory_is_expanded() -> None:
@@ -81,28 +83,28 @@ def test_new_job_stdout_directory_is_expanded() -> None:
 
 def test_observe_reports_start_then_end_once() -> None:
     job = adopt()
-    job, events = policy.observe(job, snapshot(), 1001.0, SETTINGS)
+    job, events = adoption.observe(job, snapshot(), 1001.0, SETTINGS)
     assert events == [AttemptStarted(7, 0, 1000.0, "node-1")]
     job = policy.decide(job, events[0], SETTINGS).job
-    _, events = policy.observe(job, snapshot(), 1002.0, SETTINGS)
+    _, events = adoption.observe(job, snapshot(), 1002.0, SETTINGS)
     assert events == []
     ended = snapshot(state="FAILED", end_time=1050.0)
-    job, events = policy.observe(job, ended, 1051.0, SETTINGS)
+    job, events = adoption.observe(job, ended, 1051.0, SETTINGS)
     assert events == [JobEnded(7, 0, 1050.0, "FAILED", "None")]
     job = policy.decide(job, events[0], SETTINGS).job
-    _, events = policy.observe(job, ended, 1052.0, SETTINGS)
+    _, events = adoption.observe(job, ended, 1052.0, SETTINGS)
     assert events == []
 
 
 def test_observe_short_job_seen_only_after_it_ended_gives_start_and_end() -> None:
     job = adopt()
-    _, events = policy.observe(job, snapshot(state="FAILED", end_time=1003.0), 1004.0, SETTINGS)
+    _, events = adoption.observe(job, snapshot(state="FAILED", end_time=1003.0), 1004.0, SETTINGS)
     assert [type(e) for e in events] == [AttemptStarted, JobEnded]
 
 
 def test_observe_pending_job_gives_no_event() -> None:
     job = adopt()
-    _, events = policy.observe(job, snapshot(state="PENDING", start_time=None), 2.0, SETTINGS)
+    _, events = adoption.observe(job, snapshot(state="PENDING", start_time=None), 2.0, SETTINGS)
     assert events == []
 
 
@@ -134,11 +136,11 @@ def test_held_job_is_released_only_once_slurm_shows_it_pending() -> None:
     holding = policy.decide(running_job(), anomaly(), SETTINGS)
     held = policy.decide(holding.job, ActionDone(holding.actions[0], 1011.0), SETTINGS).job
     completing = snapshot(state="COMPLETING", restart_count=1)
-    assert policy.observe(held, completing, 1012.0, SETTINGS)[1] == []
+    assert adoption.observe(held, completing, 1012.0, SETTINGS)[1] == []
     pending = snapshot(state="PENDING", restart_count=1, start_time=None, reason="JobHeldAdmin")
-    assert policy.observe(held, pending, 1013.0, SETTINGS)[1] == [JobHeld(7, 1, 1013.0)]
+    assert adoption.observe(held, pending, 1013.0, SETTINGS)[1] == [JobHeld(7, 1, 1013.0)]
     # A job that is not held by AJR gives no such event.
-    assert policy.observe(running_job(), pending, 1013.0, SETTINGS)[1] == []
+    assert adoption.observe(running_job(), pending, 1013.0, SETTINGS)[1] == []
 
 
 def test_hold_done_releases_and_release_done_waits_for_next_attempt() -> None:
@@ -201,7 +203,7 @@ def test_limit_reached_stops_and_says_so() -> None:
 
 
 def test_site_cap_is_shown_beside_the_job_request() -> None:
-    decision = policy.adopt(snapshot(), ApsSpec(max_requeue_times=99), Settings(site_requeue_cap=3), 1.0, 0.0)
+    decision = adoption.adopt(snapshot(), ApsSpec(max_requeue_times=99), Settings(site_requeue_cap=3), 1.0, 0.0)
     assert "requeue limit 3 (job asked 99, site cap 3)" in decision.notes[0].text
 
 
@@ -209,14 +211,14 @@ def test_job_that_ended_before_ajr_watched_is_recorded_not_recovered() -> None:
     old = snapshot(state="FAILED", end_time=900.0)
     job = adopt(old, watching_since=950.0)
     assert job.phase is Phase.FINISHED
-    _, events = policy.observe(job, old, 1000.0, SETTINGS)
+    _, events = adoption.observe(job, old, 1000.0, SETTINGS)
     assert events == []
 
 
 def test_job_that_ended_while_a_restarted_agent_was_down_is_recovered() -> None:
     failed = snapshot(state="FAILED", end_time=900.0)
     job = adopt(failed, watching_since=100.0)
-    job, events = policy.observe(job, failed, 1000.0, SETTINGS)
+    job, events = adoption.observe(job, failed, 1000.0, SETTINGS)
     for event in events:
         decision = policy.decide(job, event, SETTINGS)
         job = decision.job
@@ -305,8 +307,8 @@ def test_vanished_job_is_gone_once() -> None:
     job = running_job()
     gone = policy.decide(job, JobVanished(7, 2000.0), SETTINGS).job
     assert gone.phase is Phase.GONE
-    assert policy.vanished(gone, 2001.0) == []
-    assert policy.vanished(job, 2001.0) == [JobVanished(7, 2001.0)]
+    assert adoption.vanished(gone, 2001.0) == []
+    assert adoption.vanished(job, 2001.0) == [JobVanished(7, 2001.0)]
 
 
 def test_crash_loop_stops_after_threshold_failures_without_checkpoint() -> None:
@@ -448,8 +450,8 @@ def test_limit_reached_attempt_stays_failed_when_it_exits() -> None:
 def test_runtime_criterion_marks_success_after_n_minutes() -> None:
     settings = Settings(restart_success="runtime", restart_success_minutes=10, annotate_jobs=False)
     job = replace(running_job(), attempt=1, failure_streak=2)
-    assert policy.observe(job, snapshot(restart_count=1), 1000.0 + 599, settings)[1] == []
-    events = policy.observe(job, snapshot(restart_count=1), 1000.0 + 600, settings)[1]
+    assert adoption.observe(job, snapshot(restart_count=1), 1000.0 + 599, settings)[1] == []
+    events = adoption.observe(job, snapshot(restart_count=1), 1000.0 + 600, settings)[1]
     assert events == [AttemptSucceeded(7, 1, 1600.0)]
     succeeded = policy.decide(job, events[0], settings)
     assert succeeded.job.attempt_succeeded and succeeded.job.failure_streak == 0
@@ -461,7 +463,7 @@ def test_runtime_criterion_marks_success_after_n_minutes() -> None:
 
 def test_checkpoint_criterion_gives_no_runtime_event() -> None:
     job = replace(running_job(), attempt=1)
-    assert policy.observe(job, snapshot(restart_count=1), 1000.0 + 10**6, SETTINGS)[1] == []
+    assert adoption.observe(job, snapshot(restart_count=1), 1000.0 + 10**6, SETTINGS)[1] == []
 
 
 def test_crash_loop_counts_only_attempts_without_success() -> None:
@@ -489,7 +491,7 @@ def held_snapshot(job_id: int, user_id: int = 1000, name: str = "train", reason:
 def test_chain_is_named_after_its_first_job_and_passed_on() -> None:
     first = singleton_job()
     assert first.chain == "train@7" and running_job().chain == ""
-    assert policy.inherit(singleton_job(job_id=9, chain="train@9"), first).chain == "train@7"
+    assert adoption.inherit(singleton_job(job_id=9, chain="train@9"), first).chain == "train@7"
 
 
 def test_next_in_chain_is_the_oldest_held_job_of_the_same_user_and_name() -> None:
@@ -498,8 +500,8 @@ def test_next_in_chain_is_the_oldest_held_job_of_the_same_user_and_name() -> Non
         held_snapshot(12), held_snapshot(9), held_snapshot(8, user_id=2000), held_snapshot(5, name="other"),
         held_snapshot(6, reason="Dependency"), snapshot(job_id=4, state="RUNNING"), held_snapshot(7),
     ]  # fmt: skip
-    assert policy.next_in_chain(job, candidates) == 9
-    assert policy.next_in_chain(job, [held_snapshot(8, user_id=2000)]) is None
+    assert adoption.next_in_chain(job, candidates) == 9
+    assert adoption.next_in_chain(job, [held_snapshot(8, user_id=2000)]) is None
 
 
 def test_singleton_failure_stops_the_job_and_releases_the_next() -> None:
@@ -540,7 +542,7 @@ def test_singleton_success_releases_nothing() -> None:
 
 def test_singleton_limit_and_crash_loop_count_across_the_chain() -> None:
     predecessor = singleton_job(requeues_used=3, failure_streak=1)
-    successor = policy.inherit(singleton_job(job_id=9, requeues_used=0), predecessor)
+    successor = adoption.inherit(singleton_job(job_id=9, requeues_used=0), predecessor)
     assert successor.requeues_used == 3 and successor.failure_streak == 1
     stopped = policy.decide(successor, replace(anomaly(), job_id=9), SETTINGS, successor=12)
     assert stopped.actions == () and "requeue limit reached (3/3)" in (stopped.job.stop_reason or "")
@@ -587,7 +589,7 @@ def test_node_verdict_excludes_the_node_before_the_release() -> None:
     assert [a.kind for a in release.actions] == [ActionKind.RELEASE]
     assert release.job.excluded_nodes == "node-1"
     # A later failure blaming the same node excludes nothing more.
-    assert policy._to_exclude(replace(release.job, verdict="node", verdict_nodes="node-1")) == ""
+    assert recovery.to_exclude(replace(release.job, verdict="node", verdict_nodes="node-1")) == ""
 
 
 def test_failed_exclusion_still_releases() -> None:
@@ -620,7 +622,7 @@ def test_singleton_successor_keeps_the_faulty_node_out() -> None:
     assert [(a.kind, a.acts_on, a.nodes) for a in cancelled.actions] == [(ActionKind.EXCLUDE, 9, "node-1")]
     released = policy.decide(cancelled.job, ActionDone(cancelled.actions[0], 1012.0), SETTINGS)
     assert [(a.kind, a.acts_on) for a in released.actions] == [(ActionKind.RELEASE, 9)]
-    successor = policy.inherit(singleton_job(job_id=9), released.job)
+    successor = adoption.inherit(singleton_job(job_id=9), released.job)
     assert successor.excluded_nodes == "node-1"
 
 
