@@ -26,6 +26,8 @@ from pathlib import Path
 from rules_throughput import MIX, free_text, pin_to_one_cpu, synthetic_lines
 
 from ajr_agent.runtime.agent import Agent, load_rules
+
+from ajr_agent.runtime.inline_pool import InlinePool
 from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.adapters.store import Store
@@ -55,7 +57,7 @@ def catch_up(directory: Path, lines: list[str]) -> tuple[float, int, int]:
         end_time=None, batch=True, requeueable=True, nodes="node-1", reason="None", work_dir=str(directory),
         stdout="", name="train", comment='{"APS": {}}',
     )  # fmt: skip
-    agent = Agent(settings, store, OneRunningJob(job), load_rules(settings))
+    agent = Agent(settings, store, OneRunningJob(job), load_rules(settings), pool=InlinePool())
     log = directory / LOG_NAME
     log.write_text("step 0\n")
     agent.poll(time.time())

@@ -287,6 +287,15 @@ class StragglerFound:
 
 
 @dataclass(frozen=True)
+class JobForgotten:
+    """An operator told AJR to leave the job alone (`ajr forget`)."""
+
+    job_id: int
+    at: float
+    by: str
+
+
+@dataclass(frozen=True)
 class JobVanished:
     """The job left slurmctld's memory (MinJobAge passed)."""
 
@@ -345,7 +354,7 @@ class ActionFailed:
 
 
 Event = (
-    AttemptStarted | AttemptSucceeded | JobEnded | JobHeld | JobVanished | Attributed | VerdictOverdue
+    AttemptStarted | AttemptSucceeded | JobEnded | JobHeld | JobVanished | JobForgotten | Attributed | VerdictOverdue
     | StragglerFound | AnomalyFound | CheckpointSaved | ActionDone | ActionFailed
 )
 

@@ -25,6 +25,7 @@ from ajr_agent.domain.model import (
     Event,
     Fault,
     JobEnded,
+    JobForgotten,
     JobHeld,
     JobVanished,
     ManagedJob,
@@ -87,6 +88,11 @@ def decide(job: ManagedJob, event: Event, settings: Settings, successor: int | N
             return _verdict_overdue(job, event, settings)
         case StragglerFound():
             return _straggler(job, event, settings, successor)
+        case JobForgotten():
+            forgotten = replace(job, phase=Phase.FORGOTTEN, stop_cause=StopCause.FORGOTTEN,
+                                stop_reason=f"forgotten by {event.by}")  # fmt: skip
+            return Decision(forgotten, notes=(Note(NoteKind.FORGOTTEN, f"an operator ({event.by}) told AJR to "
+                                                                      "leave it alone"),))  # fmt: skip
         case JobVanished():
             return Decision(replace(job, phase=Phase.GONE), notes=(Note(NoteKind.GONE, "job left slurmctld's memory"),))
     raise TypeError(f"unknown event {event!r}")  # pragma: no cover - Event is a closed union

@@ -29,11 +29,11 @@ from ajr_agent.domain.model import (
     Attributed,
     Awaiting,
     Event,
+    JobForgotten,
     ManagedJob,
     Note,
     NoteKind,
     Phase,
-    StopCause,
     UnmanagedJob,
     VerdictOverdue,
 )
@@ -60,19 +60,23 @@ def load_rules(settings: Settings) -> RuleSet:
 
 
 class Agent:
-    """Watches managed jobs and recovers the ones that fail."""
+    """Watches managed jobs and recovers the ones that fail.
+
+    `pool` runs Slurm commands and verdicts; by default each has threads of its own
+    (runtime.inline_pool steps the loop by hand).
+    """
 
     def __init__(self, settings: Settings, store: Store, gateway: SlurmGateway, rules: RuleSet,
                  watcher: ChangeWatcher | None = None, observer: Observer | None = None,
-                 verdict_pool: Pool | None = None) -> None:  # fmt: skip
+                 pool: Pool | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.store = store
         self.gateway = gateway
         self.rules = rules
         self.watcher = watcher
         self.observer = observer or Observer()
-        self.executor = Executor(gateway, store, settings, self.observer)
-        self.verdicts = Verdicts(settings, rules, gateway, verdict_pool)
+        self.executor = Executor(gateway, store, settings, self.observer, pool)
+        self.verdicts = Verdicts(settings, rules, gateway, pool)
         self.forgotten: dict[int, str] = store.forgotten()
         self.tracked: dict[int, TrackedJob] = {
             job_id: TrackedJob(job) for job_id, job in store.load_jobs().items() if job.phase is not Phase.FORGOTTEN
@@ -116,8 +120,8 @@ class Agent:
     def run(self) -> None:
         """Run until stop() is called (SIGTERM), finishing the step under way."""
         next_poll = next_full_read = 0.0
-        # Each step is guarded as a whole too: whatever a surprise in one costs, the loop goes
-        # on for every job (the steps guard each job's part on their own).
+        # Each step is guarded as a whole too (and each job's part on its own): whatever a
+        # surprise costs, the loop goes on for every job.
         try:
             while not self.stop_requested.is_set():
                 now = time.time()
@@ -137,10 +141,10 @@ class Agent:
                     wanted = self.feed.changed_paths()
                     if wanted:
                         self.guarded(0, self.read_logs, time.time(), wanted)
-                self.guarded(0, self.take_verdicts, time.time())
+                self.guarded(0, self.take_results, time.time())
                 wait = max(0.0, min(next_full_read - time.monotonic(), next_poll - time.time()))
-                if self.feed.deferred:
-                    wait = min(wait, READ_GAP)
+                if self.feed.deferred or self.executor.busy() or self.verdicts.pending:
+                    wait = min(wait, READ_GAP)  # lines left for the next pass, or answers due soon
                 if self.watcher is not None and self.watcher.wait(wait):
                     # Busy logs wake the loop at every write: reading at most every READ_GAP
                     # seconds keeps the agent's CPU bounded and costs detection no more than that.
@@ -148,6 +152,7 @@ class Agent:
                 elif self.watcher is None:
                     self.stop_requested.wait(wait)
         finally:
+            self.executor.close()
             self.verdicts.close()
 
     def stop(self) -> None:
@@ -188,7 +193,7 @@ class Agent:
             self.guarded(job_id, self._vanish, job_id, now)
         for tracked in list(self.tracked.values()):
             self.guarded(tracked.job.job_id, self.feed.scan, tracked, self.snapshots.get(tracked.job.job_id), now)
-        self.take_verdicts(now)
+        self.take_results(now)
         saved = self.guarded(0, self.store.set_meta,
                              last_poll_at=now, last_poll_seconds=round(time.monotonic() - started, 4),
                              jobs_in_queue=len(snapshots), managed_jobs=len(self.tracked),
@@ -203,12 +208,19 @@ class Agent:
     def read_logs(self, now: float, paths: set[str] | None = None) -> None:
         """Read what the followed files (all, or those of `paths`) have added, and decide on it."""
         self.feed.read(now, paths)
-        self.take_verdicts(now)
+        self.take_results(now)
 
-    def take_verdicts(self, now: float) -> None:
-        """Decide on the verdicts that came in, and on those overdue."""
-        for event in self.verdicts.take(now):
-            self.guarded(event.job_id, self.handle_all, event.job_id, [event], now)
+    def take_results(self, now: float) -> None:
+        """Decide on what came back from off the loop: Slurm's answers to actions, verdicts
+        (and those overdue). Until none is left, as a decision may start more."""
+        while results := [*self.executor.take(now), *self.verdicts.take(now)]:
+            self._handle_each(results, now)
+
+    def _handle_each(self, events: list[Event], now: float) -> None:
+        """Decide on events of any jobs, each guarded on its own."""
+        for event in events:
+            job_id = event.action.job_id if isinstance(event, (ActionDone, ActionFailed)) else event.job_id
+            self.guarded(job_id, self.handle_all, job_id, [event], now)
 
     def prune(self, now: float) -> None:
         """Remove the jobs that left Slurm longer than state_retention_days ago, a few per poll."""
@@ -222,11 +234,7 @@ class Agent:
     def reconcile(self, now: float) -> None:
         """Finish what a previous run left open: journaled actions, and verdicts it waited for."""
         self.reconciled = True
-        for entry in self.store.open_actions():
-            action = entry.action
-            log.info("job %s: reconciling open %s from %s", action.job_id, action.kind.value, entry.status)
-            events = self.executor.resume(entry, self.snapshots.get(action.acts_on), now)
-            self.guarded(action.job_id, self.handle_all, action.job_id, events, now)
+        self._handle_each(self.executor.reopen(self.snapshots, now, due_only=False), now)
         for tracked in self.tracked.values():
             job = tracked.job
             if job.awaiting is Awaiting.VERDICT and job.handled_attempt is not None:
@@ -235,11 +243,7 @@ class Agent:
 
     def run_due_actions(self, now: float) -> None:
         """Try again the actions whose back-off has passed."""
-        for entry in self.store.open_actions():
-            if entry.next_try_at is None or entry.next_try_at > now:
-                continue
-            events = self.executor.resume(entry, self.snapshots.get(entry.action.acts_on), now)
-            self.guarded(entry.action.job_id, self.handle_all, entry.action.job_id, events, now)
+        self._handle_each(self.executor.reopen(self.snapshots, now, due_only=True), now)
 
     # ---- Slurm's side -------------------------------------------------------------------
 
@@ -299,10 +303,7 @@ class Agent:
         """Leave alone the jobs an operator told AJR to forget (`ajr forget`)."""
         self.forgotten = self.store.forgotten()
         for job_id in [j for j in self.tracked if j in self.forgotten]:
-            job = replace(self.tracked[job_id].job, phase=Phase.FORGOTTEN, stop_cause=StopCause.FORGOTTEN,
-                          stop_reason=f"forgotten by {self.forgotten[job_id]}")  # fmt: skip
-            text = f"an operator ({self.forgotten[job_id]}) told AJR to leave it alone"
-            self.record(job, Note(NoteKind.FORGOTTEN, text), now)
+            self.handle_all(job_id, [JobForgotten(job_id, now, self.forgotten[job_id])], now)
             self._drop(job_id)
 
     def _drop(self, job_id: int) -> None:
@@ -359,7 +360,7 @@ class Agent:
             if decision.job.awaiting is Awaiting.VERDICT and decision.job.handled_attempt != current.handled_attempt:
                 self._ask_verdict(decision.job, decision.job.handled_attempt, getattr(event, "at", now))
             for action in journaled:
-                queue.extend(self.executor.run(action, time.time()))
+                queue.extend(self.executor.start(action, time.time()))
 
     def _ask_verdict(self, job: ManagedJob, attempt: int | None, failed_at: float) -> None:
         """Start working out where the fault of the failed attempt lies, off the loop."""

@@ -15,6 +15,7 @@ import pytest
 from ajr_agent.runtime import log_feed
 from ajr_agent.detect import rules as rules_module
 from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.runtime.inline_pool import InlinePool
 from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.model import Phase
 from ajr_agent.detect.rules import RuleMatch
@@ -83,7 +84,7 @@ def agent(tmp_path: Path, queue: ScriptedQueue) -> Agent:
     store = Store(settings.state_db)
     # Pretend the agent has watched this cluster for a while.
     store.set_meta(watching_since=1.0)
-    return Agent(settings, store, queue, load_rules(settings))
+    return Agent(settings, store, queue, load_rules(settings), pool=InlinePool())
 
 
 def following(agent: Agent, queue: ScriptedQueue, tmp_path: Path) -> Path:
@@ -200,7 +201,7 @@ def test_agent_restarted_between_requeuehold_and_release_releases_once(agent: Ag
     agent.store.close()
 
     settings = agent.settings
-    again = Agent(settings, Store(settings.state_db), queue, load_rules(settings))
+    again = Agent(settings, Store(settings.state_db), queue, load_rules(settings), pool=InlinePool())
     assert again.jobs[7].phase is Phase.HELD
     again.poll(300.0)
     again.read_logs(301.0)  # resumes after the segfault line: no second failure
@@ -229,7 +230,7 @@ def test_singleton_successor_takes_over_the_chain(agent: Agent, queue: ScriptedQ
 def test_a_job_end_record_makes_the_agent_poll_until_slurm_shows_the_end(tmp_path: Path, queue: ScriptedQueue) -> None:
     settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), spool_dir=tmp_path / "spool",
                         end_settle_seconds=5)  # fmt: skip
-    agent = Agent(settings, Store(settings.state_db), queue, load_rules(settings))
+    agent = Agent(settings, Store(settings.state_db), queue, load_rules(settings), pool=InlinePool())
     queue.jobs[7] = running(tmp_path)
     agent.poll(100.0)
     (settings.spool_dir / "7.0.end").write_text("job_id=7\nrestart_count=0\nexit_code=1:0\nnodes=node-1\n")
@@ -376,7 +377,7 @@ def test_a_crash_after_slurm_acted_and_before_the_phase_was_saved_is_finished_at
     agent.store.close()
 
     settings = agent.settings
-    again = Agent(settings, Store(settings.state_db), queue, load_rules(settings))
+    again = Agent(settings, Store(settings.state_db), queue, load_rules(settings), pool=InlinePool())
     for second in range(3):
         again.poll(300.0 + second)
         again.read_logs(300.5 + second)
@@ -390,7 +391,7 @@ def test_a_job_naming_ever_more_files_after_itself_is_followed_up_to_its_cap(
     tmp_path: Path, queue: ScriptedQueue
 ) -> None:
     settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), max_log_files_per_job=3)
-    agent = Agent(settings, Store(settings.state_db), queue, load_rules(settings))
+    agent = Agent(settings, Store(settings.state_db), queue, load_rules(settings), pool=InlinePool())
     queue.jobs[7] = running(tmp_path)
     for second in range(10):
         (tmp_path / f"train_7_date_26-01-01_time_00-00-{second:02d}.log").write_text("step\n")

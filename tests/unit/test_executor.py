@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from dataclasses import replace
+import threading
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 
+from ajr_agent.adapters.slurm import SlurmError
+from ajr_agent.adapters.store import ActionStatus, JournalEntry, Store
+from ajr_agent.domain.jobs import JobSnapshot
+from ajr_agent.domain.model import Action, ActionDone, ActionFailed, ActionKind, Event
 from ajr_agent.domain.settings import Settings
 from ajr_agent.runtime.executor import Executor
-from ajr_agent.domain.model import Action, ActionDone, ActionFailed, ActionKind
-from ajr_agent.domain.jobs import JobSnapshot
-from ajr_agent.adapters.slurm import SlurmError
-from ajr_agent.adapters.store import ActionStatus, Store
+from ajr_agent.runtime.inline_pool import InlinePool
 
 
 @dataclass
@@ -62,7 +64,16 @@ HOLD = Action(ActionKind.REQUEUE_HOLD, 7, 0, "segfault")
 
 def setup(tmp_path: Path, slurm: ScriptedSlurm, settings: Settings = SETTINGS) -> tuple[Executor, Store, Action]:
     store = Store(tmp_path / "ajr.db")
-    return Executor(slurm, store, settings), store, store.journal(HOLD, settings.dry_run, 0.0)
+    return Executor(slurm, store, settings, pool=InlinePool()), store, store.journal(HOLD, settings.dry_run, 0.0)
+
+
+def run(executor: Executor, action: Action, now: float) -> list[Event]:
+    """Start the action and take its outcome (the pool runs it at once)."""
+    return executor.start(action, now) + executor.take(now)
+
+
+def resume(executor: Executor, entry: JournalEntry, snapshot: JobSnapshot | None, now: float) -> list[Event]:
+    return executor.resume(entry, snapshot, now) + executor.take(now)
 
 
 def snapshot(restart_count: int) -> JobSnapshot:
@@ -72,7 +83,7 @@ def snapshot(restart_count: int) -> JobSnapshot:
 def test_success_is_recorded_and_reported(tmp_path: Path) -> None:
     slurm = ScriptedSlurm()
     executor, store, action = setup(tmp_path, slurm)
-    [done] = executor.run(action, 1.0)
+    [done] = run(executor, action, 1.0)
     assert done == ActionDone(action, 1.0)
     assert slurm.calls == [("requeue_hold", 7, {})]
     assert store.actions(7)[0].status == ActionStatus.PENDING, "marked only with what it leads to"
@@ -84,7 +95,7 @@ def test_release_also_clears_the_requeue_wait(tmp_path: Path) -> None:
     slurm = ScriptedSlurm()
     executor, store, _ = setup(tmp_path, slurm)
     release = store.journal(Action(ActionKind.RELEASE, 7, 0, "r"), False, 0.0)
-    executor.run(release, 1.0)
+    run(executor, release, 1.0)
     assert slurm.calls == [("release", 7, {}), ("update", 7, {"StartTime": "now+2"})]
 
 
@@ -98,7 +109,7 @@ def test_failing_wait_clearing_does_not_fail_the_release(tmp_path: Path) -> None
     slurm = UpdateRefused()
     executor, store, _ = setup(tmp_path, slurm)
     release = store.journal(Action(ActionKind.RELEASE, 7, 0, "r"), False, 0.0)
-    assert executor.run(release, 1.0) == [ActionDone(release, 1.0)]
+    assert run(executor, release, 1.0) == [ActionDone(release, 1.0)]
     assert [c[0] for c in slurm.calls] == ["release", "update"]
 
 
@@ -106,20 +117,20 @@ def test_clearing_the_wait_can_be_turned_off(tmp_path: Path) -> None:
     slurm = ScriptedSlurm()
     executor, store, _ = setup(tmp_path, slurm, SETTINGS.with_overrides(clear_begin_time=False))
     release = store.journal(Action(ActionKind.RELEASE, 7, 0, "r"), False, 0.0)
-    executor.run(release, 1.0)
+    run(executor, release, 1.0)
     assert slurm.calls == [("release", 7, {})]
 
 
 def test_transient_failures_back_off_then_give_up(tmp_path: Path) -> None:
     slurm = ScriptedSlurm(errors=[transient(), transient(), transient()])
     executor, store, action = setup(tmp_path, slurm)
-    assert executor.run(action, 10.0) == []
+    assert run(executor, action, 10.0) == []
     [entry] = store.open_actions()
     assert entry.status == ActionStatus.RETRY and entry.next_try_at == 12.0 and entry.tries == 1
-    assert executor.resume(entry, snapshot(0), 12.0) == []
+    assert resume(executor, entry, snapshot(0), 12.0) == []
     [entry] = store.open_actions()
     assert entry.next_try_at == 16.0 and entry.tries == 2  # doubled
-    [failed] = executor.resume(entry, snapshot(0), 16.0)
+    [failed] = resume(executor, entry, snapshot(0), 16.0)
     assert isinstance(failed, ActionFailed) and "gave up after 3 tries: Socket timed out" in failed.reason
     executor.settle(failed)
     assert store.open_actions() == [] and store.actions(7)[0].status == ActionStatus.FAILED
@@ -129,10 +140,10 @@ def test_retry_delay_is_capped(tmp_path: Path) -> None:
     settings = SETTINGS.with_overrides(action_max_tries=10)
     slurm = ScriptedSlurm(errors=[transient()] * 5)
     executor, store, action = setup(tmp_path, slurm, settings)
-    executor.run(action, 0.0)
+    run(executor, action, 0.0)
     for _ in range(4):
         entry = store.open_actions()[0]
-        executor.resume(entry, snapshot(0), entry.next_try_at or 0.0)
+        resume(executor, entry, snapshot(0), entry.next_try_at or 0.0)
     entry = store.open_actions()[0]
     assert entry.next_try_at is not None and entry.next_try_at - entry.updated_at == 5.0
 
@@ -140,7 +151,7 @@ def test_retry_delay_is_capped(tmp_path: Path) -> None:
 def test_refusal_fails_at_once_with_slurms_reason(tmp_path: Path) -> None:
     slurm = ScriptedSlurm(errors=[refused()])
     executor, store, action = setup(tmp_path, slurm)
-    [failed] = executor.run(action, 1.0)
+    [failed] = run(executor, action, 1.0)
     assert isinstance(failed, ActionFailed) and failed.reason == "Requested operation is presently disabled"
     executor.settle(failed)
     assert store.actions(7)[0].error == "Requested operation is presently disabled"
@@ -149,7 +160,7 @@ def test_refusal_fails_at_once_with_slurms_reason(tmp_path: Path) -> None:
 def test_dry_run_records_and_runs_nothing(tmp_path: Path) -> None:
     slurm = ScriptedSlurm()
     executor, store, action = setup(tmp_path, slurm, SETTINGS.with_overrides(dry_run=True))
-    [done] = executor.run(action, 1.0)
+    [done] = run(executor, action, 1.0)
     assert done == ActionDone(action, 1.0, dry_run=True, tried=False)
     executor.settle(done)
     assert slurm.calls == [] and store.actions(7)[0].status == ActionStatus.DRY_RUN
@@ -161,7 +172,7 @@ def test_resume_after_a_crash_checks_slurm_before_requeueing(tmp_path: Path, res
     slurm = ScriptedSlurm()
     executor, store, _ = setup(tmp_path, slurm)
     [entry] = store.open_actions()
-    [outcome] = executor.resume(entry, snapshot(restart_count), 5.0)
+    [outcome] = resume(executor, entry, snapshot(restart_count), 5.0)
     assert isinstance(outcome, ActionDone) and outcome.tried is runs
     assert (slurm.calls == [("requeue_hold", 7, {})]) is runs
     executor.settle(outcome)
@@ -174,7 +185,7 @@ def test_resume_releases_only_a_job_still_held(tmp_path: Path, reason: str, runs
     executor, store, _ = setup(tmp_path, slurm, SETTINGS.with_overrides(clear_begin_time=False))
     release = store.journal(Action(ActionKind.RELEASE, 7, 0, "release after requeue"), False, 0.0)
     entry = next(e for e in store.open_actions() if e.id == release.journal_id)
-    [outcome] = executor.resume(entry, replace(snapshot(1), reason=reason), 5.0)
+    [outcome] = resume(executor, entry, replace(snapshot(1), reason=reason), 5.0)
     assert isinstance(outcome, ActionDone)
     assert (slurm.calls == [("release", 7, {})]) is runs
 
@@ -183,7 +194,7 @@ def test_resume_for_a_job_slurm_forgot_fails_it(tmp_path: Path) -> None:
     slurm = ScriptedSlurm()
     executor, store, _ = setup(tmp_path, slurm)
     [entry] = store.open_actions()
-    [outcome] = executor.resume(entry, None, 5.0)
+    [outcome] = resume(executor, entry, None, 5.0)
     assert isinstance(outcome, ActionFailed) and outcome.reason == "job no longer in Slurm"
     assert slurm.calls == []
 
@@ -192,7 +203,74 @@ def test_action_decided_in_dry_run_never_runs_for_real_after_a_restart(tmp_path:
     slurm = ScriptedSlurm()
     store = Store(tmp_path / "ajr.db")
     store.journal(HOLD, dry_run=True, now=0.0)
-    executor = Executor(slurm, store, SETTINGS)  # the agent now runs live
+    executor = Executor(slurm, store, SETTINGS, pool=InlinePool())  # the agent now runs live
     [entry] = store.open_actions()
-    [outcome] = executor.resume(entry, snapshot(0), 1.0)
+    [outcome] = resume(executor, entry, snapshot(0), 1.0)
     assert isinstance(outcome, ActionDone) and outcome.dry_run and slurm.calls == []
+
+
+# ---- commands run off the loop ----------------------------------------------------------------
+
+
+class Blocking(ScriptedSlurm):
+    """Slurm that does not answer for job 7 until told to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = threading.Event()
+
+    def requeue_hold(self, job_id: int) -> None:
+        if job_id == 7:
+            self.answer.wait(30)
+        super().requeue_hold(job_id)
+
+
+def take_until(executor: Executor, count: int, seconds: float = 10) -> list[Event]:
+    events: list[Event] = []
+    deadline = time.monotonic() + seconds
+    while len(events) < count and time.monotonic() < deadline:
+        events += executor.take(1.0)
+        time.sleep(0.01)
+    return events
+
+
+def test_a_slow_answer_for_one_job_holds_up_no_other(tmp_path: Path) -> None:
+    slurm = Blocking()
+    store = Store(tmp_path / "ajr.db")
+    executor = Executor(slurm, store, SETTINGS)
+    seven = store.journal(HOLD, False, 0.0)
+    eight = store.journal(replace(HOLD, job_id=8), False, 0.0)
+    assert executor.start(seven, 1.0) == [] and executor.start(eight, 1.0) == []
+    try:
+        assert take_until(executor, 1) == [ActionDone(eight, 1.0)] and executor.busy()
+    finally:
+        slurm.answer.set()
+    assert take_until(executor, 1) == [ActionDone(seven, 1.0)] and not executor.busy()
+    executor.close()
+
+
+def test_a_job_s_actions_run_one_after_the_other_in_the_order_decided(tmp_path: Path) -> None:
+    slurm = Blocking()
+    store = Store(tmp_path / "ajr.db")
+    executor = Executor(slurm, store, SETTINGS)
+    hold = store.journal(HOLD, False, 0.0)
+    note = store.journal(Action(ActionKind.ANNOTATE, 7, 0, "ajr: requeued"), False, 0.0)
+    executor.start(hold, 1.0)
+    executor.start(note, 1.0)
+    time.sleep(0.2)
+    assert slurm.calls == [] and executor.take(1.0) == []  # the annotation waits for the hold
+    slurm.answer.set()
+    assert take_until(executor, 2) == [ActionDone(hold, 1.0), ActionDone(note, 1.0)]
+    assert [c[0] for c in slurm.calls] == ["requeue_hold", "update"]
+    executor.close()
+
+
+class Broken(ScriptedSlurm):
+    def requeue_hold(self, job_id: int) -> None:
+        raise KeyError("a bug, not Slurm")
+
+
+def test_an_unexpected_error_in_a_command_is_a_failed_action(tmp_path: Path) -> None:
+    executor, store, action = setup(tmp_path, Broken())
+    [failed] = run(executor, action, 1.0)
+    assert isinstance(failed, ActionFailed) and "unexpected error" in failed.reason

@@ -50,13 +50,26 @@ def hung_mount(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     answer.set()
 
 
+class SlowController(ScriptedQueue):
+    """slurmctld takes its time over job 7's requeuehold (until `answer` is set)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = threading.Event()
+
+    def requeue_hold(self, job_id: int) -> None:
+        if job_id == 7:
+            self.answer.wait(60)
+        super().requeue_hold(job_id)
+
+
 def start(tmp_path: Path, queue: ScriptedQueue, **changes: object) -> tuple[Agent, threading.Thread]:
     nodes = tmp_path / "nodes"
     for node in ("node-1", "node-2"):
         (nodes / node).mkdir(parents=True)
         (nodes / node / "kern.log").write_text("Jan  1 00:00:00 kernel: nothing to see\n")
     settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), clear_begin_time=True, poll_interval=0.1,
-                        tail_interval=0.05, node_log_dir=str(nodes / "{node}"), **changes)  # fmt: skip
+                        tail_interval=0.05, **{"node_log_dir": str(nodes / "{node}"), **changes})  # fmt: skip
     for job_id, node in ((7, "node-1"), (8, "node-2")):
         queue.jobs[job_id] = running(tmp_path, job_id=job_id, nodes=node, start_time=time.time())
         log_of(tmp_path, job_id).write_text("step 1\n")
@@ -112,3 +125,20 @@ def test_a_verdict_that_never_comes_releases_the_job_at_its_deadline(tmp_path: P
         thread.join(10)
     notes = [e.text for e in Store(tmp_path / "ajr.db").events(7)]
     assert any("no verdict" in text for text in notes), notes
+
+
+def test_a_slow_scontrol_for_one_job_holds_up_no_other_job(tmp_path: Path) -> None:
+    queue = SlowController()
+    agent, thread = start(tmp_path, queue, node_log_dir="")
+    try:
+        fail(tmp_path, 7)
+        assert wait_for(lambda: agent.jobs[7].phase is Phase.HOLDING, 10)
+        fail(tmp_path, 8)
+        assert wait_for(lambda: "release 8" in queue.calls, 5), queue.calls
+        assert "requeue_hold 7" not in queue.calls
+        queue.answer.set()
+        assert wait_for(lambda: "release 7" in queue.calls, 5), queue.calls
+    finally:
+        agent.stop()
+        queue.answer.set()
+        thread.join(10)

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from ajr_agent.runtime.agent import Agent, load_rules
+
+from ajr_agent.runtime.inline_pool import InlinePool
 from ajr_agent.runtime.reload import RESTART_SETTINGS, reload
 from ajr_agent.domain.settings import Settings
 from ajr_agent.adapters.config_file import load_settings
@@ -50,7 +52,7 @@ def base_config(tmp_path: Path) -> str:
 @pytest.fixture
 def agent(tmp_path: Path, config: Path) -> Agent:
     settings = load_settings(config, environ={})
-    return Agent(settings, Store(settings.state_db), EmptyQueue(), load_rules(settings))  # type: ignore[arg-type]
+    return Agent(settings, Store(settings.state_db), EmptyQueue(), load_rules(settings), pool=InlinePool())  # type: ignore[arg-type]
 
 
 def holders_of(agent: Agent, attribute: str, kind: type) -> list[object]:
