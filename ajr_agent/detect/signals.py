@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Sequence
 
-from ajr_agent.domain.model import AnomalyFound, ManagedJob, Phase
+from ajr_agent.domain.model import AnomalyFound, Fault, ManagedJob, Phase
 from ajr_agent.domain.settings import Settings
 
 
@@ -21,7 +21,7 @@ def hung(job: ManagedJob, last_output: float, now: float, settings: Settings) ->
     silence = now - max(last_output, job.attempt_started)
     if silence < timeout or now - job.attempt_started < settings.hang_startup_grace:
         return None
-    return AnomalyFound(job.job_id, job.attempt, now, "heartbeat", "hang", "unknown", "",
+    return AnomalyFound(job.job_id, job.attempt, now, "heartbeat", "hang", Fault.UNKNOWN, "",
                         f"no log line for {silence:.0f} s (heartbeat timeout {timeout:g} s)")  # fmt: skip
 
 

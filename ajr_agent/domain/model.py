@@ -311,8 +311,8 @@ class AnomalyFound:
     attempt: int
     at: float
     rule: str
-    category: str
-    fault: str
+    category: str  # the rule's own word for it (site rules may add any)
+    fault: Fault  # where the rule puts the blame
     path: str
     line: str
 

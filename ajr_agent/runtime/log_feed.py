@@ -23,7 +23,16 @@ from ajr_agent.detect.attribution import Evidence
 from ajr_agent.detect.rules import RuleKind, RuleSet
 from ajr_agent.detect.timestamps import line_time
 from ajr_agent.domain.jobs import JobSnapshot
-from ajr_agent.domain.model import AnomalyFound, CheckpointSaved, Event, ManagedJob, Note, NoteKind, StragglerFound
+from ajr_agent.domain.model import (
+    AnomalyFound,
+    CheckpointSaved,
+    Event,
+    Fault,
+    ManagedJob,
+    Note,
+    NoteKind,
+    StragglerFound,
+)
 from ajr_agent.domain.settings import Settings
 from ajr_agent.runtime.observers import Observer
 from ajr_agent.runtime.tracked import TrackedJob
@@ -192,7 +201,7 @@ class LogFeed:
             if rule.kind is RuleKind.ANOMALY:
                 tracked.keep_evidence(attempt, Evidence(match, line.text, line.path))
                 events.append(AnomalyFound(job.job_id, attempt, at, rule.name, rule.category or "anomaly",
-                                           rule.fault.value, line.path, line.text))  # fmt: skip
+                                           Fault(rule.fault.value), line.path, line.text))  # fmt: skip
             elif rule.kind is RuleKind.CHECKPOINT:
                 events.append(CheckpointSaved(job.job_id, attempt, at, rule.name, line.path, line.text))
             elif match.value is not None:

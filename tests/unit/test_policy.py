@@ -63,7 +63,7 @@ def running_job(limit: int | None = 2, **changes: object) -> ManagedJob:
 
 
 def anomaly(attempt: int = 0, at: float = 1010.0) -> AnomalyFound:
-    return AnomalyFound(7, attempt, at, "segfault", "segfault", "application", "/x/train_7_date_1.log",
+    return AnomalyFound(7, attempt, at, "segfault", "segfault", Fault.APPLICATION, "/x/train_7_date_1.log",
                         "Rank0: (1) segmentation fault: artificial segfault")  # fmt: skip
 
 
