@@ -99,7 +99,7 @@ def parse_comment(comment: str | None) -> SpecVerdict:
     try:
         return SpecVerdict(spec=ApsSpec.model_validate(body))
     except ValidationError as exc:
-        return SpecVerdict(spec=None, problem=f"{describe_validation_error(exc, SPEC_KEY)}. Example: {EXAMPLE}")
+        return SpecVerdict(spec=None, problem=f"{describe_validation_error(exc)}. Example: {EXAMPLE}")
 
 
 def _depth(document: object) -> int:
