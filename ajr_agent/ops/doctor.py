@@ -20,16 +20,10 @@ from typing import Callable, Mapping
 from ajr_agent.adapters.config_file import DEFAULT_CONFIG_PATH, config_path, load_settings
 from ajr_agent.domain.settings import ConfigError, Settings
 from ajr_agent.domain.errors import AjrError
-from ajr_agent.ops.install import (
-    DEFAULT_SLURM_CONF,
-    EPILOG_MARKER,
-    HOOK_PATH,
-    JOB_SUBMIT_MARKER,
-    MIN_JOB_AGE,
-    plugin_names,
-    show_config,
-    shipped_file,
-)
+from ajr_agent.adapters.slurm_config import DEFAULT_SLURM_CONF, listed, plugin_names, slurm_user
+from ajr_agent.ops.host import show_config
+from ajr_agent.ops.shipped import EPILOG_MARKER, HOOK_PATH, JOB_SUBMIT_MARKER, shipped_file
+from ajr_agent.ops.slurm_requirements import MIN_JOB_AGE
 from ajr_agent.detect.rules import RuleFileError, RuleSet, default_rules_dir
 from ajr_agent.adapters.slurm import SlurmGateway, open_gateway
 from ajr_agent.adapters.store import (
@@ -212,7 +206,7 @@ def check_epilog(live: Mapping[str, str] | None, settings: Settings, hook: Path)
     if live is None:
         return Check("epilog", False, "unknown: Slurm does not answer", SLURM_FIRST)
     value = live.get("EpilogSlurmctld", "")
-    configured = [p.strip() for p in value.split(",") if p.strip() and p.strip() != "(null)"]
+    configured = listed(value)
     if not configured:
         return Check("epilog", False, "EpilogSlurmctld is not set: the agent sees job ends at its next poll only", fix)
     for path in map(Path, configured):
@@ -250,7 +244,7 @@ def check_min_job_age(live: Mapping[str, str] | None) -> Check:
 def check_spool(settings: Settings, live: Mapping[str, str] | None) -> Check:
     """The spool exists, the agent can empty it and the SlurmUser (who runs the hook) can write it."""
     spool = settings.spool_dir
-    user = (live or {}).get("SlurmUser", "root").split("(")[0]
+    user = slurm_user(live or {}) or "root"
     fix = f"run `ajr install` (it makes {spool} with owner {user}, mode 0770)"
     if not spool.is_dir():
         return Check("spool", False, f"{spool} is missing: the hook's job-end records are lost", fix)

@@ -32,7 +32,7 @@ from ajr_agent.ops.doctor import (
     doctor_config,
     format_checks,
 )
-from ajr_agent.ops.install import HOOK_PATH, shipped_file
+from ajr_agent.ops.shipped import HOOK_PATH, shipped_file
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.adapters.slurm import SlurmError
 from ajr_agent.adapters.store import SCHEMA_VERSION, Store

@@ -21,21 +21,16 @@ from click.testing import CliRunner
 
 import ajr_agent
 from ajr_agent.ops import install as installer
+from ajr_agent.ops import shipped
 from ajr_agent.surfaces.cli import main as cli
 from ajr_agent.domain.settings import ConfigError, Settings
 from ajr_agent.adapters.config_file import load_settings
-from ajr_agent.ops.install import (
-    HOOK_PATH,
-    Host,
-    InstallError,
-    Status,
-    install,
-    parse_slurm_conf,
-    render_epilog,
-    render_unit,
-    shipped_file,
-    slurm_conf_todo,
-)
+from ajr_agent.adapters.slurm_config import parse_slurm_conf
+from ajr_agent.ops.files import InstallError, Status
+from ajr_agent.ops.host import Host, run_command
+from ajr_agent.ops.install import install
+from ajr_agent.ops.shipped import HOOK_PATH, UNIT_PATH, render_epilog, render_unit, shipped_file
+from ajr_agent.ops.slurm_requirements import MIN_JOB_AGE, slurm_conf_todo
 from ajr_agent.detect.rules import RuleSet, default_rules_dir
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -119,7 +114,7 @@ def test_the_shipped_config_as_is_gives_the_defaults() -> None:
 
 
 def test_the_settings_a_reload_cannot_change_are_marked_restart() -> None:
-    from ajr_agent.runtime.agent import RESTART_SETTINGS
+    from ajr_agent.runtime.reload import RESTART_SETTINGS
 
     lines = CONFIG.read_text().splitlines()
     for number, line in enumerate(lines):
@@ -130,14 +125,14 @@ def test_the_settings_a_reload_cannot_change_are_marked_restart() -> None:
 
 
 def test_the_rules_example_loads_once_named_toml(tmp_path: Path) -> None:
-    example = ROOT / "packaging" / "etc" / "rules.d" / installer.RULES_EXAMPLE
+    example = ROOT / "packaging" / "etc" / "rules.d" / shipped.RULES_EXAMPLE
     site = tmp_path / "rules.d"
     site.mkdir()
     shutil.copy(example, site / "50-site.toml")
     names = {rule.name for rule in RuleSet.load([default_rules_dir(), site]).rules}
     assert {"site_lustre_evicted", "site_checkpoint_done"} <= names
     # As shipped (.example) it is not read.
-    shutil.copy(example, tmp_path / "rules.d" / installer.RULES_EXAMPLE)
+    shutil.copy(example, tmp_path / "rules.d" / shipped.RULES_EXAMPLE)
     (site / "50-site.toml").unlink()
     assert "site_lustre_evicted" not in {rule.name for rule in RuleSet.load([site]).rules}
 
@@ -147,7 +142,7 @@ def test_the_rules_example_loads_once_named_toml(tmp_path: Path) -> None:
 
 def test_unit_has_its_placeholders_and_the_required_options() -> None:
     text = UNIT.read_text()
-    for placeholder in installer.UNIT_PLACEHOLDERS:
+    for placeholder in shipped.UNIT_PLACEHOLDERS:
         assert placeholder in text
     for option in ("Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID", "ProtectSystem=strict",
                    "ReadWritePaths=@AJR_STATE_DIR@ @AJR_SPOOL_DIR@", "NoNewPrivileges=yes", "PrivateTmp=yes"):  # fmt: skip
@@ -180,13 +175,13 @@ def test_the_slurm_conf_snippet_holds_every_line_the_installer_asks_for() -> Non
     snippet = (ROOT / "packaging" / "slurm" / "slurm.conf.ajr").read_text().splitlines()
     missing, restart = slurm_conf_todo({}, HOOK_PATH)
     assert restart and missing == [f"EpilogSlurmctld={HOOK_PATH}", "JobSubmitPlugins=lua"]
-    for line in [*missing, f"MinJobAge={installer.MIN_JOB_AGE}"]:
+    for line in [*missing, f"MinJobAge={MIN_JOB_AGE}"]:
         assert line in snippet
 
 
 def test_hooks_carry_the_markers_that_tell_them_from_a_sites_own() -> None:
-    assert installer.JOB_SUBMIT_MARKER in shipped_file("slurm_hooks/job_submit.lua").read_text()
-    assert installer.EPILOG_MARKER in shipped_file("slurm_hooks/ajr-epilog").read_text()
+    assert shipped.JOB_SUBMIT_MARKER in shipped_file("slurm_hooks/job_submit.lua").read_text()
+    assert shipped.EPILOG_MARKER in shipped_file("slurm_hooks/ajr-epilog").read_text()
 
 
 # ---- finding the shipped files ---------------------------------------------------------------
@@ -215,17 +210,15 @@ def test_shipped_files_come_from_share_ajr_in_an_installed_package(tmp_path: Pat
 # ---- slurm.conf ------------------------------------------------------------------------------
 
 
-def test_slurm_conf_is_read_case_insensitively_with_includes(tmp_path: Path) -> None:
+def test_slurm_conf_lines_set_in_included_files_count(tmp_path: Path) -> None:
+    # How slurm.conf and its includes are read: tests/unit/test_slurm_config.py.
     conf = tmp_path / "etc" / "slurm" / "slurm.conf"
     conf.parent.mkdir(parents=True)
     (conf.parent / "hooks.conf").write_text("jobsubmitplugins=job_submit/lua # AJR\n")
     conf.write_text("# EpilogSlurmctld=/commented/out\nSlurmUser=slurm\nMinJobAge=60\nInclude hooks.conf\n"
                     "Include /etc/slurm/abs.conf\nNodeName=n1 CPUs=4\n")  # fmt: skip
     (conf.parent / "abs.conf").write_text("EpilogSlurmctld=/usr/local/lib/ajr/ajr-epilog\n")
-    values = parse_slurm_conf(conf, root=tmp_path)
-    assert values["slurmuser"] == "slurm" and values["jobsubmitplugins"] == "job_submit/lua"
-    assert values["epilogslurmctld"] == "/usr/local/lib/ajr/ajr-epilog" and values["nodename"] == "n1"
-    missing, restart = slurm_conf_todo(values, HOOK_PATH)
+    missing, restart = slurm_conf_todo(parse_slurm_conf(conf, root=tmp_path), HOOK_PATH)
     assert not restart
     assert missing == ["MinJobAge=300 (it is 60: finished jobs would leave slurmctld's memory before the agent sees "
                        "how they ended)"]  # fmt: skip
@@ -251,7 +244,7 @@ def test_install_puts_everything_in_place_then_changes_nothing(tmp_path: Path, p
     assert set(statuses(first).values()) == {Status.CREATED}
     config = in_prefix(prefix, "/etc/ajr/ajr.toml")
     assert config.read_text() == CONFIG.read_text()
-    assert (in_prefix(prefix, "/etc/ajr/rules.d") / installer.RULES_EXAMPLE).is_file()
+    assert (in_prefix(prefix, "/etc/ajr/rules.d") / shipped.RULES_EXAMPLE).is_file()
     assert in_prefix(prefix, "/etc/slurm/job_submit.lua").read_text() == shipped_file(
         "slurm_hooks/job_submit.lua").read_text()  # fmt: skip
     hook = in_prefix(prefix, str(HOOK_PATH))
@@ -375,7 +368,7 @@ def test_job_submit_lua_is_compile_checked_before_it_is_installed(tmp_path: Path
     luac = shutil.which("luac5.1")
     if luac is None:
         pytest.fail("luac5.1 is missing: packaging/dev/setup-env.sh installs lua5.1")
-    report = install(prefix, False, host(tmp_path, luac=luac, run=installer._run))
+    report = install(prefix, False, host(tmp_path, luac=luac, run=run_command))
     assert "checked: job_submit.lua compiles with luac5.1 -p" in report.notes
     assert not any("luac5.1 -p" in item for item in report.todo)
 
@@ -401,7 +394,7 @@ def test_a_job_submit_lua_that_does_not_compile_stops_the_install(tmp_path: Path
 def test_under_systemd_a_changed_unit_is_reloaded_and_the_service_step_named(tmp_path: Path) -> None:
     run = Commands({("systemctl", "is-enabled"): "disabled\n", ("systemctl", "is-active"): "inactive\n"})
     report = installer.Report(Path("/"), dry_run=False)
-    installer.service_steps(Path("/"), host(tmp_path, pid1="systemd", run=run), report, Path(installer.UNIT_PATH),
+    installer.service_steps(Path("/"), host(tmp_path, pid1="systemd", run=run), report, UNIT_PATH,
                             changed=True)  # fmt: skip
     assert ["systemctl", "daemon-reload"] in run.ran and "ran: systemctl daemon-reload" in report.notes
     assert report.todo == ["enable and start the agent: systemctl enable --now ajr-agent"]
@@ -410,7 +403,7 @@ def test_under_systemd_a_changed_unit_is_reloaded_and_the_service_step_named(tmp
 def test_under_systemd_an_unchanged_unit_of_a_running_service_needs_nothing(tmp_path: Path) -> None:
     run = Commands({("systemctl", "is-enabled"): "enabled\n", ("systemctl", "is-active"): "active\n"})
     report = installer.Report(Path("/"), dry_run=False)
-    installer.service_steps(Path("/"), host(tmp_path, pid1="systemd", run=run), report, Path(installer.UNIT_PATH),
+    installer.service_steps(Path("/"), host(tmp_path, pid1="systemd", run=run), report, UNIT_PATH,
                             changed=False)  # fmt: skip
     assert ["systemctl", "daemon-reload"] not in run.ran and report.todo == []
 
@@ -419,7 +412,7 @@ def test_without_systemd_nothing_is_run_and_the_admin_is_told(tmp_path: Path) ->
     run = Commands()
     report = installer.Report(Path("/"), dry_run=False)
     installer.service_steps(Path("/"), host(tmp_path, pid1="process_api", run=run), report,
-                            Path(installer.UNIT_PATH), changed=True)  # fmt: skip
+                            UNIT_PATH, changed=True)  # fmt: skip
     assert run.ran == []
     assert report.todo[0].startswith("systemd is not running on this host (PID 1 is process_api)")
 
