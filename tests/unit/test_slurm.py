@@ -605,3 +605,17 @@ def test_the_choice_of_backend_is_logged_with_its_reason(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "pyslurm", None)
     open_gateway(Settings())
     assert "Slurm backend: commands (pyslurm is not importable:" in caplog.text
+
+
+SHOW_CONFIG = """Configuration data as of 2026-01-01T00:00:00
+AccountingStorageBackupHost = (null)
+SchedulerParameters     = bf_interval=30,SlurmUser=mallory
+SlurmUser               = slurm(64030)
+SlurmctldHost[0]        = vm
+"""
+
+
+@pytest.mark.parametrize(("config", "user"), [(SHOW_CONFIG, "slurm"), ("ClusterName             = c\n", "root")])
+def test_slurm_user_is_read_from_the_live_config(fake_slurm: Path, config: str, user: str) -> None:
+    write_command(fake_slurm, "scontrol", f"[ \"$1 $2\" = 'show config' ] && cat <<'END'\n{config}END")
+    assert CommandGateway(timeout=5).slurm_user() == user

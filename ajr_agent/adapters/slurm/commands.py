@@ -24,6 +24,8 @@ from ajr_agent.adapters.slurm.squeue import (
     split_records,
     squeue_format,
 )
+from ajr_agent.adapters.slurm_config import SHOW_CONFIG_COMMAND, parse_show_config
+from ajr_agent.adapters.slurm_config import slurm_user as configured_slurm_user
 from ajr_agent.domain.hostlist import HostlistError, compress_hostlist, expand_hostlist
 from ajr_agent.domain.jobs import JobSnapshot
 
@@ -128,11 +130,7 @@ class CommandGateway:
 
     def slurm_user(self) -> str:
         """The SlurmUser of the cluster: besides root, the one allowed AJR's operator commands."""
-        for line in self.run(["scontrol", "show", "config"]).splitlines():
-            key, _, value = line.partition("=")
-            if key.strip() == "SlurmUser":
-                return value.strip().split("(")[0]
-        return "root"
+        return configured_slurm_user(parse_show_config(self.run(SHOW_CONFIG_COMMAND))) or "root"
 
     def requeue_hold(self, job_id: int) -> None:
         """Kill and requeue held."""
