@@ -7,11 +7,19 @@ from __future__ import annotations
 import unicodedata
 
 
+def visible(text: str, mark: str = "?", keep: str = "") -> str:
+    """``text`` with each character Python does not print (controls, line and paragraph separators,
+    bidi overrides, zero-width marks ...) shown as ``mark`` and other spaces as a space; the characters
+    of ``keep`` pass as they are (a caller's own marks, such as the zero-width space that defuses a
+    mention)."""
+    return "".join(
+        c if c.isprintable() or c in keep else " " if unicodedata.category(c) == "Zs" else mark for c in text
+    )
+
+
 def printable(text: str, limit: int) -> str:
-    """``text`` with each character Python does not print shown as ``?`` (controls, line and
-    paragraph separators, bidi overrides ...) and other spaces as a space, cut to ``limit``
-    characters with ``…``."""
-    return cut("".join(c if c.isprintable() else " " if unicodedata.category(c) == "Zs" else "?" for c in text), limit)
+    """``text`` made ``visible`` (each unprintable character a ``?``), cut to ``limit`` characters with ``…``."""
+    return cut(visible(text), limit)
 
 
 def cut(text: str, limit: int) -> str:

@@ -40,7 +40,7 @@ from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.errors import AjrError
 from ajr_agent.surfaces.metrics import recovered, refusal_reason
 from ajr_agent.domain.model import ActionDone, ActionKind, Decision, Event, ManagedJob, Phase
-from ajr_agent.domain.text import cut
+from ajr_agent.domain.text import cut, visible
 from ajr_agent.runtime.observers import Observer
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,8 @@ MAX_RETRY_DELAY = 300.0
 FIELD_LIMIT = 200
 TEXT_LIMIT = 1000
 
-# Control characters (line breaks, terminal escapes, NUL, which no environment variable can
-# hold) and the invisible marks that reorder text on screen.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
+# What slack() puts after an @ to defuse a mention: invisible, so text.visible would mark it.
+_ZERO_WIDTH_SPACE = "\u200b"
 # Slack's markup: <!channel>, <@U123>, <url|label> and entities; these three escaped leave none.
 _SLACK_MARKUP = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 # Bare @channel, @here, @everyone (and @name on Mattermost, Discord...): a zero-width space
@@ -67,14 +66,15 @@ _OWN_VARIABLES = "AJR_"
 
 
 def plain(value: str, limit: int = FIELD_LIMIT) -> str:
-    """User text made safe to pass on as data: each run of control characters becomes one space,
-    and it is cut to `limit` characters (the cut marked with an ellipsis)."""
-    return cut(_CONTROL.sub(" ", value), limit)
+    """User text made safe to pass on as data: each character that is not printed (line breaks and
+    separators, terminal escapes, NUL, which no environment variable can hold, the marks that reorder
+    text on screen) becomes a space, and it is cut to `limit` characters (the cut marked with an ellipsis)."""
+    return cut(visible(value, " "), limit)
 
 
 def slack(value: str) -> str:
     """User text for the inside of a Slack message: plain(), its markup escaped, its mentions defused."""
-    return _MENTION.sub("@\u200b", plain(value).translate(_SLACK_MARKUP))
+    return _MENTION.sub("@" + _ZERO_WIDTH_SPACE, plain(value).translate(_SLACK_MARKUP))
 
 
 def cut_text(text: str, limit: int = TEXT_LIMIT) -> str:
@@ -112,7 +112,7 @@ class Notification(BaseModel):
     @field_validator("text")
     @classmethod
     def _bounded(cls, value: str) -> str:
-        return cut_text(_CONTROL.sub(" ", value))
+        return cut_text(visible(value, " ", keep=_ZERO_WIDTH_SPACE))
 
     def environment(self) -> dict[str, str]:
         """The fields as `AJR_EVENT_<FIELD>` variables for a command sink."""

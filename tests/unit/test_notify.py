@@ -18,6 +18,7 @@ import pytest
 
 from ajr_agent.domain import policy
 from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.runtime.inline_pool import InlinePool
 from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.model import Action, ActionDone, ActionKind, AnomalyFound, ManagedJob, Phase
 from ajr_agent.surfaces.notify import CommandSink, Notification, Notifier, NotifyError, WebhookSink, plain
@@ -232,7 +233,7 @@ def test_the_agent_notifies_a_recovery_through_a_real_sink(tmp_path: Path, recei
     queue = ScriptedQueue()
     notifier = Notifier.from_settings(settings)
     notifier.start()
-    agent = Agent(settings, store, queue, load_rules(settings), observer=notifier)
+    agent = Agent(settings, store, queue, load_rules(settings), observer=notifier, pool=InlinePool())
     queue.jobs[7] = running(tmp_path)
     log = tmp_path / LOG_NAME
     log.write_text("step 1\n")
@@ -278,6 +279,16 @@ def test_a_hostile_job_name_reaches_slack_as_text_not_as_markup_or_a_mention(rec
     assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in text), repr(text)
     assert "x job_id=9" in text  # the line break is gone, its words stay on the one line
     assert not any(ord(c) < 32 for c in receiver.bodies[0]["name"])
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\u202e", "\ufeff"])
+def test_no_character_that_breaks_or_hides_a_line_reaches_a_field_or_the_text(separator: str) -> None:
+    """Unicode's line and paragraph separators end a line in many readers as \\n does; bidi overrides
+    and other invisible marks hide or reorder what follows. None survives, in a field or in `text`."""
+    note = recovered_note(f"llama{separator}job_id=9")
+    for value in (note.name, note.text, *note.environment().values()):
+        assert separator not in value and len(value.splitlines()) <= 1, repr(value)
+    assert "llama job_id=9" in note.text
 
 
 def test_user_text_is_bounded_in_length() -> None:

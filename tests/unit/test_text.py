@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ajr_agent.domain.text import printable
+from ajr_agent.domain.text import printable, visible
 
 
 @pytest.mark.parametrize(
@@ -20,3 +20,8 @@ def test_no_character_that_breaks_or_hides_a_line_gets_through(text: str, shown:
 def test_long_text_is_cut_with_a_marker() -> None:
     assert printable("x" * 300, 250) == "x" * 249 + "…"
     assert printable("short", 250) == "short"
+
+
+def test_a_caller_chooses_the_mark_and_keeps_its_own_invisible_marks() -> None:
+    assert visible("a\u200bb\u2028c\x00", " ", keep="\u200b") == "a\u200bb c "
+    assert visible("a\u200bb") == "a?b"
