@@ -17,13 +17,14 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from ajr_agent.views import queries as api
+from ajr_agent.views import queries
+from ajr_agent.views.decisions import recovered, refusal
+from ajr_agent.views.models import KpiQuery
 from ajr_agent.adapters.logs import LogLine
 from ajr_agent.detect.timestamps import line_time
 from ajr_agent.domain.model import (
     ActionDone,
     ActionFailed,
-    ActionKind,
     AnomalyFound,
     Attributed,
     Decision,
@@ -37,7 +38,7 @@ from ajr_agent.runtime.observers import Observer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The overall efficiency gauge covers the same window as `ajr kpi --since 24h`.
-EFFICIENCY_WINDOW = 24 * 3600.0
+EFFICIENCY_WINDOW = "24h"
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ RECOVERIES = Family("ajr_recoveries_total", "counter",
                     "Recoveries done: a requeued job released, or the next job of a chain released.", ("mode",))  # fmt: skip
 REFUSED = Family("ajr_requeues_refused_total", "counter",
                  "Failures AJR did not recover, by reason: limit, crash_loop, slurm_refused (or release_failed, "
-                 "cancel_failed, other).", ("reason",))  # fmt: skip
+                 "cancel_failed, successor_release_failed).", ("reason",))  # fmt: skip
 DETECTION = Family(
     "ajr_detection_latency_seconds", "histogram",
     "Seconds from when the failing log line was written (its own timestamp, else the file's mtime) to the "
@@ -90,24 +91,6 @@ STORE_ERRORS = Family("ajr_state_db_errors_total", "counter",
 AGENT_FAMILIES = (ANOMALIES, VERDICTS, ACTIONS, RECOVERIES, REFUSED, DETECTION, POLL, FILES, BYTES, SLURM_ERRORS,
                   STORE_ERRORS)  # fmt: skip
 STORE_FAMILIES = (MANAGED, REFUSED_SPECS, EFFICIENCY, LAST_POLL)
-
-
-def refusal_reason(before: ManagedJob, event: Event, decision: Decision) -> str | None:
-    """Why a decision stops recovering a job (limit, crash_loop, slurm_refused, ...); None when it does not."""
-    after = decision.job
-    if after.phase is not Phase.STOPPED or before.phase is Phase.STOPPED:
-        return None
-    return after.stop_cause.value if after.stop_cause is not None else "other"
-
-
-def recovered(before: ManagedJob, event: Event, decision: Decision) -> bool:
-    """The decision completes a recovery: the job, or the chain's next job, was released."""
-    return (
-        isinstance(event, ActionDone)
-        and event.action.kind is ActionKind.RELEASE
-        and decision.job.phase in (Phase.RESTARTING, Phase.HANDED_OVER)
-        and before.phase is not decision.job.phase
-    )
 
 
 def _recovery_decided(before: ManagedJob, decision: Decision) -> bool:
@@ -185,9 +168,9 @@ class Metrics(Observer):
             self._add(ACTIONS, (event.action.kind.value, "failed", "false"))
         if recovered(before, event, decision) and not getattr(event, "dry_run", False):
             self._add(RECOVERIES, (before.mode.value,))
-        reason = refusal_reason(before, event, decision)
-        if reason is not None:
-            self._add(REFUSED, (reason,))
+        cause = refusal(before, decision)
+        if cause is not None:
+            self._add(REFUSED, (cause.value,))
 
     def polled(self, seconds: float, files_tailed: int) -> None:
         """One poll of the queue is done."""
@@ -224,29 +207,28 @@ class Metrics(Observer):
 
 
 def store_lines(store: Store, now: float) -> list[str]:
-    """The gauges read from the store at scrape time: jobs by state, refused specs, efficiency, last poll."""
-    jobs = list(store.load_jobs().values())
+    """The gauges read from the store at scrape time, with the read model's queries: jobs by state,
+    refused specs, efficiency (per job, and over the window of `ajr kpi --since 24h`), last poll."""
+    jobs = queries.job_summaries(store, now)
     counts: dict[tuple[str, str], int] = {}
     for job in jobs:
         key = (job.phase.value, job.slurm_state or "UNKNOWN")
         counts[key] = counts.get(key, 0) + 1
     lines = _header(MANAGED)
     lines += [_sample(MANAGED.name, {"phase": p, "slurm_state": s}, n) for (p, s), n in sorted(counts.items())]
-    lines += _header(REFUSED_SPECS) + [_sample(REFUSED_SPECS.name, {}, len(store.unmanaged()))]
+    lines += _header(REFUSED_SPECS) + [_sample(REFUSED_SPECS.name, {}, len(queries.refused_jobs(store)))]
     lines += _header(EFFICIENCY)
-    by_id = {job.job_id: job for job in jobs}
-    for job_id, figures in sorted(api.efficiency_by_job(store, jobs, now).items()):
-        if figures.efficiency is not None:
-            job = by_id[job_id]
-            labels = {"scope": "job", "job_id": str(job_id), "name": job.name, "user": job.user}
-            lines.append(_sample(EFFICIENCY.name, labels, figures.efficiency))
-    overall = api.overall_efficiency(store, EFFICIENCY_WINDOW, now).efficiency
+    for job in sorted(jobs, key=lambda j: j.job_id):
+        if job.efficiency is not None:
+            labels = {"scope": "job", "job_id": str(job.job_id), "name": job.name, "user": job.user}
+            lines.append(_sample(EFFICIENCY.name, labels, job.efficiency))
+    overall = queries.kpi(store, KpiQuery(since=EFFICIENCY_WINDOW), now).total.efficiency
     if overall is not None:
         lines.append(_sample(EFFICIENCY.name, {"scope": "all", "job_id": "", "name": "", "user": ""}, overall))
-    last_poll = store.meta().get("last_poll_at")
+    last_poll = queries.agent_status(store).last_poll_at
     lines += _header(LAST_POLL)
-    if isinstance(last_poll, (int, float)):
-        lines.append(_sample(LAST_POLL.name, {}, float(last_poll)))
+    if last_poll is not None:
+        lines.append(_sample(LAST_POLL.name, {}, last_poll))
     return lines
 
 

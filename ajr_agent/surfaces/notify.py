@@ -38,10 +38,10 @@ from pydantic import BaseModel, Field, field_validator
 from ajr_agent import __version__
 from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.errors import AjrError
-from ajr_agent.surfaces.metrics import recovered, refusal_reason
 from ajr_agent.domain.model import ActionDone, ActionKind, Decision, Event, ManagedJob, Phase
 from ajr_agent.domain.text import cut, visible
 from ajr_agent.runtime.observers import Observer
+from ajr_agent.views.decisions import recovered, refusal
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +230,9 @@ class Notifier(Observer):
             cause = job.attempt_end_reason or job.last_anomaly or "a failure"
             self.publish(_note("recovered", job, at, cause, "{prefix}AJR recovered job {job_id} ({name}, {user}) after "
                                "{cause}: {what} ({used}/{limit})", dry_run=dry_run, cause=cause, what=what))  # fmt: skip
-        reason = refusal_reason(before, event, decision)
-        if reason is not None:
-            self.publish(_note("requeue_refused", job, at, job.stop_reason or reason, "AJR will not requeue job "
+        stopped_by = refusal(before, decision)
+        if stopped_by is not None:
+            self.publish(_note("requeue_refused", job, at, job.stop_reason or stopped_by.value, "AJR will not requeue job "
                                "{job_id} ({name}, {user}) again: {why}", why=job.stop_reason or ""))  # fmt: skip
         if isinstance(event, ActionDone) and event.action.kind is ActionKind.DRAIN:
             action = event.action

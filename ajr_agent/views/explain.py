@@ -1,6 +1,7 @@
 """Why a job is or is not managed, and what the agent will do next: plain sentences from plain data.
 
-Used by `ajr explain`; kept apart from the CLI so every case is tested without a terminal.
+Used by `ajr explain`: `gather` reads the facts from the store (the caller asks Slurm), `explain`
+makes the sentences, so every case is tested without a terminal.
 """
 
 from __future__ import annotations
@@ -10,9 +11,14 @@ from pathlib import Path
 from typing import Sequence
 
 from ajr_agent.adapters.logs import log_prefix
+from ajr_agent.adapters.store import Store
 from ajr_agent.domain.model import Attempt, ManagedJob, Outcome, Phase, StopCause, UnmanagedJob
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.spec import EXAMPLE, SPEC_KEY, parse_comment
+from ajr_agent.views.queries import chain_attempts
+
+# The agent polls every few seconds; a last poll older than this means it is not running.
+AGENT_SILENT_AFTER = 60.0
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,21 @@ class Facts:
     attempts: Sequence[Attempt]
     crashloop_threshold: int
     agent_seen_recently: bool
+
+
+def gather(store: Store, job_id: int, live: JobSnapshot | None, log_dirs: Sequence[Path], crashloop_threshold: int,
+           now: float) -> Facts:  # fmt: skip
+    """What the store knows of `job_id`, with what Slurm showed of it (`live`) and the configured log_dirs."""
+    job = store.job(job_id)
+    refused = store.unmanaged(job_id)
+    searched = [Path(d) for d in (job.work_dir, job.stdout_dir) if d] + list(log_dirs) if job is not None else []
+    last_poll = store.meta().get("last_poll_at")
+    return Facts(
+        job_id=job_id, managed=job, unmanaged=refused[0] if refused else None, live=live,
+        log_files=[f.position.path for f in store.files(job_id)], searched_dirs=searched,
+        attempts=chain_attempts(store, job) if job is not None else [], crashloop_threshold=crashloop_threshold,
+        agent_seen_recently=isinstance(last_poll, (int, float)) and now - last_poll < AGENT_SILENT_AFTER,
+    )  # fmt: skip
 
 
 def explain(facts: Facts) -> list[str]:

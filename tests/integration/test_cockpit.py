@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from ajr_agent.surfaces.web import HttpLimits
+from ajr_agent.surfaces.http_limits import HttpLimits
 from tests.conftest import AgentProcess, sbatch, wait_for
 
 pytestmark = pytest.mark.slurm

@@ -12,14 +12,16 @@ from typing import Any, Iterator
 import pytest
 from click.testing import CliRunner
 
-from ajr_agent.views import queries as api
+from ajr_agent.views import models as api
 from ajr_agent.surfaces.cli import main as cli
 from ajr_agent.domain.settings import Settings
 from ajr_agent.adapters.logs import FilePosition
 from ajr_agent.domain.model import Action, ActionKind, ManagedJob, Note, Outcome, Phase, UnmanagedJob, Verdict
 from ajr_agent.domain.spec import ResumeMode
 from ajr_agent.adapters.store import ActionStatus, FollowedFile, Reading, Store
-from ajr_agent.surfaces.web import ROUTES, CockpitServer, make_server
+from ajr_agent.surfaces.http_server import CockpitServer
+from ajr_agent.surfaces.web import make_server
+from ajr_agent.surfaces.web_routes import ROUTES
 
 MIN = 60.0
 TOKEN = "s3cret-operator-token"
@@ -150,11 +152,16 @@ def test_jobs_filters(server: CockpitServer, query: str, expected: list[int]) ->
     assert [j["job_id"] for j in get(server, f"/api/jobs?{query}")["jobs"]] == expected
 
 
-@pytest.mark.parametrize("query", ["mode=sometimes", "limit=0", "include_gone=perhaps", "colour=blue"])
-def test_bad_query_parameters_are_400_with_the_reason(server: CockpitServer, query: str) -> None:
+@pytest.mark.parametrize(("query", "reason"), [
+    ("mode=sometimes", "mode: Input should be 'requeue' or 'singleton_dependency' (got 'sometimes')"),
+    ("limit=0", "limit: Input should be greater than or equal to 1 (got '0')"),
+    ("include_gone=perhaps", "include_gone: Input should be a valid boolean"),
+    ("colour=blue", "unknown key 'colour'"),
+])  # fmt: skip
+def test_bad_query_parameters_are_400_with_the_reason(server: CockpitServer, query: str, reason: str) -> None:
     status, _, body = call(server, f"/api/jobs?{query}")
     assert status == 400
-    assert json.loads(body)["error"].startswith("bad query parameter: " + query.split("=")[0])
+    assert json.loads(body)["error"].startswith(f"bad query parameter: {reason}")
 
 
 # ---- one job -------------------------------------------------------------------------------------
@@ -198,6 +205,27 @@ def test_kpi_matches_ajr_kpi(server: CockpitServer, state_db: Path, tmp_path: Pa
         assert [r.job for r in served.jobs] == [r["job"] for r in printed["jobs"]]
         for key in ("productive", "lost_unsaved", "lost_restart", "efficiency"):
             assert getattr(served.total, key) == pytest.approx(printed["total"][key], abs=1.0), (query, key)
+
+
+def test_the_cli_prints_the_apis_own_answers(server: CockpitServer, state_db: Path, tmp_path: Path) -> None:
+    """`--json` is the API's model, field for field (alice's job 1778 is over: its figures hold still)."""
+    config = tmp_path / "ajr.toml"
+    config.write_text(f'state_db = "{state_db}"\nrules_dirs = []\n')
+
+    def printed(*args: str) -> Any:
+        return json.loads(CliRunner().invoke(cli, ["--config", str(config), *args, "--json"]).output)
+
+    assert printed("show", "1778") == get(server, "/api/jobs/1778")
+    assert printed("kpi", "--user", "alice") == get(server, "/api/kpi?user=alice")
+    listed = printed("status", "--all")
+    assert listed["agent"] == get(server, "/api/status")["agent"]
+    served = get(server, "/api/jobs?include_gone=true")
+    assert [j["job_id"] for j in listed["jobs"]["jobs"]] == [j["job_id"] for j in served["jobs"]] == [1800, 1778, 1700]
+    assert listed["jobs"]["refused"] == served["refused"]
+    assert printed("show", "1801") == {**served["refused"][0], "managed": False}
+    # Without --all, the jobs whose story is over are left out, as `include_over=false` leaves them out.
+    assert [j["job_id"] for j in printed("status")["jobs"]["jobs"]] == [1800]
+    assert [j["job_id"] for j in get(server, "/api/jobs?include_over=false")["jobs"]] == [1800]
 
 
 def test_kpi_of_the_worked_example_and_its_window(server: CockpitServer) -> None:
@@ -301,7 +329,7 @@ def test_openapi_document_covers_every_route_from_the_models(server: CockpitServ
     schemas = document["components"]["schemas"]
     assert set(schemas["JobDetail"]["properties"]) == set(api.JobDetail.model_fields)
     jobs = document["paths"]["/api/jobs"]["get"]
-    assert {p["name"] for p in jobs["parameters"]} == {"user", "state", "mode", "include_gone", "limit"}
+    assert {p["name"] for p in jobs["parameters"]} == {"user", "state", "mode", "include_over", "include_gone", "limit"}
     assert jobs["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/JobList"}
     requeue = document["paths"]["/api/jobs/{job_id}/requeue"]["post"]
     assert requeue["security"] == [{"operatorToken": []}] and {"401", "403"} <= set(requeue["responses"])

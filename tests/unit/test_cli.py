@@ -61,7 +61,7 @@ def test_status_json(filled: Path) -> None:
     code, out = run(filled, "status", "--json")
     data = json.loads(out)
     assert code == 0 and data["agent"]["backend"] == "commands"
-    assert data["jobs"][0]["job_id"] == 42 and data["jobs"][0]["requeues_used"] == 1
+    assert data["jobs"]["jobs"][0]["job_id"] == 42 and data["jobs"]["jobs"][0]["requeues_used"] == 1
 
 
 def test_show_tells_the_story_and_both_limits(filled: Path) -> None:
@@ -78,7 +78,7 @@ def test_show_json_has_events_actions_and_files(filled: Path) -> None:
     data = json.loads(run(filled, "show", "42", "--json")[1])
     assert data["managed"] and data["job"]["phase"] == "stopped"
     assert data["events"][0]["kind"] == "failure"
-    assert data["actions"][0]["action"]["kind"] == "requeue_hold" and data["actions"][0]["status"] == "done"
+    assert data["actions"][0]["kind"] == "requeue_hold" and data["actions"][0]["status"] == "done"
     assert data["log_files"][0]["attempt"] == 0
 
 
@@ -203,7 +203,7 @@ def test_kpi_since_accepts_durations_and_dates_and_refuses_the_rest(filled: Path
 def test_operator_commands_are_refused_to_other_users(filled: Path, command: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     monkeypatch.setattr("os.geteuid", lambda: 65534)
-    monkeypatch.setattr("ajr_agent.surfaces.cli.CommandGateway.slurm_user", lambda self: "slurm")
+    monkeypatch.setattr("ajr_agent.surfaces.cli_operator.CommandGateway.slurm_user", lambda self: "slurm")
     code, out = run(filled, command, "42")
     assert code == 1 and "only root or the Slurm user (slurm) may" in out and "you are nobody" in out
     store = Store(filled.parent / "ajr.db")

@@ -15,8 +15,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ajr_agent.surfaces import metrics as m
+from ajr_agent.views.decisions import refusal
 from ajr_agent.domain import policy
 from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.runtime.inline_pool import InlinePool
 from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.model import (
     Action,
@@ -53,7 +55,7 @@ def agent(tmp_path: Path) -> Agent:
     settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), clear_begin_time=True)
     store = Store(settings.state_db)
     store.set_meta(watching_since=1.0)
-    return Agent(settings, store, ScriptedQueue(), load_rules(settings), observer=m.Metrics())
+    return Agent(settings, store, ScriptedQueue(), load_rules(settings), observer=m.Metrics(), pool=InlinePool())
 
 
 def test_a_real_agent_loop_feeds_the_counters(agent: Agent, tmp_path: Path) -> None:
@@ -109,7 +111,7 @@ def test_refusals_are_counted_by_reason(streak: int, used: int, reason: str) -> 
                      requeues_used=used, failure_streak=streak, attempt_started=1.0)  # fmt: skip
     event = AnomalyFound(7, 0, 2.0, "segfault", "segfault", "application", "", "Rank0: segfault")
     decision = policy.decide(job, event, Settings(rules_dirs=(), crashloop_threshold=3))
-    assert m.refusal_reason(job, event, decision) == reason
+    assert refusal(job, decision) == reason
     metrics = m.Metrics()
     metrics.decided(job, event, decision)
     assert value("\n".join(metrics.render()) + "\n", "ajr_requeues_refused_total", reason=reason) == 1
@@ -246,4 +248,7 @@ def test_a_refusal_is_counted_by_its_cause_whatever_its_words(cause: StopCause) 
                         limit=3)  # fmt: skip
     after = replace(before, phase=Phase.STOPPED, stop_cause=cause, stop_reason="words reworded for people")
     event = AnomalyFound(7, 0, 2.0, "segfault", "segfault", "application", "", "Rank0: segfault")
-    assert m.refusal_reason(before, event, Decision(after)) == cause.value
+    assert refusal(before, Decision(after)) is cause
+    metrics = m.Metrics()
+    metrics.decided(before, event, Decision(after))
+    assert value("\n".join(metrics.render()) + "\n", "ajr_requeues_refused_total", reason=cause.value) == 1

@@ -21,7 +21,10 @@ from typing import Any, Iterator
 import pytest
 
 from ajr_agent.domain.settings import Settings
-from ajr_agent.surfaces.web import CockpitServer, HttpLimits, Reply, make_server
+from ajr_agent.surfaces.http_limits import HttpLimits
+from ajr_agent.surfaces.http_reply import Reply
+from ajr_agent.surfaces.http_server import CockpitServer
+from ajr_agent.surfaces.web import make_server
 from tests.conftest import wait_for
 from tests.unit.test_api import TOKEN, state_db  # noqa: F401 - the fixture, shared
 
@@ -31,9 +34,10 @@ import json, sys
 from pathlib import Path
 from ajr_agent.domain.settings import Settings
 from ajr_agent.surfaces import web
+from ajr_agent.surfaces.http_limits import HttpLimits
 settings = Settings(state_db=Path(sys.argv[1]), rules_dirs=(), operator_token=sys.argv[2])
 overrides = json.loads(sys.argv[3])
-extra = {"limits": web.HttpLimits(**overrides)} if overrides else {}
+extra = {"limits": HttpLimits(**overrides)} if overrides else {}
 server = web.make_server(settings, None, "127.0.0.1", 0, **extra).start()
 print(server.server_address[1], flush=True)
 sys.stdin.read()
