@@ -12,17 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from ajr_agent.adapters.slurm.calls import Call, Operation, SlurmAnswer
 from ajr_agent.adapters.slurm.commands import CommandGateway
 from ajr_agent.adapters.slurm.errors import SlurmError
 from ajr_agent.adapters.slurm.gateway import SlurmGateway
-from ajr_agent.adapters.slurm.memory import (
-    REQUEUE_WAIT,
-    Call,
-    MemorySlurm,
-    MemorySlurmError,
-    Operation,
-    SlurmAnswer,
-)
+from ajr_agent.adapters.slurm.memory import REQUEUE_WAIT, MemorySlurm, MemorySlurmError
 from ajr_agent.adapters.slurm.pyslurm_backend import PyslurmGateway
 from ajr_agent.adapters.store import Store
 from ajr_agent.domain.jobs import JobSnapshot
@@ -156,13 +150,17 @@ def test_release_answers_through_slurm_suspend_too(slurm: MemorySlurm) -> None:
     )
 
 
-def test_release_lifts_the_hold_and_the_job_waits_for_its_start_time(slurm: MemorySlurm, clock: Clock) -> None:
+def test_release_lifts_the_hold_and_the_scheduler_shows_the_wait(slurm: MemorySlurm, clock: Clock) -> None:
     slurm.requeue_hold(7)
-    slurm.release(7)
-    assert (slurm.jobs[7].state, slurm.jobs[7].reason) == ("PENDING", "BeginTime")
     slurm.jobs[8] = job(8, state="PENDING", reason="JobHeldUser", start_time=None)
-    slurm.release(8)
+    for job_id in (7, 8):
+        slurm.release(job_id)
+    assert [(j.state, j.reason) for j in slurm.list_jobs()] == [("PENDING", "None")] * 2
+    slurm.schedule()
+    assert slurm.jobs[7].reason == "BeginTime", "the requeue's wait"
     assert slurm.jobs[8].reason == "None", "a user hold without a wait: only resources to wait for"
+    slurm.schedule(at=T0 + REQUEUE_WAIT)
+    assert slurm.jobs[7].reason == "None", "the wait is over"
 
 
 def test_release_of_a_running_or_unheld_job_is_no_error_and_changes_nothing(slurm: MemorySlurm) -> None:
@@ -198,6 +196,7 @@ def test_start_time_clears_the_requeue_wait(slurm: MemorySlurm, clock: Clock) ->
     slurm.update(7, StartTime="now+2")
     assert slurm.jobs[7].start_time == T0 + 2 and slurm.jobs[7].reason == HELD, "still held"
     slurm.release(7)
+    slurm.schedule()
     assert slurm.jobs[7].reason == "BeginTime"
     slurm.update(7, StartTime="now+2")
     assert slurm.jobs[7].reason == "None"
@@ -240,11 +239,15 @@ def test_an_update_with_one_refused_field_changes_nothing(slurm: MemorySlurm) ->
     assert slurm.jobs[7] == before and 7 not in slurm.admin_comments and 7 not in slurm.excluded
 
 
-def test_comments_can_be_written_whatever_the_jobs_state(slurm: MemorySlurm) -> None:
-    slurm.jobs[7] = job(state="COMPLETED", end_time=T0)
-    slurm.update(7, AdminComment="ajr: left alone", Comment='{"APS": {"max_requeue_times": 1}}')
-    assert slurm.admin_comments[7] == "ajr: left alone"
+def test_comments_can_be_written_until_the_job_is_over(slurm: MemorySlurm) -> None:
+    slurm.update(7, AdminComment="ajr: watching", Comment='{"APS": {"max_requeue_times": 1}}')
+    assert slurm.admin_comments[7] == "ajr: watching"
     assert slurm.jobs[7].comment == '{"APS": {"max_requeue_times": 1}}'
+    slurm.end(7, "FAILED", "NonZeroExitCode")
+    assert refusal(lambda: slurm.update(7, AdminComment="ajr: left failed")).reason == (
+        "Job has already finished for job 7"
+    )
+    assert slurm.admin_comments[7] == "ajr: watching"
 
 
 def test_a_field_the_memory_slurm_does_not_model_is_said_so(slurm: MemorySlurm) -> None:

@@ -2,8 +2,8 @@
 
 `gateway` says what AJR needs from Slurm and picks a backend; `commands` runs Slurm's
 commands, whose queue output `squeue` parses; `pyslurm_backend` goes through pyslurm;
-`memory` is a Slurm held in memory, for tests and replays (import it from there). The
-names below are the ones the rest of AJR uses.
+`memory` is a Slurm held in memory, for tests and replays, which records requests as
+`calls` (import both from there). The names below are the ones the rest of AJR uses.
 """
 
 from ajr_agent.adapters.slurm.commands import CommandGateway

@@ -4,10 +4,11 @@ It answers what AJR asks as slurmctld does: a requeuehold moves a job to PENDING
 with its restart count one up and its start ~120 s away, a release lifts the hold, an
 update sets ExcNodeList, StartTime or a comment, a drain takes a node out of service.
 What Slurm refuses it refuses with Slurm's own words, as `scontrol` 22.05.8 prints them
-(measured on a live cluster), so a SlurmError from here reads like one from the
-commands. The test or replay plays the rest of Slurm's part: it puts jobs in `jobs`,
-starts and ends them (`start`, `end`), lets a slow requeue finish (`finish_requeue`),
-and scripts the controller's failures (`fail`, `stall`).
+(measured on a live cluster; tests/integration/test_memory_slurm_matches_slurm.py
+compares the two), so a SlurmError from here reads like one from the commands. The test
+or replay plays the rest of Slurm's part: it puts jobs in `jobs`, starts and ends them
+(`start`, `end`), runs the scheduler's pass (`schedule`), lets a slow requeue finish
+(`finish_requeue`), and scripts the controller's failures (`fail`, `stall`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from enum import StrEnum
-from typing import Callable, ClassVar, NamedTuple, Sequence
+from typing import Callable, ClassVar, Sequence
 
+from ajr_agent.adapters.slurm.calls import Call, Operation, SlurmAnswer, command_for
 from ajr_agent.adapters.slurm.errors import SlurmError, is_transient
-from ajr_agent.adapters.slurm.squeue import SQUEUE_COMMAND
 from ajr_agent.domain.errors import AjrError
 from ajr_agent.domain.hostlist import HostlistError, compress_hostlist, expand_hostlist
 from ajr_agent.domain.jobs import ENDED_STATES, JobSnapshot
@@ -39,46 +39,6 @@ _RELATIVE_TIME = re.compile(r"now(?:\+([0-9]+)(seconds?|minutes?|hours?|days?|we
 _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
 # The job fields this Slurm updates; an update of another is a MemorySlurmError, not a guess.
 UPDATABLE = ("AdminComment", "Comment", "ExcNodeList", "StartTime")
-
-
-class Operation(StrEnum):
-    """The requests of the SlurmGateway protocol, each named as its method."""
-
-    LIST_JOBS = "list_jobs"
-    REQUEUE_HOLD = "requeue_hold"
-    RELEASE = "release"
-    REQUEUE = "requeue"
-    CANCEL = "cancel"
-    UPDATE = "update"
-    EXCLUDE_NODES = "exclude_nodes"
-    DRAIN = "drain"
-    PARTITION_NODES = "partition_nodes"
-    NODES_OUT_OF_SERVICE = "nodes_out_of_service"
-    VERSION = "version"
-
-
-class SlurmAnswer(StrEnum):
-    """Slurm's words for what it refuses (slurm_strerror), as scontrol prints them before "for job N"."""
-
-    INVALID_JOB = "Invalid job id specified"
-    PENDING = "Job is pending execution"
-    NOT_PENDING = "Job is no longer pending execution"
-    FINISHED = "Job has already finished"
-    NOT_REQUEUEABLE = "Requested operation is presently disabled"
-    BATCH_ONLY = "Only batch jobs are accepted or processed"  # not measured: no non-batch job here
-    INVALID_NODE = "Invalid node name specified"
-    UNREACHABLE = "Unable to contact slurm controller (connect failure)"
-
-
-class Call(NamedTuple):
-    """One action AJR asked of Slurm, answered or refused: ("update", 7, {"StartTime": "now+2"})."""
-
-    operation: Operation
-    target: int | str  # a job id, or the node list of a drain
-    arguments: dict[str, str]
-
-    def __str__(self) -> str:
-        return " ".join([self.operation.value, str(self.target), *(f"{k}={v}" for k, v in self.arguments.items())])
 
 
 class MemorySlurmError(AjrError):
@@ -127,7 +87,7 @@ class MemorySlurm:
 
         `transient` defaults to what the commands backend would judge of that answer.
         """
-        error = SlurmError(_command(operation, target), str(answer),
+        error = SlurmError(command_for(operation, target), str(answer),
                            is_transient(answer) if transient is None else transient)  # fmt: skip
         with self._lock:
             self._failures.append(_Failure(operation, target, error, times))
@@ -166,6 +126,15 @@ class MemorySlurm:
             self.jobs[job_id] = ended
             return ended
 
+    def schedule(self, at: float | None = None) -> None:
+        """A scheduler pass: a pending job without a hold shows Reason=BeginTime while its StartTime is ahead."""
+        at = self.clock() if at is None else at
+        with self._lock:
+            for job_id, job in self.jobs.items():
+                if job.state == "PENDING" and job.reason in ("None", "BeginTime"):
+                    waiting = (job.start_time or 0) > at
+                    self.jobs[job_id] = replace(job, reason="BeginTime" if waiting else "None")
+
     def finish_requeue(self, job_id: int) -> JobSnapshot:
         """A job shown COMPLETING after its requeue has stopped: it shows PENDING, as the requeue left it."""
         with self._lock:
@@ -191,7 +160,7 @@ class MemorySlurm:
             self._requeue(Operation.REQUEUE_HOLD, job_id, hold=True)
 
     def release(self, job_id: int) -> None:
-        """Lift a hold: the job waits for its StartTime (Reason=BeginTime), or for resources."""
+        """Lift a hold. Reason shows None until the scheduler's next pass (`schedule`) says what the job waits for."""
         self._act(Operation.RELEASE, job_id, {})
         with self._lock:
             job = self._known(Operation.RELEASE, job_id)
@@ -199,8 +168,7 @@ class MemorySlurm:
                 raise self._refused(Operation.RELEASE, job_id, SlurmAnswer.FINISHED)
             # A running job or a pending one without a hold: scontrol answers 0 and nothing changes.
             if job.state == "PENDING" and job.reason in HELD_REASONS:
-                waiting = (job.start_time or 0) > self.clock()
-                self.jobs[job_id] = replace(job, reason="BeginTime" if waiting else "None")
+                self.jobs[job_id] = replace(job, reason="None")
 
     def requeue(self, job_id: int) -> None:
         """Requeue the job without a hold; it keeps the Reason its attempt ended with."""
@@ -219,7 +187,8 @@ class MemorySlurm:
                 self.jobs[job_id] = replace(job, state="CANCELLED", start_time=start, end_time=now)
 
     def update(self, job_id: int, **fields: str) -> None:
-        """Set AdminComment, Comment, ExcNodeList or StartTime, all or none; the last two only while pending."""
+        """Set AdminComment, Comment, ExcNodeList or StartTime, all or none: none once the job is over, the
+        last two only while it is pending."""
         self._act(Operation.UPDATE, job_id, dict(fields))
         with self._lock:
             self._update(Operation.UPDATE, job_id, fields)
@@ -248,7 +217,7 @@ class MemorySlurm:
             except HostlistError:
                 names = [node]
             if not names or any(name not in known for name in names):
-                raise SlurmError(_command(Operation.DRAIN, node), f"slurm_update error: {SlurmAnswer.INVALID_NODE}",
+                raise SlurmError(command_for(Operation.DRAIN, node), f"slurm_update error: {SlurmAnswer.INVALID_NODE}",
                                  transient=False)  # fmt: skip
             for name in names:
                 self.drained[name] = reason
@@ -310,7 +279,7 @@ class MemorySlurm:
             message += f"\nslurm_suspend error: {answer}"
         if operation is Operation.EXCLUDE_NODES and answer is SlurmAnswer.INVALID_JOB:
             message = f"slurm_load_jobs error: {answer}"  # the squeue that reads the job's exclusions
-        return SlurmError(_command(operation, job_id), message, transient=False)
+        return SlurmError(command_for(operation, job_id), message, transient=False)
 
     def _requeue(self, operation: Operation, job_id: int, hold: bool) -> None:
         job = self._known(operation, job_id)
@@ -332,9 +301,10 @@ class MemorySlurm:
         job = self._known(operation, job_id)
         if unmodelled := [key for key in fields if key not in UPDATABLE]:
             raise MemorySlurmError(f"the in-memory Slurm updates {', '.join(UPDATABLE)}, not {', '.join(unmodelled)}")
+        if job.ended:  # even a comment: slurmctld refuses any change to a job that is over
+            raise self._refused(operation, job_id, SlurmAnswer.FINISHED)
         if {"StartTime", "ExcNodeList"} & set(fields) and job.state not in ("PENDING", "COMPLETING"):
-            answer = SlurmAnswer.FINISHED if job.ended else SlurmAnswer.NOT_PENDING
-            raise self._refused(operation, job_id, answer)
+            raise self._refused(operation, job_id, SlurmAnswer.NOT_PENDING)
         begin = self._begin_time(operation, job_id, fields["StartTime"]) if "StartTime" in fields else None
         excluded = self._node_list(operation, job_id, fields["ExcNodeList"]) if "ExcNodeList" in fields else None
         if begin is not None:
@@ -357,7 +327,7 @@ class MemorySlurm:
             return datetime.fromisoformat(value).timestamp()
         except ValueError:
             # scontrol says where its parse stopped; this one does not parse that far.
-            raise SlurmError(_command(operation, job_id), f"Invalid time specification (pos=0): {value}\n"
+            raise SlurmError(command_for(operation, job_id), f"Invalid time specification (pos=0): {value}\n"
                                                          f"No changes specified", transient=False) from None  # fmt: skip
 
     def _node_list(self, operation: Operation, job_id: int, value: str) -> list[str]:
@@ -372,22 +342,3 @@ class MemorySlurm:
 
     def _partition_members(self) -> set[str]:
         return {node for members in self.partitions.values() for node in members}
-
-
-def _command(operation: Operation, target: int | str | None) -> list[str]:
-    """The command the commands backend runs for this request: what a SlurmError from here names."""
-    where = [] if target is None else [str(target)]
-    commands = {
-        Operation.LIST_JOBS: list(SQUEUE_COMMAND),
-        Operation.REQUEUE_HOLD: ["scontrol", "requeuehold", *where],
-        Operation.RELEASE: ["scontrol", "release", *where],
-        Operation.REQUEUE: ["scontrol", "requeue", *where],
-        Operation.CANCEL: ["scancel", *where],
-        Operation.UPDATE: ["scontrol", "update", *(f"JobId={t}" for t in where)],
-        Operation.EXCLUDE_NODES: ["scontrol", "update", *(f"JobId={t}" for t in where)],
-        Operation.DRAIN: ["scontrol", "update", *(f"NodeName={t}" for t in where), "State=DRAIN"],
-        Operation.PARTITION_NODES: ["scontrol", "-o", "show", "partition"],
-        Operation.NODES_OUT_OF_SERVICE: ["sinfo", "-h", "-N", "-o", "%N|%T"],
-        Operation.VERSION: ["scontrol", "--version"],
-    }
-    return commands[operation]
