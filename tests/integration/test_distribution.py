@@ -89,7 +89,12 @@ def test_the_wheel_carries_them_under_share_ajr(built: dict[str, Path]) -> None:
     prefix = built["wheel"].name.split("-py3")[0] + ".data/data/share/ajr/"
     missing = [path for path in SHIPPED if prefix + path not in names]
     assert not missing, f"the wheel lacks {missing} (under {prefix})"
-    assert "ajr_agent/install.py" in names and "ajr_agent/doctor.py" in names
+    # Every module of every layer, and the cockpit's files: a subpackage left out of
+    # setup.cfg would install an agent that fails at its first import.
+    source = {str(p.relative_to(ROOT)) for p in (ROOT / "ajr_agent").rglob("*") if p.is_file()
+              and p.suffix in (".py", ".html", ".js", ".css", ".svg") and "__pycache__" not in p.parts}  # fmt: skip
+    assert "ajr_agent/surfaces/static/index.html" in source
+    assert not source - names, f"the wheel lacks {sorted(source - names)}"
 
 
 def test_the_installed_commands_work_from_the_wheel(installed: Path) -> None:
