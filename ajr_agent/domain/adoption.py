@@ -24,9 +24,6 @@ from ajr_agent.domain.settings import RestartSuccess, Settings
 from ajr_agent.domain.spec import ApsSpec, ResumeMode
 
 
-# Slurm's reasons for a job that waits for a release.
-HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
-
 
 def effective_limit(spec: ApsSpec, settings: Settings) -> int:
     """A job may lower the site's requeue cap, never raise it."""
@@ -111,7 +108,7 @@ def next_in_chain(job: ManagedJob, candidates: Iterable[JobSnapshot]) -> int | N
         c.job_id
         for c in candidates
         if c.job_id != job.job_id and c.user_id == job.user_id and c.name == job.name
-        and c.state == "PENDING" and c.reason in HELD_REASONS
+        and c.held
     ]  # fmt: skip
     return min(held) if held else None
 

@@ -14,6 +14,10 @@ ENDED_STATES = frozenset(
 )  # fmt: skip
 
 
+# What squeue shows as the Reason of a held job: held by its user (sbatch --hold), by an
+# admin, or by a requeuehold (slurmctld sets that one as the job's state description).
+HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin", "job requeued in held state"})
+
 # Ends that mean the attempt failed on its own, as opposed to success or a user's scancel.
 FAILED_STATES = frozenset({"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"})
 
@@ -52,6 +56,11 @@ class JobSnapshot:
         count and the old start time, and must not pass for a new attempt.
         """
         return self.state in ("RUNNING", "CONFIGURING")
+
+    @property
+    def held(self) -> bool:
+        """The job waits for a release."""
+        return self.state == "PENDING" and self.reason in HELD_REASONS
 
     @property
     def stdout_dir(self) -> str:

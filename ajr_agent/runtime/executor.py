@@ -213,7 +213,7 @@ def _already_done(action: Action, snapshot: JobSnapshot) -> bool:
         return snapshot.restart_count > action.attempt
     if action.kind is ActionKind.RELEASE:
         # Only a held job is ever released: one no longer held was released already.
-        return not (snapshot.state == "PENDING" and snapshot.reason.startswith("JobHeld"))
+        return not snapshot.held
     return False
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ajr_agent.adapters.slurm import SlurmError
+from ajr_agent.adapters.slurm.memory import MemorySlurm
 from ajr_agent.adapters.store import ActionStatus, JournalEntry, Store
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.model import Action, ActionDone, ActionFailed, ActionKind, Event
@@ -274,3 +275,16 @@ def test_an_unexpected_error_in_a_command_is_a_failed_action(tmp_path: Path) -> 
     executor, store, action = setup(tmp_path, Broken())
     [failed] = run(executor, action, 1.0)
     assert isinstance(failed, ActionFailed) and "unexpected error" in failed.reason
+
+
+def test_a_release_left_open_by_a_crash_runs_for_a_job_requeuehold_left_held(tmp_path: Path) -> None:
+    """What squeue shows right after a requeuehold is "job requeued in held state", not JobHeldAdmin."""
+    slurm = MemorySlurm(jobs={7: replace(snapshot(0), state="RUNNING", reason="None")})
+    slurm.requeue_hold(7)
+    store = Store(tmp_path / "ajr.db")
+    store.journal(Action(ActionKind.RELEASE, 7, 0, "release after requeue"), False, 0.0)
+    executor = Executor(slurm, store, SETTINGS.with_overrides(clear_begin_time=False), pool=InlinePool())
+    [entry] = store.open_actions()
+    [outcome] = resume(executor, entry, slurm.list_jobs()[0], 5.0)
+    assert isinstance(outcome, ActionDone) and outcome.tried
+    assert slurm.list_jobs()[0].reason == "None", "released"

@@ -26,14 +26,12 @@ from ajr_agent.adapters.slurm.calls import Call, Operation, SlurmAnswer, command
 from ajr_agent.adapters.slurm.errors import SlurmError, is_transient
 from ajr_agent.domain.errors import AjrError
 from ajr_agent.domain.hostlist import HostlistError, compress_hostlist, expand_hostlist
-from ajr_agent.domain.jobs import ENDED_STATES, JobSnapshot
+from ajr_agent.domain.jobs import ENDED_STATES, HELD_REASONS, JobSnapshot
 
 log = logging.getLogger(__name__)
 
 # A requeued job may not start again before this many seconds (its StartTime shows when).
 REQUEUE_WAIT = 120.0
-# What squeue shows as Reason for a held job: held by its user, by an admin, or by a requeuehold.
-HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin", "job requeued in held state"})
 # scontrol's relative times: now, now+N with seconds by default.
 _RELATIVE_TIME = re.compile(r"now(?:\+([0-9]+)(seconds?|minutes?|hours?|days?|weeks?)?)?")
 _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
