@@ -24,7 +24,6 @@ from ajr_agent.domain.settings import RestartSuccess, Settings
 from ajr_agent.domain.spec import ApsSpec, ResumeMode
 
 
-
 def effective_limit(spec: ApsSpec, settings: Settings) -> int:
     """A job may lower the site's requeue cap, never raise it."""
     if spec.max_requeue_times is None:
