@@ -22,6 +22,7 @@ from ajr_agent.adapters.store import Store
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.settings import Settings
 from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.runtime.inline_pool import InlinePool
 
 T0 = 1_000_000.0
 HELD = "job requeued in held state"
@@ -413,7 +414,7 @@ def test_the_agent_recovers_a_job_over_the_memory_slurm(tmp_path: Path, clock: C
     store.set_meta(watching_since=1.0)
     slurm = MemorySlurm(jobs={7: job(user_id=os.getuid(), work_dir=str(tmp_path), start_time=100.0)},
                         partitions={"gpu": ["n1", "n2"]}, clock=clock)  # fmt: skip
-    agent = Agent(settings, store, slurm, load_rules(settings))
+    agent = Agent(settings, store, slurm, load_rules(settings), pool=InlinePool())
     log = tmp_path / "train_7_date_26-01-01_time_00-00-00.log"
     log.write_text("step 1\n")
     agent.poll(200.0)
