@@ -18,6 +18,7 @@ from ajr_agent.adapters.logs import (
     LogLine,
     LogTailer,
     TailNotice,
+    TailNoticeKind,
     TailResult,
     find_job_logs,
     is_job_log_name,
@@ -277,6 +278,16 @@ def test_replacement_gives_notice_and_reads_new_file(log_file: Path) -> None:
     assert tailer.position(log_file).inode == log_file.stat().st_ino
     append(log_file, b"new 3\n")
     assert texts(tailer.read(log_file).lines) == ["new 3"]
+
+
+def test_notice_kinds_are_an_enum_that_reads_as_its_text(log_file: Path) -> None:
+    tailer = LogTailer()
+    tailer.follow(log_file, key=42)
+    log_file.unlink()
+    (notice,) = tailer.read(log_file).notices
+    assert notice.kind is TailNoticeKind.VANISHED
+    # A StrEnum: notes made with an f-string, and callers comparing with the word, see the word.
+    assert f"{notice.kind}" == "vanished" and notice.kind == "vanished"
 
 
 def test_replacement_by_a_longer_file_still_reads_from_start(log_file: Path) -> None:
@@ -718,7 +729,7 @@ def test_a_quiet_file_that_wakes_is_seen_within_the_quiet_interval(log_file: Pat
         looks.append(path)
         return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("ajr_agent.adapters.logs.os.stat", counted)
+    monkeypatch.setattr("ajr_agent.adapters.logs.tail.os.stat", counted)
     passes = [t / 4 for t in range(4, 3600 * 4)]  # an hour of silence, a pass every 0.25 s
     for t in passes:
         assert tailer.read_all(now=t) == {}

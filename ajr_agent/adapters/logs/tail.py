@@ -1,110 +1,27 @@
-"""Find a job's log files by the naming convention, and tail them safely.
+"""Follow log files and read their new complete lines, safely and with bounded memory.
 
-A job's logs are named ``{job_name}_{job_id}_date_%y-%m-%d_time_%H-%M-%S.log``;
-every step of a job may write one. :func:`find_job_logs` lists them,
-:class:`LogTailer` reads them incrementally from saved offsets with bounded memory
-per file, per line and per call, and survives truncation, replacement, vanishing
-files and partial lines. :class:`ChangeWatcher` wakes the agent early where the
-file system sends change events; stat polling stays the ground truth, because
-inotify does not see writes made by other NFS/Lustre/GPFS clients (and NFS
-attribute caching can hide growth for up to ``actimeo`` seconds).
+:class:`LogTailer` reads files incrementally from saved offsets with bounded memory per
+file, per line and per call, and survives truncation, replacement, vanishing files and
+partial lines. Stat polling is the ground truth, because inotify does not see writes made
+by other NFS/Lustre/GPFS clients (and NFS attribute caching can hide growth for up to
+``actimeo`` seconds).
 
-Users are not trusted: a log path could be swapped for a symlink or a FIFO at any
-time, so symlinks are never followed and only regular files are ever read.
+Users are not trusted: a log path could be swapped for a symlink or a FIFO at any time, so
+symlinks are never followed and only regular files are ever read.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
-import re
 import stat
-import threading
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-
-from watchdog.events import (
-    FileCreatedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
-from watchdog.observers.api import ObservedWatch
-
-log = logging.getLogger(__name__)
 
 # O_NONBLOCK: opening a FIFO a user put in place of their log must not hang the
 # agent. O_NOFOLLOW: a symlink swapped in after the stat must not be followed.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-def log_prefix(job_name: str, job_id: int) -> str:
-    """Return the fixed start of every log file name of a job: ``<job_name>_<job_id>_date``."""
-    return f"{job_name}_{job_id}_date"
-
-
-@functools.lru_cache(maxsize=4096)
-def _log_name_pattern(job_name: str, job_id: int) -> re.Pattern[str]:
-    # [0-9] rather than \d: \d would also accept non-ASCII digits.
-    return re.compile(
-        re.escape(log_prefix(job_name, job_id))
-        + r"_[0-9]{2}-[0-9]{2}-[0-9]{2}_time_[0-9]{2}-[0-9]{2}-[0-9]{2}\.log"
-    )
-
-
-def is_job_log_name(file_name: str, job_name: str, job_id: int) -> bool:
-    """Tell whether ``file_name`` is a log file name of job ``job_id`` named ``job_name``.
-
-    The whole name is checked, date/time part and ``.log`` suffix included.
-    """
-    return _log_name_pattern(job_name, job_id).fullmatch(file_name) is not None
-
-
-def find_job_logs(
-    job_name: str, job_id: int, dirs: Iterable[Path], owner_uid: int | None
-) -> list[Path]:
-    """List the log files of a job found directly in ``dirs``, sorted by file name.
-
-    Each directory is scanned once (directories are compared after resolving
-    symlinks) and not recursively; missing or unreadable directories are skipped.
-    Symlinks and anything that is not a regular file are skipped. When
-    ``owner_uid`` is given, files owned by another user are skipped, so that a user
-    cannot feed lines into another user's job.
-    """
-    prefix = log_prefix(job_name, job_id)
-    seen_dirs: set[str] = set()
-    found: list[Path] = []
-    for directory in dirs:
-        # realpath, unlike Path.resolve, does not raise on a symlink loop.
-        resolved = os.path.realpath(directory)
-        if resolved in seen_dirs:
-            continue
-        seen_dirs.add(resolved)
-        try:
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    # The prefix test is cheap and rejects most entries of a busy directory.
-                    if not entry.name.startswith(prefix) or not is_job_log_name(
-                        entry.name, job_name, job_id
-                    ):
-                        continue
-                    try:
-                        info = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if not stat.S_ISREG(info.st_mode):
-                        continue
-                    if owner_uid is not None and info.st_uid != owner_uid:
-                        log.debug("skipping %s: owned by uid %d, not %d", entry.path, info.st_uid, owner_uid)
-                        continue
-                    found.append(Path(entry.path))
-        except OSError as error:
-            log.debug("cannot scan %s for logs of job %d: %s", directory, job_id, error)
-    return sorted(found, key=lambda path: (path.name, str(path)))
 
 
 @dataclass(frozen=True)
@@ -136,15 +53,21 @@ class LogLine:
     start_offset: int
 
 
+class TailNoticeKind(StrEnum):
+    """What happened to a followed file (a StrEnum: its text is the value, in notes and comparisons)."""
+
+    TRUNCATED = "truncated"  # shorter than the read offset: read again from the start
+    REPLACED = "replaced"  # another file (inode) at the path: read from its start
+    VANISHED = "vanished"  # nothing at the path; whatever appears there later is read from 0
+    UNREADABLE = "unreadable"  # cannot be stat-ed, opened or read, or not the job user's regular file
+
+
 @dataclass(frozen=True)
 class TailNotice:
-    """Something that happened to a followed file that an operator should see.
-
-    ``kind`` is one of ``"truncated"``, ``"replaced"``, ``"vanished"``, ``"unreadable"``.
-    """
+    """Something that happened to a followed file that an operator should see."""
 
     path: str
-    kind: str
+    kind: TailNoticeKind
     detail: str
 
 
@@ -177,7 +100,7 @@ class _FollowedFile:
     seen_size: int = -1
     # The kind of the problem notice already given; repeated failures of the same
     # kind stay quiet until the file is read successfully again.
-    problem: str | None = None
+    problem: TailNoticeKind | None = None
     # When read_all last saw the file change, and when it looks at it next (monotonic).
     changed_at: float = float("-inf")
     next_look: float = float("-inf")
@@ -368,7 +291,7 @@ class LogTailer:
             result.notices.append(
                 TailNotice(
                     name,
-                    "replaced",
+                    TailNoticeKind.REPLACED,
                     f"a new file (inode {info.st_ino}) replaced inode {state.inode};"
                     " reading it from the start",
                 )
@@ -377,7 +300,7 @@ class LogTailer:
             result.notices.append(
                 TailNotice(
                     name,
-                    "truncated",
+                    TailNoticeKind.TRUNCATED,
                     f"size {info.st_size} is below the read offset {state.offset};"
                     " reading again from the start",
                 )
@@ -430,117 +353,19 @@ class LogTailer:
 
     def _vanished(self, name: str, state: _FollowedFile, result: TailResult) -> None:
         """Note a missing file once; whatever appears at the path later is read from 0."""
-        if state.problem != "vanished":
+        if state.problem is not TailNoticeKind.VANISHED:
             detail = "the file no longer exists; its path is still followed"
-            result.notices.append(TailNotice(name, "vanished", detail))
-        state.problem = "vanished"
+            result.notices.append(TailNotice(name, TailNoticeKind.VANISHED, detail))
+        state.problem = TailNoticeKind.VANISHED
         state.forget_file()
 
     def _unreadable(self, name: str, state: _FollowedFile, result: TailResult, detail: str) -> None:
         """Note a file that cannot be read, once per streak of failures; the position is kept."""
-        if state.problem != "unreadable":
-            result.notices.append(TailNotice(name, "unreadable", detail))
-        state.problem = "unreadable"
+        if state.problem is not TailNoticeKind.UNREADABLE:
+            result.notices.append(TailNotice(name, TailNoticeKind.UNREADABLE, detail))
+        state.problem = TailNoticeKind.UNREADABLE
         state.seen_size = -1
 
 
 def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
-
-
-class _WakeHandler(FileSystemEventHandler):
-    """Notes which files of a watched directory were written, created or moved, and wakes the waiter."""
-
-    def __init__(self, changed: threading.Event) -> None:
-        super().__init__()
-        self._changed = changed
-        self._lock = threading.Lock()
-        self.paths: set[str] = set()
-
-    def _note(self, *paths: str | bytes) -> None:
-        with self._lock:
-            self.paths.update(os.fsdecode(p) for p in paths if p)
-        self._changed.set()
-
-    def take(self) -> set[str]:
-        """The paths noted since the last call."""
-        with self._lock:
-            paths, self.paths = self.paths, set()
-        return paths
-
-    def on_modified(self, event: FileSystemEvent) -> None:
-        self._note(event.src_path)
-
-    def on_created(self, event: FileSystemEvent) -> None:
-        self._note(event.src_path)
-
-    def on_moved(self, event: FileSystemEvent) -> None:
-        self._note(event.src_path, getattr(event, "dest_path", ""))
-
-
-# Only these are asked of inotify: the tailer opens every file it reads, and its
-# own opens must not wake the agent.
-_WAKE_EVENTS: list[type[FileSystemEvent]] = [FileModifiedEvent, FileCreatedEvent, FileMovedEvent]
-
-
-class ChangeWatcher:
-    """Wakes the agent early when a watched directory changes.
-
-    Polling stays the ground truth, because inotify does not see writes from other
-    NFS/Lustre/GPFS clients.
-    """
-
-    def __init__(self) -> None:
-        """Create a watcher and start its observer thread."""
-        self._changed = threading.Event()
-        self._handler = _WakeHandler(self._changed)
-        self._observer = Observer()
-        # Started before any directory is scheduled, so that a directory that cannot
-        # be watched fails in its own schedule() call and leaves nothing behind.
-        self._observer.start()
-        self._watches: dict[str, ObservedWatch] = {}
-
-    def watch(self, directory: str | Path) -> None:
-        """Watch ``directory`` (not recursively); idempotent.
-
-        A directory that does not exist or cannot be watched (inotify limits) is
-        logged at debug level and ignored: polling still covers it.
-        """
-        resolved = os.path.realpath(directory)
-        if resolved in self._watches:
-            return
-        if not os.path.isdir(resolved):
-            log.debug("not watching %s: not a directory", directory)
-            return
-        try:
-            watch = self._observer.schedule(
-                self._handler, resolved, recursive=False, event_filter=_WAKE_EVENTS
-            )
-        except OSError as error:
-            log.debug("not watching %s: %s", directory, error)
-            return
-        self._watches[resolved] = watch
-
-    def unwatch(self, directory: str | Path) -> None:
-        """Stop watching ``directory``; a no-op if it is not watched."""
-        watch = self._watches.pop(os.path.realpath(directory), None)
-        if watch is not None:
-            self._observer.unschedule(watch)
-
-    def wait(self, timeout: float) -> bool:
-        """Block until a change or ``timeout`` seconds; return True if a change woke us, and clear it."""
-        changed = self._changed.wait(timeout)
-        self._changed.clear()
-        return changed
-
-    def take_changed(self) -> set[str]:
-        """The paths the file system reported written, created or moved since the last call."""
-        return self._handler.take()
-
-    def close(self) -> None:
-        """Stop watching everything and stop the observer thread."""
-        self._watches.clear()
-        self._observer.stop()
-        self._observer.join()
-
-
