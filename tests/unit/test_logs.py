@@ -737,3 +737,167 @@ def test_a_quiet_file_that_wakes_is_seen_within_the_quiet_interval(log_file: Pat
     append(log_file, b"awake\n")
     woke = next(t for t in (3600 + i / 4 for i in range(20)) if tailer.read_all(now=t))
     assert woke - 3600 <= 2.0
+
+
+def count_looks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the paths the tailer stats from now on: one stat is one look at a file."""
+    looks: list[str] = []
+    real_stat = os.stat
+
+    def counted(path: str, *args: object, **kwargs: object) -> os.stat_result:
+        looks.append(path)
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("ajr_agent.adapters.logs.tail.os.stat", counted)
+    return looks
+
+
+def quiet_files(tmp_path: Path, tailer: LogTailer, count: int) -> list[Path]:
+    """``count`` empty followed files, first read at times spread over 2 s, so that they fall quiet
+    (and come due) spread out too, as files found one after the other do."""
+    paths = [tmp_path / f"quiet-{i}.log" for i in range(count)]
+    for i, path in enumerate(paths):
+        path.write_bytes(b"")
+        tailer.follow(path, key=i)
+        tailer.read_all([str(path)], now=2.0 * i / count)
+    return paths
+
+
+def test_a_pass_looks_at_the_active_files_and_only_at_the_quiet_files_due(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    tailer = LogTailer(quiet_after=10.0, quiet_interval=2.0)
+    quiet = quiet_files(tmp_path, tailer, 400)
+    busy = tmp_path / "busy.log"
+    busy.write_bytes(b"")
+    tailer.follow(busy, key="busy")
+    for t in range(4, 4 * 20):  # passes every 0.25 s up to 20 s: every quiet file has fallen quiet
+        append(busy, b"warming up\n")
+        tailer.read_all(now=t / 4)
+    looks = count_looks(monkeypatch)
+    for t in range(4 * 20, 4 * 40):
+        append(busy, b"step\n")
+        assert texts(tailer.read_all(now=t / 4)["busy"].lines) == ["step"]
+    assert looks.count(str(busy)) == 80, "a file being written is looked at every pass"
+    quiet_looks = len(looks) - 80
+    # 400 quiet files over 20 s, one look each every 2 s: 4,000 looks, not 80 passes x 400.
+    assert 3600 <= quiet_looks <= 4400
+    assert {str(p) for p in quiet} <= set(looks)
+
+
+def test_a_pass_when_no_quiet_file_is_due_looks_at_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tailer = LogTailer(quiet_after=0.0, quiet_interval=2.0)
+    paths = [tmp_path / f"{i}.log" for i in range(1000)]
+    for path in paths:
+        path.write_bytes(b"x\n")
+        tailer.follow(path, key=1)
+    tailer.read_all(now=0.0)  # read: changed
+    tailer.read_all(now=0.25)  # unchanged: quiet, due at 2.25
+    looks = count_looks(monkeypatch)
+    assert tailer.read_all(now=0.5) == {} and tailer.read_all(now=2.0) == {}
+    assert looks == []
+    tailer.read_all(now=2.25)
+    assert len(looks) == 1000
+
+
+def test_a_quiet_file_woken_by_a_write_is_read_at_the_first_pass_it_is_due(log_file: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    tailer = LogTailer(quiet_after=10.0, quiet_interval=2.0)
+    tailer.follow(log_file, key=42)
+    for t in range(0, 4 * 11):
+        tailer.read_all(now=t / 4)  # quiet from 10.0 on: due at 12.0
+    append(log_file, b"woken\n")
+    looks = count_looks(monkeypatch)
+    assert tailer.read_all(now=11.0) == {} and tailer.read_all(now=11.75) == {}
+    assert looks == [], "not due before 12.0"
+    assert texts(tailer.read_all(now=12.0)[42].lines) == ["woken"]
+    # Changed, so active again: looked at at every pass, and read as soon as it is written.
+    append(log_file, b"again\n")
+    assert texts(tailer.read_all(now=12.25)[42].lines) == ["again"]
+    assert tailer.read_all(now=12.5) == {}
+    assert looks == [str(log_file)] * 3
+
+
+def test_a_file_silent_for_an_hour_among_thousands_is_seen_within_the_quiet_interval(tmp_path: Path) -> None:
+    tailer = LogTailer(quiet_after=30.0, quiet_interval=2.0)
+    paths = quiet_files(tmp_path, tailer, 200)
+    for t in range(0, 4 * 3600):  # an hour of passes, every 0.25 s
+        assert tailer.read_all(now=t / 4) == {}
+    woken = paths[123]
+    append(woken, b"Rank0: (1) segmentation fault\n")
+    found = next(t / 4 for t in range(4 * 3600, 4 * 3700) if tailer.read_all(now=t / 4))
+    assert found - 3600 <= 2.0
+
+
+def test_a_named_look_at_a_quiet_file_that_finds_it_written_makes_it_active(log_file: Path) -> None:
+    tailer = LogTailer(quiet_after=10.0, quiet_interval=2.0)
+    tailer.follow(log_file, key=42)
+    tailer.read_all(now=0.0)
+    tailer.read_all(now=10.0)  # quiet, due at 12.0
+    append(log_file, b"one\n")
+    assert texts(tailer.read_all([str(log_file)], now=10.5)[42].lines) == ["one"]  # inotify named it
+    append(log_file, b"two\n")
+    assert texts(tailer.read_all(now=10.75)[42].lines) == ["two"], "active: not left waiting for 12.0"
+    # Quiet again from 20.75 on, due 2 s later; the old due time (12.0) does not count twice.
+    for t in range(44, 4 * 23):
+        tailer.read_all(now=t / 4)
+    append(log_file, b"three\n")
+    assert tailer.read_all(now=23.0) == {}
+    assert texts(tailer.read_all(now=24.75)[42].lines) == ["three"]
+
+
+def test_a_pass_that_fails_half_way_leaves_no_due_file_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tailer = LogTailer(quiet_after=0.0, quiet_interval=2.0)
+    paths = [tmp_path / f"{i}.log" for i in range(10)]
+    for path in paths:
+        path.write_bytes(b"")
+        tailer.follow(path, key=1)
+    tailer.read_all(now=0.0)
+    tailer.read_all(now=0.25)  # all quiet, due at 2.25
+    for path in paths:
+        append(path, b"line\n")
+    real_stat = os.stat
+
+    def failing(path: str, *args: object, **kwargs: object) -> os.stat_result:
+        if path == str(paths[3]):
+            raise RuntimeError("a surprise")
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("ajr_agent.adapters.logs.tail.os.stat", failing)
+    with pytest.raises(RuntimeError):
+        tailer.read_all(now=2.25)
+    monkeypatch.setattr("ajr_agent.adapters.logs.tail.os.stat", real_stat)
+    # The files the failed pass did not reach are looked at by the next pass, not 2 s later.
+    assert len(tailer.read_all(now=2.5)[1].lines) >= 6
+
+
+def test_rewind_and_unfollow_of_quiet_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tailer = LogTailer(quiet_after=0.0, quiet_interval=2.0)
+    kept, dropped = tmp_path / "kept.log", tmp_path / "dropped.log"
+    for path in (kept, dropped):
+        path.write_bytes(b"old\n")
+        tailer.follow(path, key=1)
+    tailer.read_all(now=0.0)
+    tailer.read_all(now=0.25)  # both quiet, due at 2.25
+    tailer.rewind(kept, None)
+    tailer.unfollow(dropped)
+    looks = count_looks(monkeypatch)
+    assert texts(tailer.read_all(now=0.5)[1].lines) == ["old"], "a rewound file is read at the next pass"
+    tailer.read_all(now=2.25)
+    tailer.read_all(now=4.5)
+    assert str(dropped) not in looks
+
+
+def test_passes_read_files_in_the_order_they_were_followed(tmp_path: Path) -> None:
+    tailer = LogTailer(quiet_after=1.0, quiet_interval=2.0)
+    paths = [tmp_path / f"{name}.log" for name in ("c", "a", "b")]
+    for path in paths:
+        path.write_bytes(b"")
+        tailer.follow(path, key=1)
+    tailer.read_all(now=0.0)
+    append(paths[0], b"c1\n")
+    tailer.read_all(now=0.5)  # c active; a and b quiet from 1.0 on
+    tailer.read_all(now=1.0)
+    tailer.read_all(now=2.0)  # c quiet too
+    for path, text in zip(reversed(paths), (b"b\n", b"a\n", b"c\n")):
+        append(path, text)
+    assert texts(tailer.read_all(now=4.0)[1].lines) == ["c", "a", "b"]
