@@ -5,7 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Sequence
 
-from ajr_agent.domain.model import AnomalyFound, Fault, ManagedJob, Phase
+from ajr_agent.domain.events import AnomalyFound
+from ajr_agent.domain.model import Fault, ManagedJob, Phase
 from ajr_agent.domain.settings import Settings
 
 

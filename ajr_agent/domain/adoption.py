@@ -5,21 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable
 
+from ajr_agent.domain.events import AttemptStarted, AttemptSucceeded, Event, JobEnded, JobHeld, JobVanished
 from ajr_agent.domain.jobs import JobSnapshot
-from ajr_agent.domain.model import (
-    AttemptStarted,
-    AttemptSucceeded,
-    Decision,
-    Event,
-    JobEnded,
-    JobHeld,
-    JobVanished,
-    ManagedJob,
-    Note,
-    NoteKind,
-    Outcome,
-    Phase,
-)
+from ajr_agent.domain.model import Decision, ManagedJob, Note, NoteKind, Outcome, Phase
 from ajr_agent.domain.settings import RestartSuccess, Settings
 from ajr_agent.domain.spec import ApsSpec, ResumeMode
 

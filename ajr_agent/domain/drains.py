@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ajr_agent.domain.model import Action, ActionKind, Attributed, Fault, ManagedJob, Note, NoteKind
+from ajr_agent.domain.events import Attributed
+from ajr_agent.domain.model import Action, ActionKind, Fault, ManagedJob, Note, NoteKind
 from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.text import printable
 

@@ -9,33 +9,35 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ajr_agent.domain.drains import drain_actions
-from ajr_agent.domain.jobs import FAILED_STATES
-from ajr_agent.domain.model import (
-    Action,
+from ajr_agent.domain.events import (
     ActionDone,
     ActionFailed,
-    ActionKind,
     AnomalyFound,
     Attributed,
     AttemptStarted,
-    Awaiting,
     AttemptSucceeded,
     CheckpointSaved,
-    Decision,
     Event,
-    Fault,
     JobEnded,
     JobForgotten,
     JobHeld,
     JobVanished,
+    StragglerFound,
+    VerdictOverdue,
+)
+from ajr_agent.domain.jobs import FAILED_STATES
+from ajr_agent.domain.model import (
+    Action,
+    ActionKind,
+    Awaiting,
+    Decision,
+    Fault,
     ManagedJob,
     Note,
     NoteKind,
     Outcome,
     Phase,
     StopCause,
-    StragglerFound,
-    VerdictOverdue,
 )
 from ajr_agent.domain.recovery import (
     AWAITING_VERDICT,

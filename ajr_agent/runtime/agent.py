@@ -22,21 +22,9 @@ from ajr_agent.adapters.store import Store, StoreError
 from ajr_agent.detect.rules import RuleSet, default_rules_dir
 from ajr_agent.domain import adoption
 from ajr_agent.domain import policy
+from ajr_agent.domain.events import ActionDone, ActionFailed, Attributed, Event, JobForgotten, VerdictOverdue
 from ajr_agent.domain.jobs import JobSnapshot
-from ajr_agent.domain.model import (
-    ActionDone,
-    ActionFailed,
-    Attributed,
-    Awaiting,
-    Event,
-    JobForgotten,
-    ManagedJob,
-    Note,
-    NoteKind,
-    Phase,
-    UnmanagedJob,
-    VerdictOverdue,
-)
+from ajr_agent.domain.model import Awaiting, ManagedJob, Note, NoteKind, Phase, UnmanagedJob
 from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.spec import SPEC_KEY, parse_comment
 from ajr_agent.runtime.executor import Executor

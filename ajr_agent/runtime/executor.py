@@ -24,8 +24,9 @@ from typing import Mapping
 
 from ajr_agent.adapters.slurm import SlurmError, SlurmGateway, open_gateway
 from ajr_agent.adapters.store import ActionStatus, JournalEntry, Store
+from ajr_agent.domain.events import ActionDone, ActionFailed, Event
 from ajr_agent.domain.jobs import JobSnapshot
-from ajr_agent.domain.model import Action, ActionDone, ActionFailed, ActionKind, Event
+from ajr_agent.domain.model import Action, ActionKind
 from ajr_agent.domain.settings import Settings
 from ajr_agent.runtime.observers import Observer
 

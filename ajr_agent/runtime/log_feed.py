@@ -22,17 +22,9 @@ from ajr_agent.detect import signals
 from ajr_agent.detect.attribution import Evidence
 from ajr_agent.detect.rules import RuleKind, RuleSet
 from ajr_agent.detect.timestamps import line_time
+from ajr_agent.domain.events import AnomalyFound, CheckpointSaved, Event, StragglerFound
 from ajr_agent.domain.jobs import JobSnapshot
-from ajr_agent.domain.model import (
-    AnomalyFound,
-    CheckpointSaved,
-    Event,
-    Fault,
-    ManagedJob,
-    Note,
-    NoteKind,
-    StragglerFound,
-)
+from ajr_agent.domain.model import Fault, ManagedJob, Note, NoteKind
 from ajr_agent.domain.settings import Settings
 from ajr_agent.runtime.observers import Observer
 from ajr_agent.runtime.tracked import TrackedJob

@@ -12,7 +12,8 @@ from typing import Iterable, Sequence
 from ajr_agent.adapters.logs import LogLine
 from ajr_agent.adapters.slurm import SlurmError
 from ajr_agent.adapters.store import StoreError
-from ajr_agent.domain.model import Decision, Event, ManagedJob
+from ajr_agent.domain.events import Event
+from ajr_agent.domain.model import Decision, ManagedJob
 
 
 class Observer:

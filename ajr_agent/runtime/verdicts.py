@@ -20,8 +20,9 @@ from ajr_agent.adapters.node_logs import read_node_logs
 from ajr_agent.adapters.slurm import SlurmError, SlurmGateway
 from ajr_agent.detect.attribution import Evidence, excludable, node_evidence, verdict
 from ajr_agent.detect.rules import RuleSet
+from ajr_agent.domain.events import Attributed, NodeFacts, VerdictOverdue
 from ajr_agent.domain.hostlist import expand_hostlist
-from ajr_agent.domain.model import Attributed, Fault, ManagedJob, NodeFacts, Verdict, VerdictOverdue
+from ajr_agent.domain.model import Fault, ManagedJob, Verdict
 from ajr_agent.domain.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -17,24 +17,16 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
+from ajr_agent.adapters.logs import LogLine
+from ajr_agent.adapters.slurm import SlurmError
+from ajr_agent.adapters.store import Store, StoreCorruptError, StoreError, StoreFullError, StoreLockedError
+from ajr_agent.detect.timestamps import line_time
+from ajr_agent.domain.events import ActionDone, ActionFailed, AnomalyFound, Attributed, Event
+from ajr_agent.domain.model import Decision, ManagedJob, Phase
+from ajr_agent.runtime.observers import Observer
 from ajr_agent.views import queries
 from ajr_agent.views.decisions import recovered, refusal
 from ajr_agent.views.models import KpiQuery
-from ajr_agent.adapters.logs import LogLine
-from ajr_agent.detect.timestamps import line_time
-from ajr_agent.domain.model import (
-    ActionDone,
-    ActionFailed,
-    AnomalyFound,
-    Attributed,
-    Decision,
-    Event,
-    ManagedJob,
-    Phase,
-)
-from ajr_agent.adapters.slurm import SlurmError
-from ajr_agent.adapters.store import Store, StoreCorruptError, StoreError, StoreFullError, StoreLockedError
-from ajr_agent.runtime.observers import Observer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The overall efficiency gauge covers the same window as `ajr kpi --since 24h`.

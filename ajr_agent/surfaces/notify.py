@@ -36,9 +36,10 @@ from typing import Iterable, Literal, Protocol
 from pydantic import BaseModel, Field, field_validator
 
 from ajr_agent import __version__
-from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.errors import AjrError
-from ajr_agent.domain.model import ActionDone, ActionKind, Decision, Event, ManagedJob, Phase
+from ajr_agent.domain.events import ActionDone, Event
+from ajr_agent.domain.model import ActionKind, Decision, ManagedJob, Phase
+from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.text import cut, visible
 from ajr_agent.runtime.observers import Observer
 from ajr_agent.views.decisions import recovered, refusal

@@ -6,7 +6,8 @@ typed fields (phases, the stop cause), never its sentences.
 
 from __future__ import annotations
 
-from ajr_agent.domain.model import ActionDone, ActionKind, Decision, Event, ManagedJob, Phase, StopCause
+from ajr_agent.domain.events import ActionDone, Event
+from ajr_agent.domain.model import ActionKind, Decision, ManagedJob, Phase, StopCause
 
 
 def refusal(before: ManagedJob, decision: Decision) -> StopCause | None:

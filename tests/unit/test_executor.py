@@ -12,8 +12,9 @@ import pytest
 from ajr_agent.adapters.slurm import SlurmError
 from ajr_agent.adapters.slurm.memory import MemorySlurm
 from ajr_agent.adapters.store import ActionStatus, JournalEntry, Store
+from ajr_agent.domain.events import ActionDone, ActionFailed, Event
 from ajr_agent.domain.jobs import JobSnapshot
-from ajr_agent.domain.model import Action, ActionDone, ActionFailed, ActionKind, Event
+from ajr_agent.domain.model import Action, ActionKind
 from ajr_agent.domain.settings import Settings
 from ajr_agent.runtime.executor import Executor
 from ajr_agent.runtime.inline_pool import InlinePool

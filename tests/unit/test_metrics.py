@@ -11,30 +11,22 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
-from ajr_agent.surfaces import metrics as m
-from ajr_agent.views.decisions import refusal
-from ajr_agent.domain import policy
-from ajr_agent.runtime.agent import Agent, load_rules
-from ajr_agent.runtime.inline_pool import InlinePool
-from ajr_agent.domain.settings import Settings
-from ajr_agent.domain.model import (
-    Action,
-    ActionFailed,
-    ActionKind,
-    AnomalyFound,
-    Decision,
-    ManagedJob,
-    Phase,
-    StopCause,
-)
-from ajr_agent.adapters.slurm import SlurmError
-from ajr_agent.domain.spec import ResumeMode
-from ajr_agent.adapters.store import Store
+import pytest
 from tests.unit.test_agent import LOG_NAME, ScriptedQueue, running
 from tests.unit.test_api import fill
+
+from ajr_agent.adapters.slurm import SlurmError
+from ajr_agent.adapters.store import Store
+from ajr_agent.domain import policy
+from ajr_agent.domain.events import ActionFailed, AnomalyFound
+from ajr_agent.domain.model import Action, ActionKind, Decision, ManagedJob, Phase, StopCause
+from ajr_agent.domain.settings import Settings
+from ajr_agent.domain.spec import ResumeMode
+from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.runtime.inline_pool import InlinePool
+from ajr_agent.surfaces import metrics as m
+from ajr_agent.views.decisions import refusal
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "packaging" / "grafana" / "ajr-dashboard.json"

@@ -15,17 +15,18 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
-from ajr_agent.domain import policy
-from ajr_agent.runtime.agent import Agent, load_rules
-from ajr_agent.runtime.inline_pool import InlinePool
-from ajr_agent.domain.settings import Settings
-from ajr_agent.domain.model import Action, ActionDone, ActionKind, AnomalyFound, ManagedJob, Phase
-from ajr_agent.surfaces.notify import CommandSink, Notification, Notifier, NotifyError, WebhookSink, plain
-from ajr_agent.domain.spec import ResumeMode
-from ajr_agent.adapters.store import Store
 from tests.conftest import wait_for
 from tests.unit.test_agent import LOG_NAME, ScriptedQueue, running
+
+from ajr_agent.adapters.store import Store
+from ajr_agent.domain import policy
+from ajr_agent.domain.events import ActionDone, AnomalyFound
+from ajr_agent.domain.model import Action, ActionKind, ManagedJob, Phase
+from ajr_agent.domain.settings import Settings
+from ajr_agent.domain.spec import ResumeMode
+from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.runtime.inline_pool import InlinePool
+from ajr_agent.surfaces.notify import CommandSink, Notification, Notifier, NotifyError, WebhookSink, plain
 
 JOB = ManagedJob(job_id=7, name="llama", user="alice", user_id=1000, mode=ResumeMode.REQUEUE, requested_limit=None,
                  limit=3, attempt_started=1.0, nodes="gpu-1")  # fmt: skip

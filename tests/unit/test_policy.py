@@ -9,31 +9,33 @@ import pytest
 from ajr_agent.domain import adoption
 from ajr_agent.domain import policy
 from ajr_agent.domain import recovery
-from ajr_agent.domain.jobs import JobSnapshot
-from ajr_agent.domain.model import (
-    Awaiting,
-    StopCause,
-    Action,
+from ajr_agent.domain.events import (
     ActionDone,
     ActionFailed,
-    ActionKind,
     AnomalyFound,
     Attributed,
     AttemptStarted,
     AttemptSucceeded,
     CheckpointSaved,
-    Decision,
     JobEnded,
     JobHeld,
     JobVanished,
+    StragglerFound,
+    VerdictOverdue,
+    NodeFacts,
+)
+from ajr_agent.domain.jobs import JobSnapshot
+from ajr_agent.domain.model import (
+    Awaiting,
+    StopCause,
+    Action,
+    ActionKind,
+    Decision,
     ManagedJob,
     Outcome,
     Phase,
-    StragglerFound,
     Verdict,
-    VerdictOverdue,
     Fault,
-    NodeFacts,
 )
 from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.spec import ApsSpec, ResumeMode
