@@ -25,12 +25,11 @@ from pathlib import Path
 # Run as a script, this directory is on sys.path; rules_throughput puts the repository there.
 from rules_throughput import MIX, free_text, pin_to_one_cpu, synthetic_lines
 
-from ajr_agent.runtime.agent import Agent, load_rules
-
-from ajr_agent.runtime.inline_pool import InlinePool
-from ajr_agent.domain.settings import Settings
-from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.adapters.store import Store
+from ajr_agent.domain.jobs import JobSnapshot
+from ajr_agent.domain.settings import Settings
+from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.runtime.inline_pool import InlinePool
 
 JOB_ID = 7
 LOG_NAME = f"train_{JOB_ID}_date_26-01-01_time_00-00-00.log"
