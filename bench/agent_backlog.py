@@ -64,7 +64,7 @@ def catch_up(directory: Path, lines: list[str]) -> tuple[float, int, int]:
     with log.open("ab") as handle:
         handle.write(data)
     start = time.perf_counter()
-    while agent.tailer.position(str(log)).offset < len(data) + len("step 0\n"):
+    while agent.feed.tailer.position(str(log)).offset < len(data) + len("step 0\n"):
         agent.read_logs(time.time())
     seconds = time.perf_counter() - start
     readings = len(store.throughput(JOB_ID))
