@@ -6,7 +6,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import pytest
 from ajr_agent.adapters.logs import (
     ChangeWatcher,
     FilePosition,
+    LogFinder,
     LogLine,
     LogTailer,
     TailNotice,
@@ -80,7 +81,7 @@ def test_job_name_metacharacters_are_literal() -> None:
     assert is_job_log_name("x(y)[z]*?_1_date_26-01-02_time_03-04-05.log", "x(y)[z]*?", 1)
 
 
-# --- find_job_logs ---------------------------------------------------------------------
+# --- finding a job's logs: find_job_logs, and LogFinder, which lists a directory again only once it changed ---
 
 
 def make_log(directory: Path, stamp: str, job_name: str = "train", job_id: int = 42) -> Path:
@@ -89,52 +90,184 @@ def make_log(directory: Path, stamp: str, job_name: str = "train", job_id: int =
     return path
 
 
-def test_finds_every_step_log_sorted(tmp_path: Path) -> None:
+Find = Callable[[str, int, Iterable[Path], "int | None"], list[Path]]
+AN_HOUR_AGO = time.time() - 3600
+
+
+def age(directories: Iterable[Path]) -> None:
+    """Set the directories' mtime an hour back, as a directory nobody wrote to lately has."""
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            os.utime(directory, (AN_HOUR_AGO, AN_HOUR_AGO))
+
+
+@pytest.fixture(params=["find_job_logs", "LogFinder", "LogFinder, listed before"])
+def find(request: pytest.FixtureRequest) -> Find:
+    """Each way of finding a job's logs, which must all find the same files."""
+    if request.param == "find_job_logs":
+        return find_job_logs
+    finder = LogFinder()
+    if request.param == "LogFinder":
+        return finder.find
+
+    def listed_before(job_name: str, job_id: int, dirs: Iterable[Path], owner_uid: int | None) -> list[Path]:
+        dirs = list(dirs)
+        age(dirs)
+        first = finder.find(job_name, job_id, dirs, owner_uid)
+        again = finder.find(job_name, job_id, dirs, owner_uid)
+        assert again == first
+        return again
+
+    return listed_before
+
+
+def test_finds_every_step_log_sorted(tmp_path: Path, find: Find) -> None:
     second = make_log(tmp_path, "26-11-27_time_01-00-00")
     first = make_log(tmp_path, "26-11-27_time_00-44-51")
     make_log(tmp_path, "26-11-27_time_00-44-51", job_id=43)
     make_log(tmp_path, "26-11-27_time_00-44-51", job_name="other")
     (tmp_path / "train_42_date_notes.txt").write_text("not a log\n")
-    assert find_job_logs("train", 42, [tmp_path], owner_uid=None) == [first, second]
+    assert find("train", 42, [tmp_path], owner_uid=None) == [first, second]
 
 
-def test_searches_several_dirs_once_each(tmp_path: Path) -> None:
+def test_searches_several_dirs_once_each(tmp_path: Path, find: Find) -> None:
     work, out = tmp_path / "work", tmp_path / "out"
     work.mkdir()
     out.mkdir()
     (tmp_path / "alias").symlink_to(work)
     in_work = make_log(work, "26-11-27_time_00-00-01")
     in_out = make_log(out, "26-11-27_time_00-00-02")
-    found = find_job_logs("train", 42, [work, out, tmp_path / "alias", work], owner_uid=None)
+    found = find("train", 42, [work, out, tmp_path / "alias", work], owner_uid=None)
     assert found == [in_work, in_out]
 
 
-def test_skips_symlinks_and_non_regular_files(tmp_path: Path) -> None:
+def test_skips_symlinks_and_non_regular_files(tmp_path: Path, find: Find) -> None:
     target = tmp_path / "elsewhere.log"
     target.write_text("secret\n")
     (tmp_path / "train_42_date_26-11-27_time_00-00-01.log").symlink_to(target)
     (tmp_path / "train_42_date_26-11-27_time_00-00-02.log").mkdir()
     os.mkfifo(tmp_path / "train_42_date_26-11-27_time_00-00-03.log")
     real = make_log(tmp_path, "26-11-27_time_00-00-04")
-    assert find_job_logs("train", 42, [tmp_path], owner_uid=None) == [real]
+    assert find("train", 42, [tmp_path], owner_uid=None) == [real]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
-def test_skips_files_of_another_owner(tmp_path: Path) -> None:
+def test_skips_files_of_another_owner(tmp_path: Path, find: Find) -> None:
     path = make_log(tmp_path, "26-11-27_time_00-44-51")
     os.chown(path, 12345, 12345)
-    assert find_job_logs("train", 42, [tmp_path], owner_uid=0) == []
-    assert find_job_logs("train", 42, [tmp_path], owner_uid=12345) == [path]
-    assert find_job_logs("train", 42, [tmp_path], owner_uid=None) == [path]
+    assert find("train", 42, [tmp_path], owner_uid=0) == []
+    assert find("train", 42, [tmp_path], owner_uid=12345) == [path]
+    assert find("train", 42, [tmp_path], owner_uid=None) == [path]
 
 
-def test_missing_and_non_directory_dirs_are_skipped(tmp_path: Path) -> None:
+def test_missing_and_non_directory_dirs_are_skipped(tmp_path: Path, find: Find) -> None:
     real = make_log(tmp_path, "26-11-27_time_00-44-51")
     missing = tmp_path / "missing"
     a_file = tmp_path / "plain"
     a_file.write_text("")
-    assert find_job_logs("train", 42, [missing, a_file, tmp_path], owner_uid=None) == [real]
-    assert find_job_logs("train", 42, [missing], owner_uid=None) == []
+    assert find("train", 42, [missing, a_file, tmp_path], owner_uid=None) == [real]
+    assert find("train", 42, [missing], owner_uid=None) == []
+
+
+def count_listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the directories listed from now on."""
+    listed: list[str] = []
+    real_scandir = os.scandir
+
+    def counted(path: str) -> object:
+        listed.append(str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr("ajr_agent.adapters.logs.discovery.os.scandir", counted)
+    return listed
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_unchanged_directory_is_not_listed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = make_log(tmp_path, "26-11-27_time_00-44-51")
+    make_log(tmp_path, "26-11-27_time_00-44-51", job_id=43)
+    age([tmp_path])
+    listed = count_listings(monkeypatch)
+    finder = LogFinder()
+    for _ in range(3):
+        assert finder.find("train", 42, [tmp_path], owner_uid=None) == [first]
+    assert listed == [str(tmp_path)]
+    # Each job's files are its own: another job in the same directory gets its own listing.
+    assert [p.name for p in finder.find("train", 43, [tmp_path], owner_uid=None)] == [first.name.replace("42", "43")]
+
+
+def test_a_file_created_in_a_listed_directory_is_found_at_the_next_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = make_log(tmp_path, "26-11-27_time_00-44-51")
+    age([tmp_path])
+    finder = LogFinder()
+    assert finder.find("train", 42, [tmp_path], owner_uid=None) == [first]
+    second = make_log(tmp_path, "26-11-27_time_01-00-00")
+    assert finder.find("train", 42, [tmp_path], owner_uid=None) == [first, second]
+    # Changed a moment ago: listed at every look until its mtime is older than a coarse clock's tick.
+    listed = count_listings(monkeypatch)
+    finder.find("train", 42, [tmp_path], owner_uid=None)
+    assert listed == [str(tmp_path)]
+
+
+def test_a_file_created_within_the_same_tick_of_a_coarse_clock_is_not_missed(tmp_path: Path) -> None:
+    # Lustre keeps whole seconds: a file created in the second the directory was listed leaves its
+    # mtime as it was. So a listing of a directory changed that recently is never kept.
+    tick = int(time.time())
+    first = make_log(tmp_path, "26-11-27_time_00-44-51")
+    os.utime(tmp_path, (tick, tick))
+    finder = LogFinder()
+    assert finder.find("train", 42, [tmp_path], owner_uid=None) == [first]
+    second = make_log(tmp_path, "26-11-27_time_01-00-00")
+    os.utime(tmp_path, (tick, tick))
+    assert finder.find("train", 42, [tmp_path], owner_uid=None) == [first, second]
+
+
+def test_an_unchanged_directory_is_listed_again_after_relist_after(tmp_path: Path) -> None:
+    first = make_log(tmp_path, "26-11-27_time_00-44-51")
+    age([tmp_path])
+    clock = FakeClock()
+    finder = LogFinder(relist_after=60.0, clock=clock)
+    assert finder.find("train", 42, [tmp_path], owner_uid=None) == [first]
+    # What a directory's mtime does not show (a file given to the job's user by chown, say)
+    # is found at the next listing after relist_after.
+    second = make_log(tmp_path, "26-11-27_time_01-00-00")
+    age([tmp_path])
+    clock.now += 59.0
+    assert finder.find("train", 42, [tmp_path], owner_uid=None) == [first]
+    clock.now += 2.0
+    assert finder.find("train", 42, [tmp_path], owner_uid=None) == [first, second]
+
+
+def test_the_list_found_is_the_caller_s(tmp_path: Path) -> None:
+    first = make_log(tmp_path, "26-11-27_time_00-44-51")
+    age([tmp_path])
+    finder = LogFinder()
+    finder.find("train", 42, [tmp_path], owner_uid=None).clear()
+    assert finder.find("train", 42, [tmp_path], owner_uid=None) == [first]
+
+
+def test_a_directory_that_vanished_is_not_listed_from_memory(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    make_log(logs, "26-11-27_time_00-44-51")
+    age([logs])
+    finder = LogFinder()
+    assert len(finder.find("train", 42, [logs], owner_uid=None)) == 1
+    for path in logs.iterdir():
+        path.unlink()
+    logs.rmdir()
+    assert finder.find("train", 42, [logs], owner_uid=None) == []
 
 
 # --- LogTailer ---------------------------------------------------------------------------
@@ -717,8 +850,9 @@ def test_a_quiet_file_is_looked_at_every_quiet_interval_until_it_changes(log_fil
     assert texts(tailer.read_all(now=11.6)[42].lines) == ["three"], "a file that changed is due at every call"
 
 
-def test_a_quiet_file_that_wakes_is_seen_within_the_quiet_interval(log_file: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_quiet_file_that_wakes_is_seen_within_the_quiet_interval(
+    log_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tailer = LogTailer(quiet_after=10.0, quiet_interval=2.0)
     tailer.follow(log_file, key=42)
     tailer.read_all(now=0.0)
@@ -763,8 +897,9 @@ def quiet_files(tmp_path: Path, tailer: LogTailer, count: int) -> list[Path]:
     return paths
 
 
-def test_a_pass_looks_at_the_active_files_and_only_at_the_quiet_files_due(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_pass_looks_at_the_active_files_and_only_at_the_quiet_files_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tailer = LogTailer(quiet_after=10.0, quiet_interval=2.0)
     quiet = quiet_files(tmp_path, tailer, 400)
     busy = tmp_path / "busy.log"
@@ -799,8 +934,9 @@ def test_a_pass_when_no_quiet_file_is_due_looks_at_none(tmp_path: Path, monkeypa
     assert len(looks) == 1000
 
 
-def test_a_quiet_file_woken_by_a_write_is_read_at_the_first_pass_it_is_due(log_file: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_quiet_file_woken_by_a_write_is_read_at_the_first_pass_it_is_due(
+    log_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tailer = LogTailer(quiet_after=10.0, quiet_interval=2.0)
     tailer.follow(log_file, key=42)
     for t in range(0, 4 * 11):
