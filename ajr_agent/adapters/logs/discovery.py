@@ -12,11 +12,12 @@ created, renamed or removed there.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,10 +45,7 @@ def find_job_logs(
     ``owner_uid`` is given, files owned by another user are skipped, so that a user
     cannot feed lines into another user's job.
     """
-    found: list[Path] = []
-    for directory in _distinct(dirs):
-        found += _scan(directory, job_name, job_id, owner_uid)
-    return _in_order(found)
+    return _merged([_scan(directory, job_name, job_id, owner_uid) for directory in _distinct(dirs)])
 
 
 @dataclass(frozen=True)
@@ -78,10 +76,7 @@ class LogFinder:
             # once they are too old to be used anyway.
             self._listings = {k: v for k, v in self._listings.items() if now - v.listed_at < self._relist_after}
             self._next_sweep = now + self._relist_after
-        found: list[Path] = []
-        for directory in _distinct(dirs):
-            found += self._look(directory, job_name, job_id, owner_uid, now)
-        return _in_order(found)
+        return _merged([self._look(directory, job_name, job_id, owner_uid, now) for directory in _distinct(dirs)])
 
     def _look(self, directory: Path, job_name: str, job_id: int, owner_uid: int | None, now: float) -> tuple[Path, ...]:
         key = (str(directory), job_name, job_id, owner_uid)
@@ -116,12 +111,20 @@ def _distinct(dirs: Iterable[Path]) -> list[Path]:
     return distinct
 
 
-def _in_order(found: list[Path]) -> list[Path]:
+def _in_order(found: Iterable[Path]) -> list[Path]:
     return sorted(found, key=lambda path: (path.name, str(path)))
 
 
+def _merged(parts: list[Sequence[Path]]) -> list[Path]:
+    """The files found in each directory (each in order), as one list in order."""
+    found = [part for part in parts if part]
+    if len(found) == 1:
+        return list(found[0])  # the usual case, one directory holding the logs: already in order
+    return _in_order(itertools.chain.from_iterable(found))
+
+
 def _scan(directory: Path, job_name: str, job_id: int, owner_uid: int | None) -> list[Path]:
-    """The job's log files directly in ``directory`` (none if it cannot be listed)."""
+    """The job's log files directly in ``directory``, in order (none if it cannot be listed)."""
     prefix = log_prefix(job_name, job_id)
     found: list[Path] = []
     try:
@@ -142,4 +145,4 @@ def _scan(directory: Path, job_name: str, job_id: int, owner_uid: int | None) ->
                 found.append(Path(entry.path))
     except OSError as error:
         log.debug("cannot scan %s for logs of job %d: %s", directory, job_id, error)
-    return found
+    return _in_order(found)

@@ -39,14 +39,14 @@ class LookSchedule:
         self._quiet_after = quiet_after
         self._quiet_interval = quiet_interval
         self._entries: dict[str, _Entry] = {}
-        self._active: dict[str, None] = {}  # an ordered set
+        self._active: dict[str, int] = {}  # name -> its order
         self._quiet: deque[tuple[float, int, str]] = deque()  # (due, order, name), in due order
         self._counter = itertools.count()
 
     def add(self, name: str) -> None:
         """Schedule a newly followed file: active, so the next pass looks at it."""
-        self._entries[name] = _Entry(next(self._counter), float("-inf"))
-        self._active[name] = None
+        entry = self._entries[name] = _Entry(next(self._counter), float("-inf"))
+        self._active[name] = entry.order
 
     def remove(self, name: str) -> None:
         """Stop scheduling ``name``; its queue entry, if any, is dropped when it comes up."""
@@ -65,8 +65,8 @@ class LookSchedule:
             entry = entries.get(name)
             if entry is not None and (entry.due, entry.order) == (due, order):
                 entry.due = None
-                self._active[name] = None
-        return sorted(self._active, key=lambda name: entries[name].order)
+                self._active[name] = order
+        return sorted(self._active, key=self._active.__getitem__)
 
     def looked(self, name: str, now: float, changed: bool) -> None:
         """Note a look at ``name`` at ``now`` that found it ``changed`` or not; a no-op for a
@@ -78,7 +78,7 @@ class LookSchedule:
             entry.changed_at = now
             if entry.due is not None:
                 entry.due = None  # its queue entry is stale now
-                self._active[name] = None
+                self._active[name] = entry.order
         elif entry.due is None and now - entry.changed_at >= self._quiet_after:
             entry.due = now + self._quiet_interval
             del self._active[name]
