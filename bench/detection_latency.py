@@ -31,7 +31,8 @@ one only the bench's agent searches (its `log_dirs` setting; the jobs run elsewh
 and the agent's PATH has a `squeue` wrapper adding `--name=<this run's job name>`.
 
 The largest configuration also measures the agent's CPU use with every file followed
-(from /proc/<pid>/stat), quiet and under the background writes.
+(from /proc/<pid>/stat), quiet and under the background writes; the target is for the
+quiet agent.
 
 Usage: python bench/detection_latency.py [--files 1 100 1000] [--samples 30]
 """
@@ -65,7 +66,10 @@ FAILURE_LINE = b"Rank0: (1) segmentation fault: artificial segfault\n"
 MAX_JOBS = 8
 STAMP_BASE = datetime(2024, 1, 1)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-TARGET_MEDIAN, TARGET_P99, TARGET_CPU = 0.5, 1.0, 5.0
+# Issue 11's targets at 10,000 followed files (they were 0.5 s and 1 s at 1,000); the CPU
+# target is for the idle agent, with nothing written.
+TARGET_MEDIAN, TARGET_P99, TARGET_CPU = 0.1, 0.5, 5.0
+IDLE = "quiet"
 
 # Defaults everywhere except the limits: every sample is a new failure of an attempt
 # that saved no checkpoint, which the defaults would soon call a crash loop; and 10,000
@@ -325,7 +329,7 @@ def run_config(files: int, args: argparse.Namespace, measure: bool) -> Result:
                 # Let the follow-up of the initial files settle, and the files fall quiet
                 # (tail_quiet_after): what the agent costs between writes is the steady state.
                 time.sleep(args.settle)
-                cpu["quiet"] = measure_cpu(agent, args.cpu_seconds)
+                cpu[IDLE] = measure_cpu(agent, args.cpu_seconds)
                 writer.active.set()
                 cpu[f"{args.write_rate:g} lines/s"] = measure_cpu(agent, args.cpu_seconds)
             writer.active.set()
@@ -384,8 +388,9 @@ def report(results: list[Result]) -> None:
     print("  follow-up: from the files' creation until the agent followed them all (the jobs' start included)")
     for r in results:
         for label, (own, kids) in r.cpu.items():
+            target = f"  [{verdict(own, TARGET_CPU)}: < {TARGET_CPU:g} %]" if label == IDLE else ""
             print(f"agent CPU with {r.files} files followed, {label}: {own:.1f} % of a core "
-                  f"(+ {kids:.1f} % in its squeue/scontrol children)  [{verdict(own, TARGET_CPU)}: < {TARGET_CPU:g} %]")
+                  f"(+ {kids:.1f} % in its squeue/scontrol children){target}")
     largest = max(results, key=lambda r: r.files)
     latencies = [s.command for s in largest.samples]
     if latencies:
