@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from ajr_agent.surfaces.http_limits import HttpLimits
-from tests.conftest import AgentProcess, sbatch, wait_for
+from tests.conftest import wait_for
+from tests.integration.support import AgentProcess, sbatch
 
 pytestmark = pytest.mark.slurm
 

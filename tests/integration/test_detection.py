@@ -9,7 +9,9 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.conftest import AgentProcess, sbatch, scontrol_show, slurm_reconfigured, wait_for
+from tests.conftest import wait_for
+
+from tests.integration.support import AgentProcess, sbatch, scontrol_show, slurm_reconfigured
 
 pytestmark = pytest.mark.slurm
 
@@ -103,7 +105,7 @@ def test_node_verdict_keeps_the_faulty_node_out(two_node_partition: str, agent_f
     [verdict] = shown["verdicts"]
     assert verdict["fault"] == "node" and verdict["nodes"] == [host]
     assert any("GPU has fallen off the bus" in line for line in verdict["evidence"])
-    kinds = [a["action"]["kind"] for a in shown["actions"] if a["action"]["kind"] != "annotate"]
+    kinds = [a["kind"] for a in shown["actions"] if a["kind"] != "annotate"]
     assert kinds == ["requeue_hold", "exclude", "release"]
     # The only other node never comes up: the job waits rather than run on the faulty one.
     assert scontrol_show(job_id)["JobState"] == "PENDING"

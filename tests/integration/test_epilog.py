@@ -9,7 +9,8 @@ from typing import Callable, Iterator
 import pytest
 
 from ajr_agent.adapters.epilog_spool import read_spool
-from tests.conftest import ROOT, AgentProcess, sbatch, scontrol_show, slurm_reconfigured, wait_for
+from tests.conftest import ROOT, wait_for
+from tests.integration.support import AgentProcess, sbatch, scontrol_show, slurm_reconfigured
 
 pytestmark = pytest.mark.slurm
 
@@ -45,7 +46,7 @@ def test_silent_death_is_recovered_within_seconds_of_its_end(
     job = wait_for(lambda: (j := agent.job(job_id)) and j["requeues_used"] == 1 and j, 60, "the requeue")
     shown = agent.show(job_id)
     assert shown is not None
-    hold = next(a for a in shown["actions"] if a["action"]["kind"] == "requeue_hold")
+    hold = next(a for a in shown["actions"] if a["kind"] == "requeue_hold")
     ended = next(e for e in shown["events"] if e["kind"] == "epilog")
     assert "exit 7:0" in ended["text"]
     assert hold["created_at"] - ended["at"] < 10, "the requeue waited for a regular poll"

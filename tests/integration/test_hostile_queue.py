@@ -22,8 +22,9 @@ from typing import Callable, Iterator
 import pytest
 
 from ajr_agent.adapters.slurm import SQUEUE_FIELDS, CommandGateway, new_token
-from tests.conftest import AgentProcess, wait_for
-from tests.unit.test_slurm import LINE_BREAKS
+from tests.conftest import wait_for
+from tests.integration.support import AgentProcess
+from tests.conftest import LINE_BREAKS
 
 pytestmark = pytest.mark.slurm
 
@@ -159,7 +160,7 @@ def test_agent_takes_no_forged_record_for_the_victims_job(
     job = agent.job(queue.victim)
     assert job is not None and job["requeues_used"] == 0 and job["attempt"] == 0
     shown = agent.show(queue.victim)
-    assert shown is not None and not [a for a in shown["actions"] if a["action"]["kind"] != "annotate"]
+    assert shown is not None and not [a for a in shown["actions"] if a["kind"] != "annotate"]
     assert "cannot read the Slurm queue" not in agent.log.read_text()
     assert time.monotonic() - polled_from >= 3 and state(queue.victim) == "RUNNING"
 

@@ -17,7 +17,9 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.conftest import ROOT, AgentProcess, node_healthy, sbatch, start_local_slurm, wait_for
+from tests.conftest import ROOT, wait_for
+
+from tests.integration.support import AgentProcess, node_healthy, sbatch, start_local_slurm
 
 pytestmark = pytest.mark.slurm
 

@@ -14,7 +14,9 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import ROOT, scontrol_show, slurm_reconfigured, wait_for
+from tests.conftest import ROOT, wait_for
+
+from tests.integration.support import scontrol_show, slurm_reconfigured
 
 pytestmark = pytest.mark.slurm
 

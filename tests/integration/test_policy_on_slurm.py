@@ -8,7 +8,9 @@ from typing import Callable
 
 import pytest
 
-from tests.conftest import DEMO, AgentProcess, sbatch, scontrol_show, wait_for
+from tests.conftest import wait_for
+
+from tests.integration.support import DEMO, AgentProcess, sbatch, scontrol_show
 
 pytestmark = pytest.mark.slurm
 
@@ -37,7 +39,7 @@ def test_singleton_chain_releases_the_next_job(agent_factory: Callable[..., Agen
     assert scontrol_show(first)["JobState"] in ("CANCELLED", "COMPLETING", "FAILED")
     shown = agent.show(first)
     assert shown is not None
-    kinds = [(a["action"]["kind"], a["action"]["target"], a["status"]) for a in shown["actions"]]
+    kinds = [(a["kind"], a["target"], a["status"]) for a in shown["actions"]]
     assert ("cancel", None, "done") in kinds and ("release", second, "done") in kinds
     assert f"releasing job {second} of the chain (1/50)" in admin_comment(first)
     # The chain's count went on with the second job; its attempts are those of the chain.
@@ -76,7 +78,7 @@ def test_operators_requeue_and_forget(agent_factory: Callable[..., AgentProcess]
     shown = agent.show(job_id)
     assert shown is not None
     operator = [a for a in shown["actions"] if a["origin"].startswith("operator:")]
-    assert [(a["action"]["kind"], a["status"], a["origin"]) for a in operator] == [("requeue", "done", "operator:root")]
+    assert [(a["kind"], a["status"], a["origin"]) for a in operator] == [("requeue", "done", "operator:root")]
 
     explained = agent.cli("explain", str(job_id))
     assert "is managed in requeue mode" in explained.stdout

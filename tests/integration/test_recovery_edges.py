@@ -12,7 +12,8 @@ import pytest
 
 from ajr_agent.domain.model import Action, ActionKind, Phase
 from ajr_agent.adapters.store import Store
-from tests.conftest import AgentProcess, sbatch, scontrol_show, wait_for
+from tests.conftest import wait_for
+from tests.integration.support import AgentProcess, sbatch, scontrol_show
 
 pytestmark = pytest.mark.slurm
 
@@ -57,7 +58,7 @@ def test_open_requeue_is_finished_once_after_a_crash(
     assert scontrol_show(job_id)["Restarts"] == "1", "one failure must give exactly one requeue"
     shown = second.show(job_id)
     assert shown is not None
-    actions = [(a["action"]["kind"], a["status"]) for a in shown["actions"] if a["action"]["kind"] != "annotate"]
+    actions = [(a["kind"], a["status"]) for a in shown["actions"] if a["kind"] != "annotate"]
     assert actions == [("requeue_hold", "done"), ("release", "done")]
     assert shown["job"]["requeues_used"] == 1
     assert "reconciling open requeue_hold" in second.log.read_text()
@@ -77,7 +78,7 @@ def test_job_slurm_will_not_requeue_is_recorded_with_slurms_reason(
     assert job["requeues_used"] == 0
     shown = agent.show(job_id)
     assert shown is not None
-    assert [(a["action"]["kind"], a["status"]) for a in shown["actions"]] == [("requeue_hold", "failed")]
+    assert [(a["kind"], a["status"]) for a in shown["actions"]] == [("requeue_hold", "failed")]
 
 
 def test_broken_spec_leaves_the_job_unmanaged_with_the_reason(

@@ -8,7 +8,9 @@ from typing import Callable
 
 import pytest
 
-from tests.conftest import DEMO, AgentProcess, sbatch, scontrol_show, wait_for
+from tests.conftest import wait_for
+
+from tests.integration.support import DEMO, AgentProcess, sbatch, scontrol_show
 
 pytestmark = pytest.mark.slurm
 
@@ -56,7 +58,7 @@ def test_failed_job_is_requeued_once_then_stops_at_its_limit(
     assert len(refusals) == 1 and refusals[0]["attempt"] == 1
     # Exactly one requeuehold and one release, both done, none in dry run; the decision
     # trail went into the AdminComment after the requeue and at the stop.
-    actions = [(a["action"]["kind"], a["status"], a["dry_run"]) for a in shown["actions"]]
+    actions = [(a["kind"], a["status"], a["dry_run"]) for a in shown["actions"]]
     assert [a for a in actions if a[0] != "annotate"] == [("requeue_hold", "done", False), ("release", "done", False)]
     assert [a for a in actions if a[0] == "annotate"] == [("annotate", "done", False)] * 2
     # The cancel line Slurm wrote when the agent requeued, and the job's own exit, were no new failures.
@@ -88,7 +90,7 @@ def test_dry_run_records_would_be_actions_and_changes_nothing(
     assert fields["Restarts"] == "0"
     shown = agent.show(job_id)
     assert shown is not None
-    actions = [(a["action"]["kind"], a["status"], a["dry_run"]) for a in shown["actions"]]
+    actions = [(a["kind"], a["status"], a["dry_run"]) for a in shown["actions"]]
     # As in a real run: the requeue's AdminComment comes with the hold, the release once the verdict is in.
     assert actions == [("requeue_hold", "dry_run", True), ("annotate", "dry_run", True), ("release", "dry_run", True)]
     assert "AdminComment=ajr" not in subprocess.run(["scontrol", "show", "job", str(job_id)], capture_output=True,

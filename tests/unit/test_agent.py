@@ -6,8 +6,11 @@ what is awkward to provoke there: a failing poll, vanishing jobs and files.
 
 from __future__ import annotations
 
+from ajr_agent.adapters.slurm.calls import Operation
+from ajr_agent.adapters.slurm.memory import MemorySlurm
+from tests.unit.support import LOG_NAME, called, running
+
 import os
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -20,74 +23,9 @@ from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.model import Phase
 from ajr_agent.detect.rules import RuleMatch
 from ajr_agent.domain.jobs import JobSnapshot
-from ajr_agent.adapters.slurm import SlurmError
 from ajr_agent.adapters.store import Store
 
-LOG_NAME = "train_7_date_26-01-01_time_00-00-00.log"
-
-
-@dataclass
-class ScriptedQueue:
-    """A Slurm queue held in memory: requeuehold and release change it as Slurm would."""
-
-    jobs: dict[int, JobSnapshot] = field(default_factory=dict)
-    fail_polls: int = 0
-    calls: list[str] = field(default_factory=list)
-    backend: str = "scripted"
-
-    def list_jobs(self) -> list[JobSnapshot]:
-        if self.fail_polls:
-            self.fail_polls -= 1
-            raise SlurmError(["squeue"], "Unable to contact slurm controller", transient=True)
-        return list(self.jobs.values())
-
-    def requeue_hold(self, job_id: int) -> None:
-        self.calls.append(f"requeue_hold {job_id}")
-        job = self.jobs[job_id]
-        self.jobs[job_id] = replace(job, state="PENDING", restart_count=job.restart_count + 1, reason="JobHeldAdmin")
-
-    def release(self, job_id: int) -> None:
-        self.calls.append(f"release {job_id}")
-        job = self.jobs[job_id]
-        self.jobs[job_id] = replace(job, reason="None" if job.reason.startswith("JobHeld") else job.reason)
-
-    def requeue(self, job_id: int) -> None:
-        self.calls.append(f"requeue {job_id}")
-
-    def cancel(self, job_id: int) -> None:
-        self.calls.append(f"cancel {job_id}")
-
-    def update(self, job_id: int, **fields: str) -> None:
-        self.calls.append(f"update {job_id} " + " ".join(f"{k}={v}" for k, v in fields.items()))
-
-    def version(self) -> str:
-        return "0.0"
-
-
-def running(tmp_path: Path, **changes: object) -> JobSnapshot:
-    base = JobSnapshot(
-        job_id=7, state="RUNNING", user_id=os.getuid(), user="me", restart_count=0, start_time=100.0, end_time=None,
-        batch=True, requeueable=True, nodes="node-1", reason="None", work_dir=str(tmp_path), stdout="",
-        name="train", comment='{"APS": {"max_requeue_times": 3}}',
-    )  # fmt: skip
-    return replace(base, **changes)
-
-
-@pytest.fixture
-def queue() -> ScriptedQueue:
-    return ScriptedQueue()
-
-
-@pytest.fixture
-def agent(tmp_path: Path, queue: ScriptedQueue) -> Agent:
-    settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), clear_begin_time=True)
-    store = Store(settings.state_db)
-    # Pretend the agent has watched this cluster for a while.
-    store.set_meta(watching_since=1.0)
-    return Agent(settings, store, queue, load_rules(settings), pool=InlinePool())
-
-
-def following(agent: Agent, queue: ScriptedQueue, tmp_path: Path) -> Path:
+def following(agent: Agent, queue: MemorySlurm, tmp_path: Path) -> Path:
     """Job 7 running, its log followed and read to its end; the log's path."""
     queue.jobs[7] = running(tmp_path)
     log = tmp_path / LOG_NAME
@@ -97,7 +35,7 @@ def following(agent: Agent, queue: ScriptedQueue, tmp_path: Path) -> Path:
     return log
 
 
-def test_segfault_line_requeues_held_then_releases_once_pending(agent: Agent, queue: ScriptedQueue,
+def test_segfault_line_requeues_held_then_releases_once_pending(agent: Agent, queue: MemorySlurm,
                                                                 tmp_path: Path) -> None:  # fmt: skip
     queue.jobs[7] = running(tmp_path)
     log = tmp_path / LOG_NAME
@@ -108,17 +46,17 @@ def test_segfault_line_requeues_held_then_releases_once_pending(agent: Agent, qu
         handle.write("Rank0: (1) segmentation fault: artificial segfault\n")
     agent.read_logs(201.0)
     annotate = "update 7 AdminComment=ajr: requeued after segfault (segfault) on node-1 (1/3)"
-    assert queue.calls == ["requeue_hold 7", annotate]
+    assert called(queue) == ["requeue_hold 7", annotate]
     assert agent.jobs[7].phase is Phase.HELD
     agent.poll(202.0)
-    assert queue.calls == ["requeue_hold 7", annotate, "release 7", "update 7 StartTime=now+2"]
+    assert called(queue) == ["requeue_hold 7", annotate, "release 7", "update 7 StartTime=now+2"]
     assert agent.jobs[7].phase is Phase.RESTARTING
 
 
-def test_a_failed_poll_is_not_taken_for_vanished_jobs(agent: Agent, queue: ScriptedQueue, tmp_path: Path) -> None:
+def test_a_failed_poll_is_not_taken_for_vanished_jobs(agent: Agent, queue: MemorySlurm, tmp_path: Path) -> None:
     queue.jobs[7] = running(tmp_path)
     agent.poll(200.0)
-    queue.fail_polls = 1
+    queue.fail(Operation.LIST_JOBS)
     agent.poll(201.0)
     assert agent.jobs[7].phase is Phase.WATCHING
     assert "Unable to contact" in str(agent.store.meta()["last_poll_error"])
@@ -128,7 +66,7 @@ def test_a_failed_poll_is_not_taken_for_vanished_jobs(agent: Agent, queue: Scrip
     assert agent.store.files(7) == []
 
 
-def test_a_surprise_in_the_queue_read_is_a_failed_poll_too(agent: Agent, queue: ScriptedQueue, tmp_path: Path,
+def test_a_surprise_in_the_queue_read_is_a_failed_poll_too(agent: Agent, queue: MemorySlurm, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     queue.jobs[7] = running(tmp_path)
     agent.poll(200.0)
@@ -142,7 +80,7 @@ def test_a_surprise_in_the_queue_read_is_a_failed_poll_too(agent: Agent, queue: 
     assert "invalid start byte" in str(agent.store.meta()["last_poll_error"])
 
 
-def test_a_vanished_log_file_is_noted_and_the_agent_goes_on(agent: Agent, queue: ScriptedQueue,
+def test_a_vanished_log_file_is_noted_and_the_agent_goes_on(agent: Agent, queue: MemorySlurm,
                                                             tmp_path: Path) -> None:  # fmt: skip
     log = following(agent, queue, tmp_path)
     log.unlink()
@@ -150,7 +88,7 @@ def test_a_vanished_log_file_is_noted_and_the_agent_goes_on(agent: Agent, queue:
     assert any("vanished" in e.text for e in agent.store.events(7))
 
 
-def test_an_unexpected_error_for_one_job_spares_the_others(agent: Agent, queue: ScriptedQueue, tmp_path: Path,
+def test_an_unexpected_error_for_one_job_spares_the_others(agent: Agent, queue: MemorySlurm, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     queue.jobs[7] = running(tmp_path)
     queue.jobs[8] = running(tmp_path, job_id=8, name="other")
@@ -166,7 +104,7 @@ def test_an_unexpected_error_for_one_job_spares_the_others(agent: Agent, queue: 
     assert 8 in agent.jobs and agent.jobs[8].attempt == 0
 
 
-def test_logs_of_another_user_or_symlinks_are_not_followed(agent: Agent, queue: ScriptedQueue,
+def test_logs_of_another_user_or_symlinks_are_not_followed(agent: Agent, queue: MemorySlurm,
                                                           tmp_path: Path) -> None:  # fmt: skip
     queue.jobs[7] = running(tmp_path)
     foreign = tmp_path / LOG_NAME
@@ -175,10 +113,10 @@ def test_logs_of_another_user_or_symlinks_are_not_followed(agent: Agent, queue: 
     (tmp_path / "train_7_date_26-01-01_time_00-00-01.log").symlink_to(foreign)
     agent.poll(200.0)
     agent.read_logs(201.0)
-    assert agent.store.files(7) == [] and queue.calls == []
+    assert agent.store.files(7) == [] and called(queue) == []
 
 
-def test_a_foreign_file_renamed_over_a_followed_log_is_not_read(agent: Agent, queue: ScriptedQueue,
+def test_a_foreign_file_renamed_over_a_followed_log_is_not_read(agent: Agent, queue: MemorySlurm,
                                                                 tmp_path: Path) -> None:  # fmt: skip
     log = following(agent, queue, tmp_path)
     forged = tmp_path / "forged"
@@ -186,11 +124,11 @@ def test_a_foreign_file_renamed_over_a_followed_log_is_not_read(agent: Agent, qu
     os.chown(forged, os.getuid() + 1000, -1)
     forged.replace(log)
     agent.read_logs(202.0)
-    assert queue.calls == [] and agent.jobs[7].phase is Phase.WATCHING
+    assert called(queue) == [] and agent.jobs[7].phase is Phase.WATCHING
     assert any(f"owned by uid {os.getuid() + 1000}" in e.text for e in agent.store.events(7))
 
 
-def test_agent_restarted_between_requeuehold_and_release_releases_once(agent: Agent, queue: ScriptedQueue,
+def test_agent_restarted_between_requeuehold_and_release_releases_once(agent: Agent, queue: MemorySlurm,
                                                                        tmp_path: Path) -> None:  # fmt: skip
     queue.jobs[7] = running(tmp_path)
     log = tmp_path / LOG_NAME
@@ -206,11 +144,11 @@ def test_agent_restarted_between_requeuehold_and_release_releases_once(agent: Ag
     again.poll(300.0)
     again.read_logs(301.0)  # resumes after the segfault line: no second failure
     again.poll(302.0)
-    assert queue.calls.count("requeue_hold 7") == 1 and queue.calls.count("release 7") == 1
+    assert called(queue).count("requeue_hold 7") == 1 and called(queue).count("release 7") == 1
     assert again.jobs[7].phase is Phase.RESTARTING
 
 
-def test_singleton_successor_takes_over_the_chain(agent: Agent, queue: ScriptedQueue, tmp_path: Path) -> None:
+def test_singleton_successor_takes_over_the_chain(agent: Agent, queue: MemorySlurm, tmp_path: Path) -> None:
     spec = '{"APS": {"auto_resume_mode": "singleton_dependency", "max_requeue_times": 4}}'
     queue.jobs[7] = running(tmp_path, comment=spec)
     queue.jobs[8] = running(tmp_path, job_id=8, comment=spec, state="PENDING", start_time=None, reason="JobHeldUser")
@@ -220,14 +158,14 @@ def test_singleton_successor_takes_over_the_chain(agent: Agent, queue: ScriptedQ
     (tmp_path / LOG_NAME).write_text("Rank0: (1) segmentation fault: artificial segfault\n")
     agent.poll(201.0)
     agent.read_logs(202.0)
-    assert "cancel 7" in queue.calls and "release 8" in queue.calls and "release 9" not in queue.calls
-    assert queue.calls.index("cancel 7") < queue.calls.index("release 8")
+    assert "cancel 7" in called(queue) and "release 8" in called(queue) and "release 9" not in called(queue)
+    assert called(queue).index("cancel 7") < called(queue).index("release 8")
     assert agent.jobs[7].phase is Phase.HANDED_OVER
     assert agent.jobs[8].chain == agent.jobs[7].chain == "train@7" and agent.jobs[8].requeues_used == 1
     assert agent.jobs[9].chain == "train@9"
 
 
-def test_a_job_end_record_makes_the_agent_poll_until_slurm_shows_the_end(tmp_path: Path, queue: ScriptedQueue) -> None:
+def test_a_job_end_record_makes_the_agent_poll_until_slurm_shows_the_end(tmp_path: Path, queue: MemorySlurm) -> None:
     settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), spool_dir=tmp_path / "spool",
                         end_settle_seconds=5)  # fmt: skip
     agent = Agent(settings, Store(settings.state_db), queue, load_rules(settings), pool=InlinePool())
@@ -243,10 +181,10 @@ def test_a_job_end_record_makes_the_agent_poll_until_slurm_shows_the_end(tmp_pat
     queue.jobs[7] = running(tmp_path, state="FAILED", end_time=101.0)
     agent.poll(101.3)
     assert agent.ends.awaiting == {}
-    assert queue.calls[0] == "requeue_hold 7"
+    assert called(queue)[0] == "requeue_hold 7"
 
 
-def test_a_backlog_goes_through_grep_and_the_block_scan(agent: Agent, queue: ScriptedQueue, tmp_path: Path,
+def test_a_backlog_goes_through_grep_and_the_block_scan(agent: Agent, queue: MemorySlurm, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     # Over 1 MiB in one read: grep prefilters it, the TFLOP rule scans it whole.
     started: list[int] = []
@@ -271,10 +209,10 @@ def test_a_backlog_goes_through_grep_and_the_block_scan(agent: Agent, queue: Scr
     assert started and started[0] > rules_module.GREP_MIN_BATCH_CHARS
     readings = [value for _, _, value in agent.store.throughput(7)]
     assert readings == [400.0 + i % 7 for i in range(0, 10_000, 3)]
-    assert queue.calls[0] == "requeue_hold 7"
+    assert called(queue)[0] == "requeue_hold 7"
 
 
-def test_lines_that_could_not_be_handled_are_read_again(agent: Agent, queue: ScriptedQueue, tmp_path: Path,
+def test_lines_that_could_not_be_handled_are_read_again(agent: Agent, queue: MemorySlurm, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     log = following(agent, queue, tmp_path)
     real = agent.rules.match_within
@@ -290,12 +228,12 @@ def test_lines_that_could_not_be_handled_are_read_again(agent: Agent, queue: Scr
     with log.open("a") as handle:
         handle.write("Rank0: (1) segmentation fault: artificial segfault\n")
     agent.read_logs(201.0)
-    assert queue.calls == []  # the pass failed
+    assert called(queue) == []  # the pass failed
     agent.read_logs(202.0)
-    assert queue.calls[0] == "requeue_hold 7"  # the same lines, read again
+    assert called(queue)[0] == "requeue_hold 7"  # the same lines, read again
 
 
-def test_lines_that_keep_failing_are_skipped_with_a_note(agent: Agent, queue: ScriptedQueue, tmp_path: Path,
+def test_lines_that_keep_failing_are_skipped_with_a_note(agent: Agent, queue: MemorySlurm, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     log = following(agent, queue, tmp_path)
     real = agent.rules.match_within
@@ -310,18 +248,18 @@ def test_lines_that_keep_failing_are_skipped_with_a_note(agent: Agent, queue: Sc
         handle.write("poison\nRank0: (1) segmentation fault: artificial segfault\n")
     for second in range(log_feed.READ_TRIES):
         agent.read_logs(201.0 + second)
-    assert queue.calls == []
+    assert called(queue) == []
     notes = [e.text for e in agent.store.events(7) if "skipped" in e.text]
     assert notes == [f"2 log lines of {log} skipped: handling them failed 3 times (the agent's log has the error)"]
     agent.read_logs(210.0)  # nothing is read again
     with log.open("a") as handle:
         handle.write("Rank0: (1) segmentation fault: artificial segfault\n")
     agent.read_logs(211.0)
-    assert queue.calls[0] == "requeue_hold 7"  # later lines are handled
+    assert called(queue)[0] == "requeue_hold 7"  # later lines are handled
 
 
 def test_one_jobs_slow_lines_wait_for_later_passes_while_another_job_is_recovered(
-    agent: Agent, queue: ScriptedQueue, tmp_path: Path
+    agent: Agent, queue: MemorySlurm, tmp_path: Path
 ) -> None:
     slow_dir, victim_dir = tmp_path / "slow", tmp_path / "victim"
     slow_dir.mkdir()
@@ -338,7 +276,7 @@ def test_one_jobs_slow_lines_wait_for_later_passes_while_another_job_is_recovere
     slow_log.write_text(f"{slow}\n" * 40 + "Saved checkpoint to /ckpt/1\n")
     victim_log.write_text("Rank0: (1) segmentation fault: artificial segfault\n")
     agent.read_logs(201.0)
-    assert "requeue_hold 8" in queue.calls, "the other job's failure is handled in the same pass"
+    assert "requeue_hold 8" in called(queue), "the other job's failure is handled in the same pass"
     assert agent.feed.tailer.position(str(slow_log)).offset < slow_log.stat().st_size
     assert agent.feed.deferred == {str(slow_log)}
     # The deferred position is what a restart would resume from.
@@ -358,7 +296,7 @@ class Crash(BaseException):
 
 @pytest.mark.parametrize("instant", [Phase.HELD, Phase.RESTARTING], ids=["after-requeuehold", "after-release"])
 def test_a_crash_after_slurm_acted_and_before_the_phase_was_saved_is_finished_at_start(
-    agent: Agent, queue: ScriptedQueue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, instant: Phase
+    agent: Agent, queue: MemorySlurm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, instant: Phase
 ) -> None:
     log = following(agent, queue, tmp_path)
     real_save = agent.store.save_job
@@ -381,14 +319,14 @@ def test_a_crash_after_slurm_acted_and_before_the_phase_was_saved_is_finished_at
     for second in range(3):
         again.poll(300.0 + second)
         again.read_logs(300.5 + second)
-    assert queue.calls.count("requeue_hold 7") == 1, "one failure, one requeue"
-    assert queue.calls.count("release 7") == 1, "the held job is released once, never left held"
+    assert called(queue).count("requeue_hold 7") == 1, "one failure, one requeue"
+    assert called(queue).count("release 7") == 1, "the held job is released once, never left held"
     assert again.jobs[7].phase is Phase.RESTARTING
     assert [e.status for e in again.store.actions(7) if e.action.kind.value != "annotate"] == ["done", "done"]
 
 
 def test_a_job_naming_ever_more_files_after_itself_is_followed_up_to_its_cap(
-    tmp_path: Path, queue: ScriptedQueue
+    tmp_path: Path, queue: MemorySlurm
 ) -> None:
     settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), max_log_files_per_job=3)
     agent = Agent(settings, Store(settings.state_db), queue, load_rules(settings), pool=InlinePool())

@@ -76,3 +76,15 @@ def test_the_check_sees_an_import_against_the_flow(tmp_path: Path) -> None:
     module = tmp_path / "policy.py"
     module.write_text("from ajr_agent.adapters.slurm import CommandGateway\nfrom ajr_agent import surfaces\n")
     assert _imported_layers(module) == {"adapters", "surfaces"}
+
+
+TESTS = PACKAGE.parent / "tests"
+
+
+@pytest.mark.parametrize("path", sorted(TESTS.rglob("test_*.py")), ids=lambda p: str(p.relative_to(TESTS)))
+def test_test_modules_share_through_conftest_and_support_only(path: Path) -> None:
+    """A test module imported by another runs its tests twice and hides where a helper lives."""
+    imported = {node.module for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.ImportFrom) and node.module}  # fmt: skip
+    others = sorted(m for m in imported if m.startswith("tests.") and m.rsplit(".", 1)[-1].startswith("test_"))
+    assert not others, f"{path.relative_to(TESTS)} imports test modules {others}: move what they share to support.py"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 import inspect
 import logging
 import os
@@ -408,7 +409,7 @@ def test_calls_read_as_tuples_and_as_text() -> None:
 
 
 def test_the_agent_recovers_a_job_over_the_memory_slurm(tmp_path: Path, clock: Clock) -> None:
-    """What tests/unit/test_agent.py's ScriptedQueue scripts, played by the in-memory Slurm."""
+    """The agent's whole recovery of a segfault, over the in-memory Slurm."""
     settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), clear_begin_time=True)
     store = Store(settings.state_db)
     store.set_meta(watching_since=1.0)

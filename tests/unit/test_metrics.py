@@ -3,6 +3,10 @@ format (checked with prometheus_client's own parser), and the Grafana dashboard 
 
 from __future__ import annotations
 
+from ajr_agent.adapters.slurm.calls import Operation
+from ajr_agent.adapters.slurm.memory import MemorySlurm
+from tests.unit.support import LOG_NAME, fill, running
+
 import json
 import os
 import re
@@ -13,8 +17,6 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 import pytest
-from tests.unit.test_agent import LOG_NAME, ScriptedQueue, running
-from tests.unit.test_api import fill
 
 from ajr_agent.adapters.slurm import SlurmError
 from ajr_agent.adapters.store import Store
@@ -47,11 +49,11 @@ def agent(tmp_path: Path) -> Agent:
     settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), clear_begin_time=True)
     store = Store(settings.state_db)
     store.set_meta(watching_since=1.0)
-    return Agent(settings, store, ScriptedQueue(), load_rules(settings), observer=m.Metrics(), pool=InlinePool())
+    return Agent(settings, store, MemorySlurm(), load_rules(settings), observer=m.Metrics(), pool=InlinePool())
 
 
 def test_a_real_agent_loop_feeds_the_counters(agent: Agent, tmp_path: Path) -> None:
-    queue: ScriptedQueue = agent.gateway  # type: ignore[assignment]
+    queue: MemorySlurm = agent.gateway  # type: ignore[assignment]
     queue.jobs[7] = running(tmp_path)
     log = tmp_path / LOG_NAME
     log.write_text("step 1\n")
@@ -62,7 +64,7 @@ def test_a_real_agent_loop_feeds_the_counters(agent: Agent, tmp_path: Path) -> N
         handle.write(f"{stamp} Rank0: (1) segmentation fault: artificial segfault\n")
     agent.read_logs(now)
     agent.poll(now + 1)  # Slurm shows the job pending: released
-    queue.fail_polls = 1
+    queue.fail(Operation.LIST_JOBS)
     agent.poll(now + 2)
 
     text = m.exposition(agent.store, agent.observer, time.time())
@@ -216,7 +218,7 @@ def test_dashboard_takes_its_datasource_from_a_variable() -> None:
 
 def test_dashboard_queries_match_samples_a_real_exposition_has(agent: Agent, tmp_path: Path) -> None:
     """Every metric the dashboard uses appears in a real /metrics page once the agent has done some work."""
-    queue: ScriptedQueue = agent.gateway  # type: ignore[assignment]
+    queue: MemorySlurm = agent.gateway  # type: ignore[assignment]
     queue.jobs[7] = replace(running(tmp_path), comment='{"APS": {"max_requeue_times": 1}}')
     log = tmp_path / LOG_NAME
     log.write_text("step 1\n")
@@ -225,7 +227,7 @@ def test_dashboard_queries_match_samples_a_real_exposition_has(agent: Agent, tmp
         handle.write("Rank0: (1) segmentation fault: artificial segfault\n")
     agent.read_logs(time.time())
     agent.poll(time.time())
-    queue.fail_polls = 1
+    queue.fail(Operation.LIST_JOBS)
     agent.poll(time.time())
     text = m.exposition(agent.store, agent.observer, time.time())
     present = {name for name, _ in samples(text)}

@@ -3,6 +3,9 @@ command sink writes to a file, and a dead sink never holds up the agent."""
 
 from __future__ import annotations
 
+from ajr_agent.adapters.slurm.memory import MemorySlurm
+from tests.unit.support import LOG_NAME, running
+
 import json
 import logging
 import re
@@ -16,7 +19,6 @@ from typing import Iterator
 
 import pytest
 from tests.conftest import wait_for
-from tests.unit.test_agent import LOG_NAME, ScriptedQueue, running
 
 from ajr_agent.adapters.store import Store
 from ajr_agent.domain import policy
@@ -231,7 +233,7 @@ def test_the_agent_notifies_a_recovery_through_a_real_sink(tmp_path: Path, recei
     settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), notify_webhook_url=receiver.url)
     store = Store(settings.state_db)
     store.set_meta(watching_since=1.0)
-    queue = ScriptedQueue()
+    queue = MemorySlurm()
     notifier = Notifier.from_settings(settings)
     notifier.start()
     agent = Agent(settings, store, queue, load_rules(settings), observer=notifier, pool=InlinePool())

@@ -3,6 +3,11 @@ answers (a hung NFS mount) holds up no other job's recovery."""
 
 from __future__ import annotations
 
+from ajr_agent.adapters.slurm.calls import Operation
+
+from ajr_agent.adapters.slurm.memory import MemorySlurm
+from tests.unit.support import called, running
+
 import threading
 import time
 from pathlib import Path
@@ -14,7 +19,6 @@ from ajr_agent.adapters.store import Store
 from ajr_agent.domain.model import Phase
 from ajr_agent.domain.settings import Settings
 from ajr_agent.runtime.agent import Agent, load_rules
-from tests.unit.test_agent import ScriptedQueue, running
 
 SEGFAULT = "Rank0: (1) segmentation fault: artificial segfault\n"
 
@@ -50,20 +54,7 @@ def hung_mount(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     answer.set()
 
 
-class SlowController(ScriptedQueue):
-    """slurmctld takes its time over job 7's requeuehold (until `answer` is set)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.answer = threading.Event()
-
-    def requeue_hold(self, job_id: int) -> None:
-        if job_id == 7:
-            self.answer.wait(60)
-        super().requeue_hold(job_id)
-
-
-def start(tmp_path: Path, queue: ScriptedQueue, **changes: object) -> tuple[Agent, threading.Thread]:
+def start(tmp_path: Path, queue: MemorySlurm, **changes: object) -> tuple[Agent, threading.Thread]:
     nodes = tmp_path / "nodes"
     for node in ("node-1", "node-2"):
         (nodes / node).mkdir(parents=True)
@@ -93,18 +84,18 @@ def fail(tmp_path: Path, job_id: int) -> None:
 
 
 def test_a_verdict_stuck_on_a_node_log_holds_up_no_other_job(tmp_path: Path, hung_mount: threading.Event) -> None:
-    queue = ScriptedQueue()
+    queue = MemorySlurm()
     agent, thread = start(tmp_path, queue)
     try:
         fail(tmp_path, 7)
-        assert wait_for(lambda: "requeue_hold 7" in queue.calls, 10)
+        assert wait_for(lambda: "requeue_hold 7" in called(queue), 10)
         fail(tmp_path, 8)
         # Generous for a noisy machine; bench/stuck_verdict.py measures the figure.
-        assert wait_for(lambda: "release 8" in queue.calls, 5), queue.calls
+        assert wait_for(lambda: "release 8" in called(queue), 5), called(queue)
         # Job 7 waits for its verdict: a faulty node must be kept out of its next attempt.
-        assert "release 7" not in queue.calls and agent.jobs[7].phase is Phase.HELD
+        assert "release 7" not in called(queue) and agent.jobs[7].phase is Phase.HELD
         hung_mount.set()
-        assert wait_for(lambda: "release 7" in queue.calls, 5), queue.calls
+        assert wait_for(lambda: "release 7" in called(queue), 5), called(queue)
     finally:
         agent.stop()
         hung_mount.set()
@@ -114,11 +105,11 @@ def test_a_verdict_stuck_on_a_node_log_holds_up_no_other_job(tmp_path: Path, hun
 
 def test_a_verdict_that_never_comes_releases_the_job_at_its_deadline(tmp_path: Path,
                                                                       hung_mount: threading.Event) -> None:  # fmt: skip
-    queue = ScriptedQueue()
+    queue = MemorySlurm()
     agent, thread = start(tmp_path, queue, attribution_timeout=0.5, slurm_command_timeout=0.5)
     try:
         fail(tmp_path, 7)
-        assert wait_for(lambda: "release 7" in queue.calls, 15), queue.calls
+        assert wait_for(lambda: "release 7" in called(queue), 15), called(queue)
     finally:
         agent.stop()
         hung_mount.set()
@@ -128,17 +119,18 @@ def test_a_verdict_that_never_comes_releases_the_job_at_its_deadline(tmp_path: P
 
 
 def test_a_slow_scontrol_for_one_job_holds_up_no_other_job(tmp_path: Path) -> None:
-    queue = SlowController()
+    queue, answer = MemorySlurm(), threading.Event()
+    queue.stall(Operation.REQUEUE_HOLD, answer, target=7)  # slurmctld takes its time over job 7
     agent, thread = start(tmp_path, queue, node_log_dir="")
     try:
         fail(tmp_path, 7)
         assert wait_for(lambda: agent.jobs[7].phase is Phase.HOLDING, 10)
         fail(tmp_path, 8)
-        assert wait_for(lambda: "release 8" in queue.calls, 5), queue.calls
-        assert "requeue_hold 7" not in queue.calls
-        queue.answer.set()
-        assert wait_for(lambda: "release 7" in queue.calls, 5), queue.calls
+        assert wait_for(lambda: "release 8" in called(queue), 5), called(queue)
+        assert queue.jobs[7].state == "RUNNING", "job 7's requeuehold is still waiting for slurmctld"
+        answer.set()
+        assert wait_for(lambda: "release 7" in called(queue), 5), called(queue)
     finally:
         agent.stop()
-        queue.answer.set()
+        answer.set()
         thread.join(10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ from ajr_agent.adapters.slurm.squeue import (
 )
 from ajr_agent.domain.jobs import expand_stdout
 from ajr_agent.domain.hostlist import HostlistError, HostlistTooLarge, compress_hostlist, expand_hostlist
+from tests.conftest import LINE_BREAKS
 
 DEFAULTS = {
     "JobID": "12", "State": "RUNNING", "UserId": "1000", "UserName": "alice", "RestartCnt": "2",
@@ -38,7 +40,6 @@ TOKEN = new_token()
 
 # Everything Python's str.splitlines() breaks on, and the carriage return squeue users
 # see as a line break in a terminal.
-LINE_BREAKS = ["\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
 
 
 def record(token: str = TOKEN, **values: str) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from ajr_agent.adapters.slurm.memory import MemorySlurm
+from tests.unit.support import running
+
 import logging
 from pathlib import Path
 
@@ -10,7 +13,6 @@ import pytest
 from ajr_agent.runtime.agent import Agent
 from ajr_agent.domain import spec as spec_module
 from ajr_agent.domain.spec import ResumeMode, parse_comment
-from tests.unit.test_agent import ScriptedQueue, agent, queue, running  # noqa: F401 - the fixtures
 
 
 @pytest.mark.parametrize("comment", [None, "", "nightly run", '{"team": "llm"}', '{"aps": {}}'])
@@ -103,7 +105,7 @@ def test_a_long_value_is_shortened_in_the_problem() -> None:
 
 
 def test_the_agent_refuses_a_21_digit_limit_once_instead_of_failing_every_poll(
-    agent: Agent, queue: ScriptedQueue, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    agent: Agent, queue: MemorySlurm, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     queue.jobs[7] = running(tmp_path, comment='{"APS": {"max_requeue_times": 123456789012345678901}}')
     agent.poll(200.0)

@@ -3,6 +3,9 @@ real files, a real full file system (a tiny tmpfs; these tests need root to moun
 
 from __future__ import annotations
 
+from ajr_agent.adapters.slurm.memory import MemorySlurm
+from tests.unit.support import called, running
+
 import errno
 import logging
 import os
@@ -16,6 +19,8 @@ from typing import Iterator
 import pytest
 
 from ajr_agent.runtime.agent import Agent, load_rules
+
+from ajr_agent.runtime.inline_pool import InlinePool
 from ajr_agent.domain.settings import Settings
 from ajr_agent.adapters.logs import FilePosition
 from ajr_agent.domain.model import Action, ActionKind, ManagedJob, Note
@@ -30,7 +35,6 @@ from ajr_agent.adapters.store import (
     StoreFullError,
     StoreLockedError,
 )
-from tests.unit.test_agent import ScriptedQueue, running
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
 RESERVE = 256 * 1024
@@ -288,13 +292,13 @@ def test_after_moving_a_corrupt_database_aside_the_agent_recovers_jobs(tmp_path:
     path = tmp_path / "ajr.db"
     path.write_bytes(b"garbage " * 1000)
     settings = Settings(state_db=path, rules_dirs=(), spool_dir=tmp_path / "spool", clear_begin_time=True)
-    queue = ScriptedQueue()
-    agent = Agent(settings, Store.open_for_agent(path, reserve_bytes=0), queue, load_rules(settings))
+    queue = MemorySlurm()
+    agent = Agent(settings, Store.open_for_agent(path, reserve_bytes=0), queue, load_rules(settings), pool=InlinePool())
     queue.jobs[7] = running(tmp_path)
     agent.poll(200.0)
     queue.jobs[7] = running(tmp_path, state="FAILED", end_time=201.0)
     agent.poll(202.0)
-    assert queue.calls[0] == "requeue_hold 7"
+    assert called(queue)[0] == "requeue_hold 7"
     agent.store.close()
 
 
@@ -322,11 +326,11 @@ LOG = "train_7_date_26-01-01_time_00-00-00.log"
 SEGFAULT = "Rank0: (1) segmentation fault: artificial segfault\n"
 
 
-def agent_over(db: Path, logs: Path, queue: ScriptedQueue, reserve: int = 0) -> Agent:
+def agent_over(db: Path, logs: Path, queue: MemorySlurm, reserve: int = 0) -> Agent:
     settings = Settings(state_db=db, rules_dirs=(), spool_dir=logs / "spool", clear_begin_time=False)
     store = Store.open_for_agent(db, reserve_bytes=reserve)
     store.set_meta(watching_since=1.0)
-    agent = Agent(settings, store, queue, load_rules(settings))
+    agent = Agent(settings, store, queue, load_rules(settings), pool=InlinePool())
     queue.jobs[7] = running(logs)
     (logs / LOG).write_text("step 1\n")
     agent.poll(T0)
@@ -344,7 +348,7 @@ def fail_in_log(agent: Agent, logs: Path, at: float) -> None:
 def test_a_full_disk_holds_recovery_back_until_there_is_room_and_loses_no_failure(
     tiny_fs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    queue = ScriptedQueue()
+    queue = MemorySlurm()
     agent = agent_over(tiny_fs / "ajr.db", tmp_path, queue)
     filler = fill(tiny_fs)
     with caplog.at_level(logging.ERROR, logger="ajr.agent"):
@@ -352,30 +356,30 @@ def test_a_full_disk_holds_recovery_back_until_there_is_room_and_loses_no_failur
         for second in range(2, 12):  # many more passes than a poisonous line gets
             agent.poll(T0 + second)
             agent.read_logs(T0 + second + 0.5)
-    assert queue.calls == [], "no action runs that could not be journaled first"
+    assert called(queue) == [], "no action runs that could not be journaled first"
     said = [r.getMessage() for r in caplog.records if "state database" in r.getMessage()]
     assert len(said) == 1 and "full" in said[0] and "No job is requeued or released" in said[0]
     filler.unlink()
     for second in range(20, 23):
         agent.poll(T0 + second)
         agent.read_logs(T0 + second + 0.5)
-    assert queue.calls.count("requeue_hold 7") == 1, "the failure was kept, and handled once"
-    assert agent.store_trouble is None
+    assert called(queue).count("requeue_hold 7") == 1, "the failure was kept, and handled once"
+    assert agent.guard.store_trouble is None
     agent.store.close()
 
 
 def test_with_a_reserve_a_full_disk_does_not_even_delay_recovery(tiny_fs: Path, tmp_path: Path) -> None:
-    queue = ScriptedQueue()
+    queue = MemorySlurm()
     agent = agent_over(tiny_fs / "ajr.db", tmp_path, queue, reserve=RESERVE)
     fill(tiny_fs)
     fail_in_log(agent, tmp_path, T0 + 1)
-    assert queue.calls[0] == "requeue_hold 7"
+    assert called(queue)[0] == "requeue_hold 7"
     agent.poll(T0 + 2)
-    assert queue.calls.count("release 7") == 1
+    assert called(queue).count("release 7") == 1
     agent.store.close()
 
 
-class FillsTheDiskWhenItRequeues(ScriptedQueue):
+class FillsTheDiskWhenItRequeues(MemorySlurm):
     """Slurm requeues the job, and in that instant the state database's disk fills."""
 
     disk: Path | None = None
@@ -391,38 +395,38 @@ def test_slurms_answer_whose_decision_could_not_be_saved_is_decided_again(tiny_f
     queue.disk = tiny_fs
     agent = agent_over(tiny_fs / "ajr.db", tmp_path, queue)
     fail_in_log(agent, tmp_path, T0 + 1)
-    assert queue.calls == ["requeue_hold 7"]
+    assert called(queue) == ["requeue_hold 7"]
     assert agent.unsaved_outcomes, "the requeuehold's outcome waits for room"
     agent.poll(T0 + 2)  # still full: nothing is lost, nothing runs
-    assert queue.calls == ["requeue_hold 7"]
+    assert called(queue) == ["requeue_hold 7"]
     (tiny_fs / "filler").unlink()
     agent.poll(T0 + 3)  # the outcome is decided: held
     agent.poll(T0 + 4)  # Slurm shows it pending: released
-    assert queue.calls.count("requeue_hold 7") == 1 and queue.calls.count("release 7") == 1
+    assert called(queue).count("requeue_hold 7") == 1 and called(queue).count("release 7") == 1
     assert [e.status for e in agent.store.actions(7) if e.action.kind is ActionKind.REQUEUE_HOLD] == ["done"]
     agent.store.close()
 
 
 def test_a_locked_database_holds_recovery_back_only_while_the_lock_is_held(tmp_path: Path) -> None:
-    queue = ScriptedQueue()
+    queue = MemorySlurm()
     agent = agent_over(tmp_path / "ajr.db", tmp_path, queue)
     holder = sqlite3.connect(tmp_path / "ajr.db", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     fail_in_log(agent, tmp_path, T0 + 1)
     agent.poll(T0 + 2)
-    assert queue.calls == []
+    assert called(queue) == []
     holder.execute("ROLLBACK")
     holder.close()
     agent.read_logs(T0 + 3)
     agent.poll(T0 + 4)
-    assert queue.calls.count("requeue_hold 7") == 1
+    assert called(queue).count("requeue_hold 7") == 1
     agent.store.close()
 
 
 def test_a_database_that_turns_corrupt_under_the_agent_stops_it_for_a_restart(tmp_path: Path) -> None:
-    from ajr_agent.runtime.agent import EXIT_RESTART
+    from ajr_agent.runtime.guard import EXIT_RESTART
 
-    queue = ScriptedQueue()
+    queue = MemorySlurm()
     agent = agent_over(tmp_path / "ajr.db", tmp_path, queue)
     # Everything in the file itself, then the file overwritten, as a failing disk or a stray
     # `dd` would; a page cache of one page makes the connection read the damage at once.
@@ -434,4 +438,4 @@ def test_a_database_that_turns_corrupt_under_the_agent_stops_it_for_a_restart(tm
         handle.write(b"\xa5" * (size - 100))
     for second in range(2, 5):
         agent.poll(T0 + second)
-    assert agent.exit_code == EXIT_RESTART and agent.stop_requested.is_set()
+    assert agent.guard.exit_code == EXIT_RESTART and agent.stop_requested.is_set()

@@ -4,6 +4,9 @@ and the agent goes on managing their jobs."""
 
 from __future__ import annotations
 
+from ajr_agent.adapters.slurm.memory import MemorySlurm
+from tests.unit.support import called, running
+
 import contextlib
 import logging
 import shutil
@@ -14,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from ajr_agent.runtime.agent import Agent, load_rules
+
+from ajr_agent.runtime.inline_pool import InlinePool
 from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.model import Attempt, ManagedJob, Phase, StopCause
 from ajr_agent.adapters.store import MIGRATIONS, SCHEMA_VERSION, ActionStatus, Store, StoreSchemaError
-from tests.unit.test_agent import ScriptedQueue, running
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "db"
 # Both say schema_version 1; their tables differ (f2f5759 added columns and tables).
@@ -175,16 +179,16 @@ def test_read_only_open_says_a_migration_is_due_and_changes_nothing(old: Old) ->
 def test_the_agent_goes_on_managing_a_migrated_job(old: Old, tmp_path: Path) -> None:
     settings = Settings(state_db=old.path, rules_dirs=(), spool_dir=tmp_path / "spool", clear_begin_time=True)
     store = Store(old.path)
-    queue = ScriptedQueue()
-    agent = Agent(settings, store, queue, load_rules(settings))
+    queue = MemorySlurm()
+    agent = Agent(settings, store, queue, load_rules(settings), pool=InlinePool())
     assert agent.jobs[101].requeues_used == 1
     # Attempt 1 of job 101, released by the old agent, has failed while the agent was being upgraded.
     spec = '{"APS": {"auto_resume_mode": "requeue", "max_requeue_times": 3}}'
     queue.jobs[101] = running(tmp_path, job_id=101, name="llama", user="alice", comment=spec, restart_count=1,
                               start_time=T0 + 115, state="FAILED", end_time=T0 + 200, nodes="node-2")  # fmt: skip
     agent.poll(T0 + 210)
-    assert "requeue_hold 101" in queue.calls
-    [comment] = [c for c in queue.calls if c.startswith("update 101 AdminComment=")]
+    assert "requeue_hold 101" in called(queue)
+    [comment] = [c for c in called(queue) if c.startswith("update 101 AdminComment=")]
     assert comment.startswith("update 101 AdminComment=ajr: requeued after") and comment.endswith("(2/3)")
     job = agent.store.job(101)
     assert job is not None and (job.phase, job.requeues_used, job.handled_attempt) == (Phase.HELD, 2, 1)

@@ -7,6 +7,8 @@ bounded and stops by itself.
 
 from __future__ import annotations
 
+from tests.unit.support import TOKEN
+
 import json
 import os
 import socket
@@ -26,7 +28,6 @@ from ajr_agent.surfaces.http_reply import Reply
 from ajr_agent.surfaces.http_server import CockpitServer
 from ajr_agent.surfaces.web import make_server
 from tests.conftest import wait_for
-from tests.unit.test_api import TOKEN, state_db  # noqa: F401 - the fixture, shared
 
 # The server of the process-level tests; it prints its port, serves until its stdin closes.
 SERVER = """
