@@ -1,1 +1,1 @@
-"""X."""
+"""The plain data and the pure policy: jobs, events, actions, settings, and every decision. Imports nothing else of AJR."""

@@ -1,1 +1,1 @@
-"""X."""
+"""Setting a host up and checking it: `ajr install` and `ajr doctor`."""
