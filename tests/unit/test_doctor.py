@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ajr_agent.adapters.slurm.memory import MemorySlurm
+
 import os
 import pwd
 import shutil
@@ -33,19 +35,11 @@ from ajr_agent.ops.doctor import (
     format_checks,
 )
 from ajr_agent.ops.shipped import HOOK_PATH, shipped_file
-from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.adapters.slurm import SlurmError
 from ajr_agent.adapters.store import SCHEMA_VERSION, Store
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 NOW = 1_000_000.0
-
-
-class Queue:
-    backend = "commands"
-
-    def list_jobs(self) -> list[JobSnapshot]:
-        return []
 
 
 def slurm_config(tmp_path: Path, **changes: str) -> dict[str, str]:
@@ -322,10 +316,10 @@ def probes(tmp_path: Path, live: Mapping[str, str] | None = None) -> Probes:
             raise SlurmError(["scontrol", "show", "config"], "Unable to contact slurm controller", transient=True)
         return live
 
-    def gateway(_: Settings) -> Queue:
+    def gateway(_: Settings) -> MemorySlurm:
         if live is None:
             raise SlurmError(["squeue"], "Unable to contact slurm controller", transient=True)
-        return Queue()
+        return MemorySlurm()
 
     return Probes(answer, gateway, None, lambda: NOW)  # type: ignore[arg-type]
 

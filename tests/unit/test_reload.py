@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ajr_agent.adapters.slurm.memory import MemorySlurm
+
 import os
 import signal
 import subprocess
@@ -18,22 +20,9 @@ from ajr_agent.runtime.reload import RESTART_SETTINGS, reload
 from ajr_agent.domain.settings import Settings
 from ajr_agent.adapters.config_file import load_settings
 from ajr_agent.detect.rules import RuleSet
-from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.adapters.store import Store
 
 SITE_RULE = '[[rule]]\nname = "site_oops"\nkind = "anomaly"\npattern = "site oops"\ncategory = "site"\n'
-
-
-class EmptyQueue:
-    """A Slurm without jobs; the reload never talks to Slurm."""
-
-    backend = "empty"
-
-    def list_jobs(self) -> list[JobSnapshot]:
-        return []
-
-    def version(self) -> str:
-        return "0.0"
 
 
 @pytest.fixture
@@ -52,7 +41,7 @@ def base_config(tmp_path: Path) -> str:
 @pytest.fixture
 def agent(tmp_path: Path, config: Path) -> Agent:
     settings = load_settings(config, environ={})
-    return Agent(settings, Store(settings.state_db), EmptyQueue(), load_rules(settings), pool=InlinePool())  # type: ignore[arg-type]
+    return Agent(settings, Store(settings.state_db), MemorySlurm(), load_rules(settings), pool=InlinePool())
 
 
 def holders_of(agent: Agent, attribute: str, kind: type) -> list[object]:
