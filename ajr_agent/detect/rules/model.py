@@ -1,5 +1,6 @@
 """What a rule is: the schema of a ``[[rule]]`` table, what a match of it carries, and which
-match of several explains a failure (`root_cause`)."""
+match of several explains a failure (`root_cause`). An anomaly rule's ``fault`` is the
+domain's `Fault`: where the verdict puts the blame."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pydantic import (
 )
 
 from ajr_agent.domain.errors import AjrError
+from ajr_agent.domain.model import Fault
 
 DEFAULT_PRIORITY = 50
 """Priority of an anomaly rule that does not set one: the middle of the 0-1000 scale."""
@@ -36,15 +38,6 @@ class RuleKind(StrEnum):
     CHECKPOINT = "checkpoint"
     ANOMALY = "anomaly"
     THROUGHPUT = "throughput"
-
-
-class Fault(StrEnum):
-    """Where an anomaly puts the blame; it decides whether to avoid the node."""
-
-    NODE = "node"
-    APPLICATION = "application"
-    INFRASTRUCTURE = "infrastructure"
-    UNKNOWN = "unknown"
 
 
 class RuleFileError(AjrError):
