@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable, Sequence
 
-from ajr_agent.detect.rules import Fault as RuleFault
 from ajr_agent.detect.rules import RuleKind, RuleMatch, RuleSet, root_cause
 from ajr_agent.detect.timestamps import parse_line_time
 from ajr_agent.domain.jobs import NodeLogLine
@@ -40,7 +39,7 @@ def verdict(job_evidence: Sequence[Evidence], node_evidence: Sequence[Evidence],
     the line, or on the only node of a one-node job. A job Slurm ended NODE_FAIL with no
     line to go on is a node fault of unknown node.
     """
-    blamed = [e for e in node_evidence if e.match.rule.fault is RuleFault.NODE]
+    blamed = [e for e in node_evidence if e.match.rule.fault is Fault.NODE]
     if blamed:
         cause = root_cause([e.match for e in blamed])
         nodes = tuple(sorted({e.node for e in blamed}))
@@ -52,9 +51,9 @@ def verdict(job_evidence: Sequence[Evidence], node_evidence: Sequence[Evidence],
             return Verdict(Fault.NODE, tuple(job_nodes) if len(job_nodes) == 1 else (), "Slurm: NODE_FAIL", ())
         return Verdict(Fault.UNKNOWN, (), "no anomaly line", ())
     chosen = [e for e in job_evidence if e.match is cause]
-    fault = Fault(cause.rule.fault.value)
+    fault = cause.rule.fault
     nodes: tuple[str, ...] = ()
-    if cause.rule.fault is RuleFault.NODE:
+    if cause.rule.fault is Fault.NODE:
         named = tuple(n for n in job_nodes if any(_names(e.line, n) for e in chosen))
         nodes = named or (tuple(job_nodes) if len(job_nodes) == 1 else ())
     return Verdict(fault, nodes, _describe(cause), _evidence_lines(chosen + [e for e in job_evidence if e not in chosen][:4]))

@@ -24,7 +24,7 @@ from ajr_agent.detect.rules import RuleKind, RuleSet
 from ajr_agent.detect.timestamps import line_time
 from ajr_agent.domain.events import AnomalyFound, CheckpointSaved, Event, StragglerFound
 from ajr_agent.domain.jobs import JobSnapshot
-from ajr_agent.domain.model import Fault, ManagedJob, Note, NoteKind
+from ajr_agent.domain.model import ManagedJob, Note, NoteKind
 from ajr_agent.domain.settings import Settings
 from ajr_agent.runtime.observers import Observer
 from ajr_agent.runtime.tracked import TrackedJob
@@ -193,7 +193,7 @@ class LogFeed:
             if rule.kind is RuleKind.ANOMALY:
                 tracked.keep_evidence(attempt, Evidence(match, line.text, line.path))
                 events.append(AnomalyFound(job.job_id, attempt, at, rule.name, rule.category or "anomaly",
-                                           Fault(rule.fault.value), line.path, line.text))  # fmt: skip
+                                           rule.fault, line.path, line.text))  # fmt: skip
             elif rule.kind is RuleKind.CHECKPOINT:
                 events.append(CheckpointSaved(job.job_id, attempt, at, rule.name, line.path, line.text))
             elif match.value is not None:
