@@ -61,8 +61,9 @@ class Notes:
             count.bulk += bulk
 
     def _count(self, job_id: int) -> _NoteCount:
-        total, bulk = self._connection.run(f"SELECT count(*), count(CASE WHEN kind IN ({_BULK_MARKS}) THEN 1 END) "
-                                           "FROM events WHERE job_id = ?", [*BULK_NOTE_KINDS, job_id]).fetchone()  # fmt: skip
+        counted = self._connection.run(f"SELECT count(*), count(CASE WHEN kind IN ({_BULK_MARKS}) THEN 1 END) "
+                                       "FROM events WHERE job_id = ?", [*BULK_NOTE_KINDS, job_id])  # fmt: skip
+        total, bulk = counted.fetchone()
         self._counts[job_id] = _NoteCount(total, bulk)
         return self._counts[job_id]
 
