@@ -62,7 +62,7 @@ def _index_columns(conn: sqlite3.Connection, table: str) -> list[tuple[str, ...]
 
 
 def built(version: int) -> sqlite3.Connection:
-    """An empty database with migrations 1..version applied, as written out in store.py."""
+    """An empty database with migrations 1..version applied, as written out in store/migrations.py."""
     conn = sqlite3.connect(":memory:")
     for step in range(1, version + 1):
         conn.executescript(";\n".join(MIGRATIONS[step]))
