@@ -56,7 +56,7 @@ timeout for each of them.
 # this leaves a margin of 50 for slower site patterns.
 _SCAN_SECONDS_PER_CHAR = 100e-9
 
-_Found = tuple[int, "RuleMatch"]
+_Found = tuple[int, RuleMatch]
 """One match in a batch: (index of the line, the match)."""
 
 # At most this many matches are inserted one by one into a batch's sorted
