@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ajr_agent.runtime import log_feed
-from ajr_agent.detect import rules as rules_module
+from ajr_agent.detect.rules import grep
 from ajr_agent.runtime.agent import Agent, load_rules
 from ajr_agent.runtime.inline_pool import InlinePool
 from ajr_agent.domain.settings import Settings
@@ -188,13 +188,13 @@ def test_a_backlog_goes_through_grep_and_the_block_scan(agent: Agent, queue: Mem
                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     # Over 1 MiB in one read: grep prefilters it, the TFLOP rule scans it whole.
     started: list[int] = []
-    real_start = rules_module._GrepPrefilter.start
+    real_start = grep.GrepPrefilter.start
 
-    def counting_start(command: list[str | bytes], text: str) -> rules_module._GrepPrefilter | None:
+    def counting_start(command: list[str | bytes], text: str) -> grep.GrepPrefilter | None:
         started.append(len(text))
         return real_start(command, text)
 
-    monkeypatch.setattr(rules_module._GrepPrefilter, "start", staticmethod(counting_start))
+    monkeypatch.setattr(grep.GrepPrefilter, "start", staticmethod(counting_start))
     log = following(agent, queue, tmp_path)
     shapes = [
         " iteration {i:8d}/ 1000000 | elapsed time per iteration (ms): 812.3 | throughput per GPU (TFLOP/s/GPU): "
@@ -206,7 +206,7 @@ def test_a_backlog_goes_through_grep_and_the_block_scan(agent: Agent, queue: Mem
     with log.open("a") as handle:
         handle.write("\n".join(lines) + "\nRank0: (1) segmentation fault: artificial segfault\n")
     agent.read_logs(201.0)
-    assert started and started[0] > rules_module.GREP_MIN_BATCH_CHARS
+    assert started and started[0] > grep.GREP_MIN_BATCH_CHARS
     readings = [value for _, _, value in agent.store.throughput(7)]
     assert readings == [400.0 + i % 7 for i in range(0, 10_000, 3)]
     assert called(queue)[0] == "requeue_hold 7"

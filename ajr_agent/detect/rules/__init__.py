@@ -50,10 +50,6 @@ The modules, in the order a rule goes through them:
 """
 
 from ajr_agent.detect.rules.engine import RuleSet
-from ajr_agent.detect.rules.grep import GREP_MIN_BATCH_CHARS
-# tests/unit/test_agent.py counts grep runs through this name; it goes once that test
-# patches `ajr_agent.detect.rules.grep.GrepPrefilter` itself.
-from ajr_agent.detect.rules.grep import GrepPrefilter as _GrepPrefilter
 from ajr_agent.detect.rules.loader import default_rules_dir, load_rule_files
 from ajr_agent.detect.rules.model import (
     DEFAULT_PRIORITY,
@@ -68,14 +64,12 @@ from ajr_agent.detect.rules.patterns import required_literals
 
 __all__ = [
     "DEFAULT_PRIORITY",
-    "GREP_MIN_BATCH_CHARS",
     "Fault",
     "Rule",
     "RuleFileError",
     "RuleKind",
     "RuleMatch",
     "RuleSet",
-    "_GrepPrefilter",
     "default_rules_dir",
     "load_rule_files",
     "required_literals",

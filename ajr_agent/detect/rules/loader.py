@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ajr_agent.domain.validation import describe_validation_error
+
 import logging
 import sys
 import tomllib
@@ -127,21 +129,4 @@ def _parse_rule(path: Path, index: int, table: Any) -> Rule | _RuleDisable:
             if disable_only
             else ""
         )
-        raise RuleFileError(f"{where}: {_describe(exc)}{hint}") from None
-
-
-def _describe(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"])
-        if error["type"] == "extra_forbidden":
-            problems.append(f"unknown key {field!r}")
-        elif error["type"] == "missing":
-            problems.append(f"missing key {field!r}")
-        elif error["type"] == "value_error":
-            # Our own validators' messages, without pydantic's "Value error, " prefix.
-            message = str(error["ctx"]["error"])
-            problems.append(f"{field}: {message}" if field else message)
-        else:
-            problems.append(f"{field}: {error['msg']}")
-    return "; ".join(problems)
+        raise RuleFileError(f"{where}: {describe_validation_error(exc)}{hint}") from None
