@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Protocol
 
-from ajr_agent.adapters.logs import ChangeWatcher, FilePosition, LogLine, LogTailer, TailNotice, TailResult, find_job_logs
+from ajr_agent.adapters.logs import ChangeWatcher, FilePosition, LogFinder, LogLine, LogTailer, TailNotice, TailResult
 from ajr_agent.adapters.store import FollowedFile, Reading, Store, StoreError
 from ajr_agent.detect import signals
 from ajr_agent.detect.attribution import Evidence
@@ -63,6 +63,9 @@ class LogFeed:
         self.observer = observer
         self.tailer = LogTailer(max_line_bytes=settings.max_line_bytes, quiet_after=settings.tail_quiet_after,
                                 quiet_interval=settings.tail_quiet_interval)  # fmt: skip
+        # Lists a directory again only when its mtime moves: jobs sharing a directory of
+        # thousands of files would otherwise list all of it every log_scan_interval.
+        self.finder = LogFinder()
         self.files: dict[str, FollowedFile] = {}
         # inotify reports paths under the directory's real path, which a job's symlinked
         # working directory (/home -> /data/home) hides.
@@ -93,7 +96,7 @@ class LogFeed:
         if self.has_log(tracked) and now - tracked.last_scan < self.settings.log_scan_interval:
             return
         tracked.last_scan = now
-        for path in find_job_logs(job.name, job.job_id, self.log_dirs(job), owner_uid=job.user_id):
+        for path in self.finder.find(job.name, job.job_id, self.log_dirs(job), owner_uid=job.user_id):
             if str(path) in self.files:
                 continue
             if len(tracked.files) >= self.settings.max_log_files_per_job:
