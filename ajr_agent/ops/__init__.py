@@ -1,4 +1,1 @@
-"""Putting AJR on a slurmctld host and checking it there.
-
-`ajr install` is install (with host, files, shipped and slurm_requirements); `ajr doctor` is doctor.
-"""
+"""Setting a host up and checking it: `ajr install` and `ajr doctor`."""
