@@ -18,9 +18,8 @@ from ajr_agent.domain.model import (
 )
 from ajr_agent.domain.settings import Settings
 
-
-# A singleton job that had already ended when it failed: its successor is released
-# once the verdict is in.
+# What a failed singleton job shows as its last action (for people; code reads `awaiting`)
+# while its successor's release waits for the verdict.
 AWAITING_VERDICT = "awaiting the verdict"
 
 

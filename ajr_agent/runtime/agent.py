@@ -41,7 +41,6 @@ log = logging.getLogger("ajr.agent")
 READ_GAP = 0.05
 
 
-
 def load_rules(settings: Settings) -> RuleSet:
     """The shipped rules, then every site rules directory in order (later files win by name)."""
     return RuleSet.load([default_rules_dir(), *settings.rules_dirs])
@@ -131,7 +130,7 @@ class Agent:
                         self.guarded(0, self.read_logs, time.time(), wanted)
                 self.guarded(0, self.take_results, time.time())
                 wait = max(0.0, min(next_full_read - time.monotonic(), next_poll - time.time()))
-                if self.feed.deferred or self.executor.busy() or self.verdicts.pending:
+                if self.feed.deferred or self.executor.busy() or self.verdicts.busy():
                     wait = min(wait, READ_GAP)  # lines left for the next pass, or answers due soon
                 if self.watcher is not None and self.watcher.wait(wait):
                     # Busy logs wake the loop at every write: reading at most every READ_GAP

@@ -77,9 +77,9 @@ class Verdicts:
         future = self.pool.submit(self._judge, request, settings, self.rules)
         self.pending[key] = _Pending(request, asked, deadline, future)
 
-    def waiting(self, job_id: int) -> bool:
-        """A verdict on one of the job's attempts is being worked out."""
-        return any(key[0] == job_id for key in self.pending)
+    def busy(self) -> bool:
+        """Some verdict is being worked out and not yet overdue."""
+        return bool(self.pending)
 
     def take(self, now: float) -> list[Attributed | VerdictOverdue]:
         """The verdicts that came in since the last call, then those that passed their deadline."""
