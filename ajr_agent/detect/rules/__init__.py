@@ -41,7 +41,8 @@ picks go through the path above.
 
 The modules, in the order a rule goes through them:
 
-- `model`: the rule schema (`Rule`, `RuleKind`, `Fault`), `RuleMatch` and `root_cause`;
+- `model`: the rule schema (`Rule`, `RuleKind`, `Fault`, `CheckpointStage`, `Better`),
+  `RuleMatch` and `root_cause`;
 - `loader`: finding and reading rule files (`default_rules_dir`, `load_rule_files`);
 - `patterns`: what a pattern's text tells (`required_literals`, `block_scannable`);
 - `prefilter`: line keys, gates and the candidate cache;
@@ -53,6 +54,8 @@ from ajr_agent.detect.rules.engine import RuleSet
 from ajr_agent.detect.rules.loader import default_rules_dir, load_rule_files
 from ajr_agent.detect.rules.model import (
     DEFAULT_PRIORITY,
+    Better,
+    CheckpointStage,
     Fault,
     Rule,
     RuleFileError,
@@ -64,6 +67,8 @@ from ajr_agent.detect.rules.patterns import required_literals
 
 __all__ = [
     "DEFAULT_PRIORITY",
+    "Better",
+    "CheckpointStage",
     "Fault",
     "Rule",
     "RuleFileError",

@@ -1,13 +1,15 @@
 """What a rule is: the schema of a ``[[rule]]`` table, what a match of it carries, and which
 match of several explains a failure (`root_cause`). An anomaly rule's ``fault`` is the
-domain's `Fault`: where the verdict puts the blame."""
+domain's `Fault`: where the verdict puts the blame. A checkpoint rule's ``stage`` tells a
+save begun from a save done; a throughput rule's ``better`` tells whether its number is a
+rate (higher is better) or a time per iteration (lower is better), and ``unit`` names it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import regex
 from pydantic import (
@@ -38,6 +40,33 @@ class RuleKind(StrEnum):
     CHECKPOINT = "checkpoint"
     ANOMALY = "anomaly"
     THROUGHPUT = "throughput"
+
+
+class CheckpointStage(StrEnum):
+    """Which moment of a save a checkpoint rule's line reports.
+
+    Only a completed save protects work: a save that started and was followed by a
+    failure before it completed saved nothing."""
+
+    STARTED = "started"
+    COMPLETED = "completed"
+
+
+class Better(StrEnum):
+    """Which way a throughput rule's number improves: a rate rises, a time per iteration falls."""
+
+    HIGHER = "higher"
+    LOWER = "lower"
+
+
+_MAX_UNIT_CHARS = 32
+
+# The keys that belong to one kind only, with the default each takes on a rule of that kind.
+_KIND_DEFAULTS: dict[str, dict[str, object]] = {
+    "checkpoint": {"stage": CheckpointStage.COMPLETED},
+    "throughput": {"better": Better.HIGHER},
+}
+_KIND_KEYS = {"stage": "checkpoint", "better": "throughput", "unit": "throughput"}
 
 
 class RuleFileError(AjrError):
@@ -71,8 +100,33 @@ class Rule(BaseModel):
     cascade: StrictBool = False
     ignore_case: StrictBool = True
     enabled: StrictBool = True
+    stage: CheckpointStage | None = None
+    better: Better | None = None
+    unit: StrictStr = Field(default="", max_length=_MAX_UNIT_CHARS)
     description: StrictStr = ""
     source: StrictStr = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        kind = data.get("kind")
+        for key, owner in _KIND_KEYS.items():
+            # Silently ignoring these would hide a rule whose kind is a typo.
+            if key in data and isinstance(kind, str) and kind != owner and kind in set(RuleKind):
+                raise ValueError(f"{key} is only for {owner} rules, not {kind}")
+        defaults = _KIND_DEFAULTS.get(kind, {}) if isinstance(kind, str) else {}
+        missing = {k: v for k, v in defaults.items() if data.get(k) is None}
+        return {**data, **missing} if missing else data
+
+    @field_validator("unit")
+    @classmethod
+    def _check_unit(cls, unit: str) -> str:
+        # Shown in the CLI, the cockpit and metrics labels: one line of text.
+        if not unit.isprintable():
+            raise ValueError("unit must be printable text on one line")
+        return unit
 
     @field_validator("category")
     @classmethod
