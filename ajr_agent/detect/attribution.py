@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 from ajr_agent.detect.rules import RuleKind, RuleMatch, RuleSet, root_cause
 from ajr_agent.detect.timestamps import parse_line_time
 from ajr_agent.domain.jobs import NodeLogLine
-from ajr_agent.domain.model import Fault, Verdict
+from ajr_agent.domain.model import Basis, Fault, Verdict
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,12 @@ def verdict(job_evidence: Sequence[Evidence], node_evidence: Sequence[Evidence],
         cause = root_cause([e.match for e in blamed])
         nodes = tuple(sorted({e.node for e in blamed}))
         lines = _evidence_lines(blamed)
-        return Verdict(Fault.NODE, nodes, _describe(cause), lines)
+        return Verdict(Fault.NODE, nodes, _describe(cause), lines, Basis.NODE_LOG)
     cause = root_cause([e.match for e in job_evidence])
     if cause is None:
         if ended_state == "NODE_FAIL":
-            return Verdict(Fault.NODE, tuple(job_nodes) if len(job_nodes) == 1 else (), "Slurm: NODE_FAIL", ())
+            return Verdict(Fault.NODE, tuple(job_nodes) if len(job_nodes) == 1 else (), "Slurm: NODE_FAIL", (),
+                           Basis.SLURM)  # fmt: skip
         return Verdict(Fault.UNKNOWN, (), "no anomaly line", ())
     chosen = [e for e in job_evidence if e.match is cause]
     fault = cause.rule.fault

@@ -42,6 +42,8 @@ class StopCause(StrEnum):
     SUCCESSOR_RELEASE_FAILED = "successor_release_failed"  # singleton: the next job could not be released
     CHAIN_ENDED = "chain_ended"  # singleton: no held job of the chain was left to release
     FORGOTTEN = "forgotten"  # an operator told AJR to leave it alone
+    NODE_LIMIT = "node_limit"  # the cap on requeues after failures put on a node is used up
+    INFRASTRUCTURE_LIMIT = "infrastructure_limit"  # the cap on requeues after infrastructure failures is used up
 
 
 class Awaiting(StrEnum):
@@ -59,6 +61,22 @@ class Fault(StrEnum):
     APPLICATION = "application"
     INFRASTRUCTURE = "infrastructure"
     UNKNOWN = "unknown"
+
+
+class Budget(StrEnum):
+    """Whose failure a requeue is counted against: each has its own counter and cap."""
+
+    APPLICATION = "application"  # the job's own (and unknown) failures
+    NODE = "node"
+    INFRASTRUCTURE = "infrastructure"
+
+
+class Basis(StrEnum):
+    """What a verdict rests on: whether AJR may act on it beyond the user's own job."""
+
+    JOB_LOG = "job_log"  # a line of the job's own log: its user wrote it, and could name any node
+    NODE_LOG = "node_log"  # the node's own kernel or system log under node_log_dir
+    SLURM = "slurm"  # Slurm's own word: the job ended NODE_FAIL, a node it lost
 
 
 class NoteKind(StrEnum):
@@ -135,6 +153,11 @@ class ManagedJob:
     verdict: str = ""  # where the handled failure's fault lies: node, application, infrastructure, unknown
     verdict_nodes: str = ""  # comma-separated nodes a node verdict blamed and AJR may keep out
     excluded_nodes: str = ""  # nodes AJR has excluded from the job's next attempts
+    keep_out: str = ""  # lemon nodes (domain.ledger) to keep out of the job's next attempts, comma-separated
+    app_requeues: int = 0  # requeues counted against the job's own failures (Budget.APPLICATION)
+    node_requeues: int = 0  # requeues after failures a verdict put on a node
+    infra_requeues: int = 0  # requeues after failures a verdict put on the shared infrastructure
+    charged: Budget | None = None  # the budget the handled failure is counted against
     straggler_reported: bool = False  # the current attempt's throughput drop has been reported
     successor: int | None = None  # singleton mode: the held job released after this one failed
     slurm_state: str = ""
@@ -199,6 +222,7 @@ class Verdict:
     nodes: tuple[str, ...]  # the nodes at fault, for a node verdict when they are known
     cause: str  # the root cause, e.g. "gpu_hardware (xid_79)"
     evidence: tuple[str, ...]  # the log lines it rests on, "source: line"
+    basis: Basis = Basis.JOB_LOG  # where those lines come from; only NODE_LOG and SLURM may drain
 
 
 # ---- actions ------------------------------------------------------------------------
@@ -214,6 +238,9 @@ class ActionKind(StrEnum):
     REQUEUE = "requeue"  # scontrol requeue: an operator's own request
     EXCLUDE = "exclude"  # scontrol update ExcNodeList=: keep a faulty node out of the next attempt
     DRAIN = "drain"  # scontrol update NodeName= State=DRAIN: take a faulty node out of service
+    REBOOT = "reboot"  # scontrol reboot ASAP nextstate=RESUME: a lemon node rebooted once it is idle
+    KEEP_OUT = "keep_out"  # scontrol update ExcNodeList=: keep a lemon node out of a pending job
+    UNEXCLUDE = "unexclude"  # take AJR's exclusion of a node trusted again out of a pending job's ExcNodeList
 
 
 @dataclass(frozen=True)
@@ -229,7 +256,7 @@ class Action:
     attempt: int
     reason: str
     target: int | None = None
-    nodes: str = ""  # for exclude and drain: comma-separated node names
+    nodes: str = ""  # for exclude, keep_out, unexclude, drain and reboot: comma-separated node names
     # Set by the journal: the row that tracks this action from decision to outcome.
     journal_id: int | None = None
 

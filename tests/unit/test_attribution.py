@@ -17,7 +17,7 @@ from ajr_agent.detect import signals
 from ajr_agent.detect.attribution import Evidence, excludable, node_evidence, node_line_time, verdict
 from ajr_agent.detect.rules import RuleSet, default_rules_dir
 from ajr_agent.domain import drains
-from ajr_agent.domain.model import ManagedJob, Phase, Verdict
+from ajr_agent.domain.model import Basis, ManagedJob, Phase, Verdict
 from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.spec import ResumeMode
 
@@ -62,11 +62,15 @@ def test_node_logs_blaming_a_node_win() -> None:
     found = verdict(evidence(TIMEOUT), evidence(xid, "node gpu-2: kern.log", "gpu-2"), ["gpu-1", "gpu-2"])
     assert found.fault == "node" and found.nodes == ("gpu-2",)
     assert found.evidence[0].startswith("node gpu-2: kern.log: ")
+    # The node's own log, not the user's: AJR may drain on it.
+    assert found.basis is Basis.NODE_LOG
+    assert verdict(evidence("gpu-1: " + ECC), [], ["gpu-1"]).basis is Basis.JOB_LOG
 
 
 def test_nothing_to_go_on() -> None:
     assert verdict([], [], ["gpu-1"]).fault == "unknown"
-    assert verdict([], [], ["gpu-1"], ended_state="NODE_FAIL") == Verdict("node", ("gpu-1",), "Slurm: NODE_FAIL", ())
+    assert verdict([], [], ["gpu-1"], ended_state="NODE_FAIL") == Verdict("node", ("gpu-1",), "Slurm: NODE_FAIL", (),
+                                                                          Basis.SLURM)  # fmt: skip
 
 
 def test_excludable_spares_the_last_nodes_of_a_partition() -> None:

@@ -23,7 +23,7 @@ from ajr_agent.adapters.store.siblings import backup_path
 
 log = logging.getLogger("ajr.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Version 1: the tables as AJR made them up to dbc6637.
 _V1 = (
@@ -99,7 +99,30 @@ _V4 = (
     "UPDATE jobs SET awaiting = 'verdict' WHERE phase = 'handing_over' AND last_action = 'awaiting the verdict'",
 )
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+# Version 5: the node ledger (issue 12): each node's blames with the verdict's basis, its standing
+# (lemon, trusted again), AJR's exclusions of it, operators' forgiveness; a job's requeues by cause.
+# The rows already there: every requeue so far counted against the job's own budget, every stored
+# verdict resting on the job's log (the conservative reading: it drains nothing).
+_V5 = (
+    "ALTER TABLE jobs ADD COLUMN keep_out TEXT DEFAULT ''",
+    "ALTER TABLE jobs ADD COLUMN app_requeues INTEGER DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN node_requeues INTEGER DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN infra_requeues INTEGER DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN charged TEXT",
+    "UPDATE jobs SET app_requeues = requeues_used",
+    "ALTER TABLE verdicts ADD COLUMN basis TEXT DEFAULT 'job_log'",
+    """CREATE TABLE node_blames (
+        node TEXT NOT NULL, job_id INTEGER NOT NULL, attempt INTEGER NOT NULL, user TEXT, at REAL, basis TEXT,
+        cause TEXT, PRIMARY KEY (node, job_id, attempt))""",
+    """CREATE TABLE node_states (
+        node TEXT PRIMARY KEY, lemon_since REAL, counted_since REAL, in_service INTEGER, in_service_since REAL,
+        trusted_at REAL, trusted_by TEXT, acted_at REAL)""",
+    """CREATE TABLE node_exclusions (
+        node TEXT NOT NULL, job_id INTEGER NOT NULL, at REAL, taken_back_at REAL, PRIMARY KEY (node, job_id))""",
+    "CREATE TABLE node_forgiven (id INTEGER PRIMARY KEY, node TEXT NOT NULL, by TEXT, at REAL, applied_at REAL)",
+)
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 
 _SET_VERSION = sql.upsert("meta", ("key", "value"), ("key",))
 

@@ -15,6 +15,8 @@ from ajr_agent.domain.model import (
     ActionKind,
     Attempt,
     Awaiting,
+    Basis,
+    Budget,
     ManagedJob,
     Outcome,
     Phase,
@@ -27,7 +29,7 @@ from ajr_agent.domain.spec import ResumeMode
 JOB_COLUMNS = tuple(f.name for f in fields(ManagedJob))
 ATTEMPT_COLUMNS = tuple(f.name for f in fields(Attempt))
 UNMANAGED_COLUMNS = tuple(f.name for f in fields(UnmanagedJob))
-VERDICT_COLUMNS = ("job_id", "attempt", "at", "fault", "nodes", "cause", "evidence")
+VERDICT_COLUMNS = ("job_id", "attempt", "at", "fault", "nodes", "cause", "evidence", "basis")
 FILE_COLUMNS = ("path", "job_id", "attempt", "inode", "device", "offset")
 
 
@@ -52,6 +54,7 @@ def job_from_row(row: dict[str, Any]) -> ManagedJob:
     row["straggler_reported"] = bool(row["straggler_reported"])
     row["stop_cause"] = StopCause(row["stop_cause"]) if row["stop_cause"] else None
     row["awaiting"] = Awaiting(row["awaiting"]) if row["awaiting"] else None
+    row["charged"] = Budget(row["charged"]) if row["charged"] else None
     return ManagedJob(**row)
 
 
@@ -74,13 +77,14 @@ def entry_from_row(row: dict[str, Any]) -> JournalEntry:
 def verdict_values(job_id: int, attempt: int, at: float, verdict: Verdict) -> tuple[object, ...]:
     """A verdict's row in VERDICT_COLUMNS: its cause and each line of evidence an excerpt."""
     evidence = json.dumps([excerpt(line) for line in verdict.evidence])
-    return job_id, attempt, at, verdict.fault, ",".join(verdict.nodes), excerpt(verdict.cause), evidence
+    return (job_id, attempt, at, verdict.fault, ",".join(verdict.nodes), excerpt(verdict.cause), evidence,
+            verdict.basis.value)  # fmt: skip
 
 
 def verdict_from_row(row: dict[str, Any]) -> Verdict:
     """The Verdict a row of `verdicts` holds."""
     nodes = tuple(n for n in row["nodes"].split(",") if n)
-    return Verdict(row["fault"], nodes, row["cause"], tuple(json.loads(row["evidence"])))
+    return Verdict(row["fault"], nodes, row["cause"], tuple(json.loads(row["evidence"])), Basis(row["basis"]))
 
 
 def file_values(followed: FollowedFile) -> tuple[object, ...]:
