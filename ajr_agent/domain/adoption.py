@@ -81,6 +81,9 @@ def inherit(successor: ManagedJob, predecessor: ManagedJob) -> ManagedJob:
         chain=predecessor.chain,
         excluded_nodes=",".join(filter(None, [predecessor.excluded_nodes, successor.excluded_nodes])),
         requeues_used=max(successor.requeues_used, predecessor.requeues_used),
+        app_requeues=max(successor.app_requeues, predecessor.app_requeues),
+        node_requeues=max(successor.node_requeues, predecessor.node_requeues),
+        infra_requeues=max(successor.infra_requeues, predecessor.infra_requeues),
         failure_streak=predecessor.failure_streak,
         limit=min(successor.limit, predecessor.limit),
     )

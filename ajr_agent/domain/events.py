@@ -65,6 +65,9 @@ class Attributed:
     cluster_error: str = ""  # why `cluster` is None
     drains_last_hour: int = 0  # AJR's drains in the hour before; the site's budget bounds them
     notes: tuple[str, ...] = ()  # what limited the verdict (a deadline, an unknown partition)
+    # Set by the node ledger before the policy decides: the blamed nodes that are lemons on
+    # evidence AJR trusts and that AJR has not yet drained or rebooted (lemon_action says which).
+    act_on: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,17 @@ class JobVanished:
 
     job_id: int
     at: float
+
+
+@dataclass(frozen=True)
+class LemonsChanged:
+    """The node ledger's word for one job: the lemon nodes to keep out of its next attempts, and
+    the nodes trusted again (or forgiven) whose exclusion AJR made for this job is to be taken back."""
+
+    job_id: int
+    at: float
+    keep_out: tuple[str, ...]
+    take_back: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -165,5 +179,5 @@ class ActionFailed:
 
 Event = (
     AttemptStarted | AttemptSucceeded | JobEnded | JobHeld | JobVanished | JobForgotten | Attributed | VerdictOverdue
-    | StragglerFound | AnomalyFound | CheckpointSaved | ActionDone | ActionFailed
+    | StragglerFound | AnomalyFound | CheckpointSaved | ActionDone | ActionFailed | LemonsChanged
 )

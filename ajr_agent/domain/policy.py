@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ajr_agent.domain import budgets, lemons
 from ajr_agent.domain.drains import drain_actions
 from ajr_agent.domain.events import (
     ActionDone,
@@ -22,6 +23,7 @@ from ajr_agent.domain.events import (
     JobForgotten,
     JobHeld,
     JobVanished,
+    LemonsChanged,
     StragglerFound,
     VerdictOverdue,
 )
@@ -75,7 +77,7 @@ def decide(job: ManagedJob, event: Event, settings: Settings, successor: int | N
         case AnomalyFound():
             job = replace(job, last_anomaly=f"{event.category} ({event.rule})")
             cause = f"{event.category} ({event.rule})"
-            return _failure(job, event.attempt, event.at, cause, settings, successor)
+            return _failure(job, event.attempt, event.at, cause, settings, successor, event.fault)
         case CheckpointSaved():
             return _checkpoint(job, event, settings)
         case ActionDone():
@@ -97,6 +99,8 @@ def decide(job: ManagedJob, event: Event, settings: Settings, successor: int | N
                                                                       "leave it alone"),))  # fmt: skip
         case JobVanished():
             return Decision(replace(job, phase=Phase.GONE), notes=(Note(NoteKind.GONE, "job left slurmctld's memory"),))
+        case LemonsChanged():
+            return lemons.changed(job, event)
     raise TypeError(f"unknown event {event!r}")  # pragma: no cover - Event is a closed union
 
 
@@ -134,7 +138,7 @@ def _job_ended(job: ManagedJob, event: JobEnded, settings: Settings, successor: 
     job = replace(job, attempt_ended=event.at, slurm_state=state)
     if state in FAILED_STATES:
         job = replace(job, attempt_outcome=Outcome.FAILED, attempt_end_reason=job.attempt_end_reason or state)
-        return _failure(job, event.attempt, event.at, f"job ended {state}", settings, successor)
+        return _failure(job, event.attempt, event.at, f"job ended {state}", settings, successor, budgets.of_end(state))
     if state == "CANCELLED":
         # scancel is the user's word, even while AJR is between a failure and the next attempt.
         job = _keep_failed(job, Outcome.CANCELLED, state)
@@ -163,16 +167,20 @@ def _keep_failed(job: ManagedJob, outcome: Outcome, state: str) -> ManagedJob:
     return replace(job, attempt_outcome=outcome, attempt_end_reason=state)
 
 
-def _failure(job: ManagedJob, attempt: int, at: float, cause: str, settings: Settings,
-             successor: int | None) -> Decision:  # fmt: skip
-    """A failure of `attempt`: recover, or say why not. One failure gives at most one recovery."""
+def _failure(job: ManagedJob, attempt: int, at: float, cause: str, settings: Settings, successor: int | None,
+             fault: Fault = Fault.UNKNOWN) -> Decision:  # fmt: skip
+    """A failure of `attempt`: recover, or say why not. One failure gives at most one recovery.
+
+    It is charged to the budget `fault` (the failing line's) points at, until the verdict says.
+    """
     if attempt != job.attempt:
         return Decision(job, notes=(Note(NoteKind.IGNORED, f"{cause} in attempt {attempt}, which is over; ignored"),))
     if job.handled_attempt == attempt:
         return Decision(job, notes=(Note(NoteKind.DUPLICATE, f"{cause}: same failure of attempt {attempt}, already handled"),))
     if job.phase in OVER:
         return Decision(job, notes=(Note(NoteKind.IGNORED, f"{cause} after the job had {job.slurm_state or 'ended'}"),))
-    streak = job.failure_streak + (0 if job.attempt_succeeded else 1)
+    budget = budgets.of_fault(fault)
+    streak = job.failure_streak + budgets.streak_step(job, budget)
     failed = replace(job, handled_attempt=attempt, failure_streak=streak, attempt_outcome=Outcome.FAILED,
                      attempt_end_reason=job.attempt_end_reason or cause)  # fmt: skip
     used, limit = job.requeues_used, job.limit
@@ -184,8 +192,10 @@ def _failure(job: ManagedJob, attempt: int, at: float, cause: str, settings: Set
             f"(threshold {settings.crashloop_threshold})",
             settings,
         )
-    if used >= limit:
-        return stop(failed, StopCause.LIMIT, f"{cause}; requeue limit reached ({used}/{limit})", settings)
+    spent = budgets.exhausted(job, budget, settings)
+    if spent is not None:
+        return stop(failed, spent[0], f"{cause}; {spent[1]}", settings)
+    failed = budgets.charge(failed, budget)
     if job.mode is ResumeMode.SINGLETON:
         return _hand_over(failed, cause, successor, settings)
     action = Action(ActionKind.REQUEUE_HOLD, job.job_id, attempt, cause)
@@ -270,6 +280,8 @@ def _action_done(job: ManagedJob, event: ActionDone, settings: Settings) -> Deci
         return after_exclusion(job, action, True, "", prefix)
     if action.kind is ActionKind.DRAIN:
         return Decision(job, notes=(Note(NoteKind.ACTION, f"{prefix}drained {action.nodes}: {action.reason}"),))
+    if action.kind in lemons.KINDS:
+        return lemons.done(job, action, prefix)
     return Decision(job, notes=(Note(NoteKind.ACTION, f"{prefix}{action.kind.value} done"),))
 
 
@@ -287,9 +299,11 @@ def _attributed(job: ManagedJob, event: Attributed, settings: Settings) -> Decis
     where = {Fault.NODE: f"node {nodes}" if nodes else "a node (which one is not known)",
              Fault.APPLICATION: "the application", Fault.INFRASTRUCTURE: "shared infrastructure"}.get(verdict.fault,
                                                                                                    "unknown")  # fmt: skip
-    attributed = replace(job, verdict=verdict.fault, verdict_nodes=",".join(event.exclude))
+    attributed, moved = budgets.recharge(replace(job, verdict=verdict.fault, verdict_nodes=",".join(event.exclude)),
+                                         verdict.fault, settings)  # fmt: skip
     notes = [Note(NoteKind.VERDICT, text) for text in event.notes]
     notes.append(Note(NoteKind.VERDICT, f"fault lies with {where}: {verdict.cause}"))
+    notes += moved
     drains, drain_notes = drain_actions(job, event, settings)
     going_on = _after_verdict(attributed, settings) if job.awaiting is Awaiting.VERDICT else Decision(attributed)
     return Decision(going_on.job, (*drains, *going_on.actions), (*notes, *drain_notes, *going_on.notes))
@@ -334,8 +348,11 @@ def _action_failed(job: ManagedJob, event: ActionFailed) -> Decision:
         return Decision(job, notes=(Note(NoteKind.ACTION, f"AdminComment not written: {event.reason}"),))
     if action.kind is ActionKind.EXCLUDE and job.phase in (Phase.RELEASING, Phase.HANDING_OVER):
         return after_exclusion(job, action, False, event.reason, "")
+    if action.kind in lemons.KINDS:
+        return lemons.failed(job, action, event.reason)
     if action.kind is ActionKind.REQUEUE_HOLD and job.phase is Phase.HOLDING:
-        stopped = replace(job, requeues_used=max(job.requeues_used - 1, 0), last_action="requeue refused",
+        refunded = budgets.refund(job)
+        stopped = replace(refunded, requeues_used=max(job.requeues_used - 1, 0), last_action="requeue refused",
                           phase=Phase.STOPPED, stop_cause=StopCause.SLURM_REFUSED,
                           stop_reason=f"Slurm refused to requeue: {event.reason}")  # fmt: skip
         return Decision(stopped, notes=(Note(NoteKind.NOT_REQUEUED, f"not requeued: {stopped.stop_reason}"),))

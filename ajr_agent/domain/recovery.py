@@ -55,8 +55,8 @@ def hand_to_successor(job: ManagedJob) -> Decision:
     """Release the chain's next job, first keeping the nodes a node verdict blamed out of it."""
     exclude = to_exclude(job)
     if exclude and job.successor is not None:
-        action = Action(ActionKind.EXCLUDE, job.job_id, job.attempt, f"node verdict: {job.verdict_nodes}",
-                        target=job.successor, nodes=exclude)  # fmt: skip
+        action = Action(ActionKind.EXCLUDE, job.job_id, job.attempt, _why(job, exclude), target=job.successor,
+                        nodes=exclude)  # fmt: skip
         return Decision(replace(job, last_action=f"exclude {exclude} from job {job.successor}"), actions=(action,))
     release = release_successor(job, job.attempt_end_reason or "the failure")
     return Decision(replace(job, last_action=f"release job {job.successor}"), actions=(release,))
@@ -96,19 +96,26 @@ def release_held(job: ManagedJob, notes: tuple[Note, ...]) -> Decision:
     releasing = replace(job, phase=Phase.RELEASING)
     exclude = to_exclude(job)
     if exclude:
-        action = Action(ActionKind.EXCLUDE, job.job_id, attempt, f"node verdict: {job.verdict_nodes}", nodes=exclude)
+        action = Action(ActionKind.EXCLUDE, job.job_id, attempt, _why(job, exclude), nodes=exclude)
         return Decision(replace(releasing, last_action=f"exclude {exclude}"), actions=(action,), notes=notes)
     release = Action(ActionKind.RELEASE, job.job_id, attempt, "release after requeue")
     return Decision(replace(releasing, last_action="release"), actions=(release,), notes=notes)
 
 
 def to_exclude(job: ManagedJob) -> str:
-    """Nodes of a node verdict not yet excluded (the attribution already spared the partition's last
-    nodes, and left none when the site does not exclude)."""
-    if job.verdict != "node":
-        return ""
+    """Nodes of a node verdict and lemon nodes not yet excluded (the attribution and the ledger
+    already spared the partition's last nodes; the attribution left none when the site does not exclude)."""
+    blamed = job.verdict_nodes.split(",") if job.verdict == "node" else []
     have = set(filter(None, job.excluded_nodes.split(",")))
-    return ",".join(n for n in job.verdict_nodes.split(",") if n and n not in have)
+    return ",".join(dict.fromkeys(n for n in [*blamed, *job.keep_out.split(",")] if n and n not in have))
+
+
+def _why(job: ManagedJob, exclude: str) -> str:
+    """The reason of an exclusion: the node verdict, the lemons, or both."""
+    blamed = set(job.verdict_nodes.split(",")) if job.verdict == "node" else set()
+    lemons = [n for n in exclude.split(",") if n not in blamed]
+    parts = [f"node verdict: {job.verdict_nodes}"] if blamed & set(exclude.split(",")) else []
+    return "; ".join([*parts, *([f"lemon node: {','.join(lemons)}"] if lemons else [])])
 
 
 def after_exclusion(job: ManagedJob, action: Action, done: bool, reason: str, prefix: str) -> Decision:

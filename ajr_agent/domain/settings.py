@@ -31,6 +31,21 @@ class RestartSuccess(StrEnum):
     RUNTIME = "runtime"  # it ran for restart_success_minutes
 
 
+class LemonAction(StrEnum):
+    """What AJR does to a lemon node besides keeping it out of every managed job."""
+
+    EXCLUDE = "exclude"  # only keep it out of the managed jobs' next attempts
+    DRAIN = "drain"  # also drain it, with a reason (on evidence AJR trusts only)
+    REBOOT = "reboot"  # also `scontrol reboot ASAP nextstate=RESUME` it (on evidence AJR trusts only)
+
+
+class LimitScope(StrEnum):
+    """What a job's max_requeue_times bounds."""
+
+    TOTAL = "total"  # every requeue, whatever its cause (node and infrastructure failures have their caps too)
+    APPLICATION = "application"  # the job's own failures; the others have their caps, all of them site_requeue_cap
+
+
 class Settings(BaseModel):
     """Every setting of the agent and the CLI, with its default."""
 
@@ -115,10 +130,36 @@ class Settings(BaseModel):
     exclude_faulty_nodes: bool = Field(
         default=True, description="on a node verdict, exclude the node from the job's next attempt"
     )
-    drain_faulty_nodes: bool = Field(default=False, description="on a node verdict, also drain the node")
+    drain_faulty_nodes: bool = Field(
+        default=False, description="on a node verdict resting on the node's own log or Slurm, also drain the node"
+    )
     max_drains_per_hour: int = Field(default=2, ge=0, description="AJR drains at most this many nodes an hour")
     drain_keep_nodes: int = Field(
         default=1, ge=1, description="never drain a node if fewer than this many would stay in service in its partition"
+    )
+    lemon_jobs: int = Field(
+        default=3, ge=0,
+        description="a node blamed by failures of this many jobs becomes a lemon (one user's job logs count once); 0: off",
+    )  # fmt: skip
+    lemon_blames: int = Field(
+        default=3, ge=0, description="or blamed this many times within lemon_window (one user's job logs count once); 0: off"
+    )
+    lemon_window: float = Field(default=86400.0, gt=0, description="seconds over which lemon_blames are counted")
+    lemon_action: LemonAction = Field(
+        default=LemonAction.EXCLUDE, description="besides keeping a lemon out of every managed job: exclude, drain, reboot"
+    )
+    trust_after: float = Field(
+        default=86400.0, gt=0, description="seconds in service without new blame after which a node is trusted again"
+    )
+    node_check_interval: float = Field(
+        default=60.0, gt=0, description="seconds between two reads of the nodes' states for the trust checks"
+    )
+    requeue_limit_scope: LimitScope = Field(
+        default=LimitScope.TOTAL, description="what max_requeue_times bounds: total (every requeue) or application"
+    )
+    node_requeue_cap: int = Field(default=10, ge=0, description="requeues of a job after failures put on a node, at most")
+    infrastructure_requeue_cap: int = Field(
+        default=10, ge=0, description="requeues of a job after failures put on the shared infrastructure, at most"
     )
     annotate_jobs: bool = Field(
         default=True, description="write each decision into the job's AdminComment, where users see it"

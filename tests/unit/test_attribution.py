@@ -166,7 +166,3 @@ def test_plan_drains(drains_so_far: int, out: set[str], expected: list[str]) -> 
     partitions = {"gpu": ["gpu-1", "gpu-2", "gpu-3"]}
     drain, spared = drains.plan_drains(["gpu-2"], drains_so_far, partitions, out, settings)
     assert drain == expected and (bool(spared) == (not expected))
-
-
-def test_no_drains_unless_the_site_asks() -> None:
-    assert drains.plan_drains(["gpu-2"], 0, {"gpu": ["gpu-1", "gpu-2"]}, set(), Settings()) == ([], [])

@@ -27,6 +27,7 @@ from ajr_agent.domain.events import (
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.model import (
     Awaiting,
+    Basis,
     StopCause,
     Action,
     ActionKind,
@@ -692,7 +693,10 @@ DRAINING = Settings(annotate_jobs=False, drain_faulty_nodes=True, drain_keep_nod
 
 
 def drain_verdict(cluster: NodeFacts | None, drains_last_hour: int = 0, error: str = "") -> Attributed:
-    return replace(node_verdict(), cluster=cluster, cluster_error=error, drains_last_hour=drains_last_hour)
+    # On the node's own log: a job's log alone never drains (tests/unit/test_ledger.py).
+    trusted = replace(node_verdict().verdict, basis=Basis.NODE_LOG)
+    return replace(node_verdict(), verdict=trusted, cluster=cluster, cluster_error=error,
+                   drains_last_hour=drains_last_hour)  # fmt: skip
 
 
 def test_a_node_verdict_drains_the_node_by_the_policy() -> None:
