@@ -432,3 +432,59 @@ def test_the_agent_recovers_a_job_over_the_memory_slurm(tmp_path: Path, clock: C
     assert agent.store.job(7).attempt == 1  # type: ignore[union-attr]
     assert "requeued after segfault" in slurm.admin_comments[7]
     store.close()
+
+
+# ---- nodes Slurm loses ------------------------------------------------------------------------------
+
+
+def test_a_lost_node_is_down_not_responding_and_its_jobs_requeued_or_ended_node_fail(slurm: MemorySlurm,
+                                                                                     clock: Clock) -> None:  # fmt: skip
+    slurm.jobs[8] = job(8, nodes="n[2-3]", requeueable=False)
+    slurm.jobs[9] = job(9, nodes="n[1-2]", restart_count=2)
+    slurm.jobs[10] = job(10, nodes="n3")
+    slurm.lose("n2")
+    assert slurm.jobs[7] == job()  # not on n2
+    assert (slurm.jobs[8].state, slurm.jobs[8].reason, slurm.jobs[8].end_time, slurm.jobs[8].nodes) == (
+        "NODE_FAIL", "NodeDown", T0, "n[2-3]")  # fmt: skip
+    requeued = slurm.jobs[9]
+    assert (requeued.state, requeued.restart_count, requeued.reason, requeued.nodes) == ("PENDING", 3, "BeginTime", "")
+    assert requeued.start_time == T0 + REQUEUE_WAIT and requeued.end_time is None
+    assert slurm.jobs[10].running
+    [lost] = slurm.node_states(["n2"])
+    assert (lost.state, lost.responding, lost.reason, lost.reason_at, lost.lost) == ("down", False, "Not responding",
+                                                                                     T0, True)  # fmt: skip
+    assert "n2" in slurm.nodes_out_of_service()
+    assert slurm.calls == []  # Slurm's own doing, not a request
+
+
+def test_node_states_name_the_nodes_asked_for_that_slurm_has(slurm: MemorySlurm) -> None:
+    slurm.drain("n3", "ajr: job 7")
+    states = {s.name: s for s in slurm.node_states(["n1", "n2", "n3", "nosuch"])}
+    assert sorted(states) == ["n1", "n2", "n3"]
+    assert (states["n1"].state, states["n1"].lost) == ("allocated", False)  # job 7 runs there
+    assert (states["n2"].state, states["n2"].reason) == ("idle", "")
+    assert (states["n3"].state, states["n3"].reason, states["n3"].lost) == ("drained", "ajr: job 7", False)
+    assert slurm.node_states([]) == [] and slurm.reads[Operation.NODE_STATES] == 2
+
+
+def test_a_node_revived_answers_again_and_its_requeued_job_may_start_elsewhere(slurm: MemorySlurm,
+                                                                              clock: Clock) -> None:  # fmt: skip
+    slurm.lose("n1")
+    slurm.revive("n1")
+    [back] = slurm.node_states(["n1"])
+    assert (back.state, back.lost, back.reason) == ("idle", False, "")
+    slurm.update(7, StartTime="now")
+    slurm.schedule()
+    assert slurm.start(7, "n2").nodes == "n2"
+
+
+def test_a_job_slow_to_stop_on_a_lost_node_completes_first(slurm: MemorySlurm) -> None:
+    slurm.slow_to_stop.add(7)
+    slurm.lose("n1")
+    assert (slurm.jobs[7].state, slurm.jobs[7].restart_count) == ("COMPLETING", 1)
+    assert slurm.finish_requeue(7).state == "PENDING"
+
+
+def test_losing_a_node_slurm_does_not_have_is_said_so(slurm: MemorySlurm) -> None:
+    with pytest.raises(MemorySlurmError):
+        slurm.lose("nosuch")

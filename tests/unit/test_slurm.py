@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import types
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +27,7 @@ from ajr_agent.adapters.slurm.squeue import (
     parse_squeue,
     parse_time,
 )
+from ajr_agent.adapters.slurm.sinfo import parse_node_states
 from ajr_agent.domain.jobs import expand_stdout
 from ajr_agent.domain.hostlist import HostlistError, HostlistTooLarge, compress_hostlist, expand_hostlist
 from tests.conftest import LINE_BREAKS
@@ -620,3 +622,31 @@ SlurmctldHost[0]        = vm
 def test_slurm_user_is_read_from_the_live_config(fake_slurm: Path, config: str, user: str) -> None:
     write_command(fake_slurm, "scontrol", f"[ \"$1 $2\" = 'show config' ] && cat <<'END'\n{config}END")
     assert CommandGateway(timeout=5).slurm_user() == user
+
+
+# ---- the nodes' states (sinfo) ----------------------------------------------------------------------
+
+
+def test_node_states_read_sinfos_states_flags_reasons_and_times() -> None:
+    text = ("n1|127.0.0.1|allocated|Unknown|none\n"
+            "n3|10.0.0.3|down*|2026-12-03T07:12:08|Not responding\n"
+            "n3|10.0.0.3|down*|2026-12-03T07:12:08|Not responding\n"  # a second partition
+            "n4|n4|drained|2026-12-03T07:13:00|ajr: job 12 gpu_hardware (xid) | evidence\n"
+            "n5|n5|idle~|Unknown|none\n")  # fmt: skip
+    states = {s.name: s for s in parse_node_states(text)}
+    assert list(states) == ["n1", "n3", "n4", "n5"]
+    assert (states["n1"].state, states["n1"].responding, states["n1"].reason, states["n1"].lost) == (
+        "allocated", True, "", False)  # fmt: skip
+    lost = states["n3"]
+    assert (lost.state, lost.responding, lost.lost, lost.address) == ("down", False, True, "10.0.0.3")
+    assert lost.reason_at == datetime(2026, 12, 3, 7, 12, 8).timestamp()
+    assert lost.describe() == "n3 down, not responding: Not responding (since 2026-12-03T07:12:08)"
+    assert states["n4"].reason == "ajr: job 12 gpu_hardware (xid) | evidence" and not states["n4"].lost
+    assert (states["n5"].state, states["n5"].lost) == ("idle", False)
+
+
+def test_a_line_break_in_an_admins_reason_stays_in_the_reason() -> None:
+    text = "n2|n2|drained|2026-12-03T07:13:00|bad | line\nn1|idle|x\nn1|n1|idle|Unknown|none\n"
+    states = {s.name: s for s in parse_node_states(text)}
+    assert states["n2"].reason == "bad | line\nn1|idle|x"
+    assert states["n1"].state == "idle"

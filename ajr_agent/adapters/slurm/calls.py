@@ -12,6 +12,9 @@ from typing import NamedTuple
 
 from ajr_agent.adapters.slurm.squeue import SQUEUE_COMMAND
 
+# The nodes' states, one line each, the reason last: it is the only field with free text.
+NODE_STATES_COMMAND = ("sinfo", "-h", "-N", "-a", "-o", "%N|%o|%T|%H|%E")
+
 
 class Operation(StrEnum):
     """The requests of the SlurmGateway protocol, each named as its method."""
@@ -26,6 +29,7 @@ class Operation(StrEnum):
     DRAIN = "drain"
     PARTITION_NODES = "partition_nodes"
     NODES_OUT_OF_SERVICE = "nodes_out_of_service"
+    NODE_STATES = "node_states"
     VERSION = "version"
 
 
@@ -67,6 +71,7 @@ def command_for(operation: Operation, target: int | str | None) -> list[str]:
         Operation.DRAIN: ["scontrol", "update", *(f"NodeName={t}" for t in where), "State=DRAIN"],
         Operation.PARTITION_NODES: ["scontrol", "-o", "show", "partition"],
         Operation.NODES_OUT_OF_SERVICE: ["sinfo", "-h", "-N", "-o", "%N|%T"],
+        Operation.NODE_STATES: list(NODE_STATES_COMMAND),
         Operation.VERSION: ["scontrol", "--version"],
     }
     return commands[operation]

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from ajr_agent.adapters.slurm.calls import NODE_STATES_COMMAND
 from ajr_agent.adapters.slurm.errors import CommandTooLong, SlurmError, SlurmOutputError, is_transient
 from ajr_agent.adapters.slurm.squeue import (
     SQUEUE_COMMAND,
@@ -24,10 +25,12 @@ from ajr_agent.adapters.slurm.squeue import (
     split_records,
     squeue_format,
 )
+from ajr_agent.adapters.slurm.sinfo import parse_node_states
 from ajr_agent.adapters.slurm_config import SHOW_CONFIG_COMMAND, parse_show_config
 from ajr_agent.adapters.slurm_config import slurm_user as configured_slurm_user
 from ajr_agent.domain.hostlist import HostlistError, compress_hostlist, expand_hostlist
 from ajr_agent.domain.jobs import JobSnapshot
+from ajr_agent.domain.node_states import NodeState
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +216,12 @@ class CommandGateway:
         out = self.run(["sinfo", "-h", "-N", "-o", "%N|%T"])
         bad = ("down", "drain", "fail", "maint", "unknown", "not_responding", "future", "power")
         return {n for n, _, state in (l.partition("|") for l in out.splitlines()) if any(b in state for b in bad)}
+
+    def node_states(self, nodes: Sequence[str]) -> list[NodeState]:
+        """The states of `nodes` that Slurm has (sinfo leaves out names it does not know)."""
+        if not nodes:
+            return []
+        return parse_node_states(self.run([*NODE_STATES_COMMAND, "-n", compress_hostlist(list(nodes))]))
 
     def version(self) -> str:
         """The installed Slurm's version."""

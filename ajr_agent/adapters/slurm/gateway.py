@@ -16,6 +16,7 @@ from ajr_agent.adapters.slurm.commands import CommandGateway
 from ajr_agent.adapters.slurm.errors import SlurmError
 from ajr_agent.adapters.slurm.pyslurm_backend import PyslurmGateway
 from ajr_agent.domain.jobs import JobSnapshot
+from ajr_agent.domain.node_states import NodeState
 from ajr_agent.domain.settings import Settings, SlurmBackend
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ class SlurmGateway(Protocol):
 
     def nodes_out_of_service(self) -> set[str]:
         """Nodes that are down, drained or draining."""
+
+    def node_states(self, nodes: Sequence[str]) -> list[NodeState]:
+        """The state of each of `nodes` that Slurm has, with its reason (`Not responding`, an admin's)."""
 
     def version(self) -> str:
         """Slurm's version, e.g. `22.05.8`."""

@@ -8,7 +8,8 @@ What Slurm refuses it refuses with Slurm's own words, as `scontrol` 22.05.8 prin
 compares the two), so a SlurmError from here reads like one from the commands. The test
 or replay plays the rest of Slurm's part: it puts jobs in `jobs`, starts and ends them
 (`start`, `end`), runs the scheduler's pass (`schedule`), lets a slow requeue finish
-(`finish_requeue`), and scripts the controller's failures (`fail`, `stall`).
+(`finish_requeue`), loses a node and gets it back (`lose`, `revive`), and scripts the
+controller's failures (`fail`, `stall`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ajr_agent.adapters.slurm.errors import SlurmError, is_transient
 from ajr_agent.domain.errors import AjrError
 from ajr_agent.domain.hostlist import HostlistError, compress_hostlist, expand_hostlist
 from ajr_agent.domain.jobs import ENDED_STATES, HELD_REASONS, JobSnapshot
+from ajr_agent.domain.node_states import NodeState
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class MemorySlurm:
     jobs: dict[int, JobSnapshot] = field(default_factory=dict)
     partitions: dict[str, list[str]] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)  # out of service by Slurm's own doing
+    lost: dict[str, float] = field(default_factory=dict)  # node -> when Slurm marked it DOWN, not responding
     drained: dict[str, str] = field(default_factory=dict)  # node -> the drain's reason
     excluded: dict[int, list[str]] = field(default_factory=dict)  # job -> its ExcNodeList
     admin_comments: dict[int, str] = field(default_factory=dict)
@@ -132,6 +135,30 @@ class MemorySlurm:
                 if job.state == "PENDING" and job.reason in ("None", "BeginTime"):
                     waiting = (job.start_time or 0) > at
                     self.jobs[job_id] = replace(job, reason="BeginTime" if waiting else "None")
+
+    def lose(self, node: str, at: float | None = None) -> None:
+        """The node's slurmd stops answering and Slurm marks it DOWN, `Not responding`: each job running
+        there is requeued (batch and requeueable: pending, one more restart, its start ~120 s away) or
+        ends NODE_FAIL, as slurmctld does (kill_running_job_by_node_name)."""
+        at = self.clock() if at is None else at
+        with self._lock:
+            if node not in self._partition_members():
+                raise MemorySlurmError(f"no partition has node {node}")
+            self.down.add(node)
+            self.lost[node] = at
+            for job_id, job in list(self.jobs.items()):
+                if not job.running or node not in self._job_nodes(job):
+                    continue
+                if job.batch and job.requeueable:
+                    self._requeue(Operation.REQUEUE, job_id, hold=False, reason="BeginTime", at=at)
+                else:
+                    self.jobs[job_id] = replace(job, state="NODE_FAIL", reason="NodeDown", end_time=at)
+
+    def revive(self, node: str) -> None:
+        """The node's slurmd answers again and the node returns to service (ReturnToService=2)."""
+        with self._lock:
+            self.down.discard(node)
+            self.lost.pop(node, None)
 
     def finish_requeue(self, job_id: int) -> JobSnapshot:
         """A job shown COMPLETING after its requeue has stopped: it shows PENDING, as the requeue left it."""
@@ -232,6 +259,15 @@ class MemorySlurm:
         with self._lock:
             return set(self.down) | set(self.drained)
 
+    def node_states(self, nodes: Sequence[str]) -> list[NodeState]:
+        """The partitions' nodes among `nodes`: lost, drained (draining while a job runs there), allocated to
+        a running job, or idle; a node down by Slurm's doing alone shows no reason."""
+        self._read(Operation.NODE_STATES)
+        with self._lock:
+            busy = {name for job in self.jobs.values() if job.running for name in self._job_nodes(job)}
+            known = self._partition_members() | self.down
+            return [self._node_state(name, name in busy) for name in dict.fromkeys(nodes) if name in known]
+
     def version(self) -> str:
         """The version this Slurm plays."""
         self._read(Operation.VERSION)
@@ -279,7 +315,9 @@ class MemorySlurm:
             message = f"slurm_load_jobs error: {answer}"  # the squeue that reads the job's exclusions
         return SlurmError(command_for(operation, job_id), message, transient=False)
 
-    def _requeue(self, operation: Operation, job_id: int, hold: bool) -> None:
+    def _requeue(self, operation: Operation, job_id: int, hold: bool, reason: str = "",
+                 at: float | None = None) -> None:  # fmt: skip
+        """Requeue as scontrol does; Slurm's own requeue after a node failure gives its `reason`."""
         job = self._known(operation, job_id)
         if job.state in ("PENDING", "COMPLETING"):  # a requeued job is pending while it completes
             raise self._refused(operation, job_id, SlurmAnswer.PENDING)
@@ -287,12 +325,13 @@ class MemorySlurm:
             raise self._refused(operation, job_id, SlurmAnswer.BATCH_ONLY)
         if not job.requeueable:
             raise self._refused(operation, job_id, SlurmAnswer.NOT_REQUEUEABLE)
-        reason = "job requeued in held state" if hold else job.reason
+        reason = "job requeued in held state" if hold else reason or job.reason
         if job.running and job_id in self.slow_to_stop:
             self.jobs[job_id] = replace(job, state="COMPLETING", restart_count=job.restart_count + 1, reason=reason)
             return
+        at = self.clock() if at is None else at
         self.jobs[job_id] = replace(job, state="PENDING", restart_count=job.restart_count + 1, reason=reason,
-                                    start_time=self.clock() + REQUEUE_WAIT, end_time=None, nodes="")  # fmt: skip
+                                    start_time=at + REQUEUE_WAIT, end_time=None, nodes="")  # fmt: skip
 
     def _update(self, operation: Operation, job_id: int, fields: dict[str, str]) -> None:
         """Check every field, then apply them all: one refused field changes nothing."""
@@ -337,6 +376,21 @@ class MemorySlurm:
         if any(name not in known for name in names):
             raise self._refused(operation, job_id, SlurmAnswer.INVALID_NODE)
         return names
+
+    def _node_state(self, name: str, busy: bool) -> NodeState:
+        if name in self.lost:
+            return NodeState(name, "down", responding=False, reason="Not responding", reason_at=self.lost[name])
+        if name in self.down:
+            return NodeState(name, "down")
+        if name in self.drained:
+            return NodeState(name, "draining" if busy else "drained", reason=self.drained[name])
+        return NodeState(name, "allocated" if busy else "idle")
+
+    def _job_nodes(self, job: JobSnapshot) -> list[str]:
+        try:
+            return expand_hostlist(job.nodes, limit=max(len(self._partition_members()), 1)) if job.nodes else []
+        except HostlistError:
+            return []
 
     def _partition_members(self) -> set[str]:
         return {node for members in self.partitions.values() for node in members}
