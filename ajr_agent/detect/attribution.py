@@ -1,9 +1,10 @@
 """Where a failure's fault lies: the node, the application, the shared infrastructure, or unknown.
 
-The verdict rests on the failed attempt's own anomaly lines (the root cause among them,
-not the cascade) and, where the site keeps them on shared storage, the kernel and
-system logs of the job's nodes in a window around the failure (`NVRM: Xid` lines, for
-example). Everything here is pure: adapters.node_logs reads the node logs, and
+The verdict rests on Slurm's states of the job's nodes (a node it lost), the failed
+attempt's own anomaly lines (the root cause among them, not the cascade; which node
+printed them, detect.origins) and, where the site keeps them on shared storage, the
+kernel and system logs of the job's nodes in a window around the failure (`NVRM: Xid`
+lines, for example). Everything here is pure: adapters.node_logs reads the node logs, and
 runtime.verdicts does both off the decision loop.
 """
 
@@ -14,10 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable, Sequence
 
+from ajr_agent.detect.origins import Layout
 from ajr_agent.detect.rules import RuleKind, RuleMatch, RuleSet, root_cause
 from ajr_agent.detect.timestamps import parse_line_time
 from ajr_agent.domain.jobs import NodeLogLine
 from ajr_agent.domain.model import Basis, Fault, Verdict
+from ajr_agent.domain.node_states import NodeState
 
 
 @dataclass(frozen=True)
@@ -30,47 +33,67 @@ class Evidence:
     node: str = ""  # the node whose own log it is, for node log lines
 
 
-def verdict(job_evidence: Sequence[Evidence], node_evidence: Sequence[Evidence], job_nodes: Sequence[str],
-            ended_state: str = "") -> Verdict:  # fmt: skip
+# Rules whose lines a healthy node prints about another one: `*** STEP 12.0 ON n1 CANCELLED AT ...
+# DUE TO NODE FAILURE ***` comes from n1's slurmstepd when Slurm lost some other node of the job.
+REPORTS_ANOTHER_NODE = frozenset({"slurm_node_failure"})
+# Failures of the ranks' communication: when the other ranks' errors all name one peer, the
+# fault is that peer's node. Not for other causes: a full file system names no peer's fault.
+PEER_CATEGORIES = frozenset({"nccl", "fabric", "c10d"})
+
+
+def verdict(job_evidence: Sequence[Evidence], node_evidence: Sequence[Evidence], layout: Layout,
+            ended_state: str = "", slurm: Sequence[NodeState] = ()) -> Verdict:  # fmt: skip
     """Decide where the fault lies.
 
-    A node's own log blaming that node wins: it names the node. Otherwise the root cause
-    among the job's anomaly lines decides; a node fault is pinned on the node named in
-    the line, or on the only node of a one-node job. A job Slurm ended NODE_FAIL with no
-    line to go on is a node fault of unknown node.
+    Slurm's word comes first: a node of the job that Slurm has lost (DOWN, or its slurmd not
+    answering) is the one at fault, since Slurm ends or requeues every job on a node it marks
+    DOWN. A node's own log blaming that node is as good. Otherwise the root cause among the
+    job's anomaly lines decides, and a node fault is pinned on the nodes that printed its lines
+    (their prefixes, through the job's layout), else on the peer the other ranks' errors name,
+    else on the only node of a one-node job. The cascade (the healthy ranks' timeouts) blames
+    no one. When nothing singles out a node, the verdict names none.
     """
+    lost = [s for s in slurm if s.lost and s.name in layout.nodes]
     blamed = [e for e in node_evidence if e.match.rule.fault is Fault.NODE]
-    if blamed:
+    if lost or blamed:
+        nodes = _in_order(layout, {s.name for s in lost} | {e.node for e in blamed})
+        facts = tuple(f"slurm: {s.describe()}" for s in lost)
+        if not blamed:
+            return Verdict(Fault.NODE, nodes, f"node lost (Slurm: {lost[0].reason or lost[0].state})", facts,
+                           Basis.SLURM)  # fmt: skip
         cause = root_cause([e.match for e in blamed])
-        nodes = tuple(sorted({e.node for e in blamed}))
-        lines = _evidence_lines(blamed)
-        return Verdict(Fault.NODE, nodes, _describe(cause), lines, Basis.NODE_LOG)
+        return Verdict(Fault.NODE, nodes, _describe(cause), (_evidence_lines(blamed) + facts)[:10], Basis.NODE_LOG)
     cause = root_cause([e.match for e in job_evidence])
+    only = layout.nodes if len(layout.nodes) == 1 else ()
     if cause is None:
         if ended_state == "NODE_FAIL":
-            return Verdict(Fault.NODE, tuple(job_nodes) if len(job_nodes) == 1 else (), "Slurm: NODE_FAIL", (),
-                           Basis.SLURM)  # fmt: skip
+            return Verdict(Fault.NODE, only, "Slurm: NODE_FAIL", (), Basis.SLURM)
         return Verdict(Fault.UNKNOWN, (), "no anomaly line", ())
+    layout = layout.learn(e.line for e in job_evidence)
     chosen = [e for e in job_evidence if e.match is cause]
-    fault = cause.rule.fault
-    nodes: tuple[str, ...] = ()
+    lines = _evidence_lines(chosen + [e for e in job_evidence if e not in chosen][:4])
+    if cause.rule.fault is Fault.APPLICATION:
+        return Verdict(cause.rule.fault, (), _describe(cause), lines)
+    peers = {node for e in job_evidence for node in layout.peers(e.line)}
     if cause.rule.fault is Fault.NODE:
-        named = tuple(n for n in job_nodes if any(_names(e.line, n) for e in chosen))
-        nodes = named or (tuple(job_nodes) if len(job_nodes) == 1 else ())
-    return Verdict(fault, nodes, _describe(cause), _evidence_lines(chosen + [e for e in job_evidence if e not in chosen][:4]))
+        printed = {origin for e in job_evidence if _own_node_fault(e) and (origin := layout.origin(e.line))}
+        nodes = _in_order(layout, printed) or (_in_order(layout, peers) if len(peers) == 1 else only)
+        return Verdict(Fault.NODE, nodes, _describe(cause), lines)
+    if len(peers) == 1 and (cause.rule.category in PEER_CATEGORIES or cause.rule.cascade):
+        # The ranks' collectives failed against one peer and nothing else is wrong: that peer's node.
+        [peer] = peers
+        return Verdict(Fault.NODE, (peer,), f"{_describe(cause)}; the peer named is {peer}", lines)
+    return Verdict(cause.rule.fault, (), _describe(cause), lines)
 
 
-def _names(line: str, node: str) -> bool:
-    """The line names the node as a word of its own (node-1 is not node-10)."""
-    start = line.find(node)
-    while start != -1:
-        end = start + len(node)
-        before = line[start - 1] if start else " "
-        after = line[end] if end < len(line) else " "
-        if not (before.isalnum() or before in "-_") and not (after.isalnum() or after in "-_"):
-            return True
-        start = line.find(node, start + 1)
-    return False
+def _own_node_fault(evidence: Evidence) -> bool:
+    """The line reports a fault of the node that printed it (not the cascade, not a report on another node)."""
+    rule = evidence.match.rule
+    return rule.fault is Fault.NODE and not rule.cascade and rule.category not in REPORTS_ANOTHER_NODE
+
+
+def _in_order(layout: Layout, nodes: set[str]) -> tuple[str, ...]:
+    return tuple(n for n in layout.nodes if n in nodes)
 
 
 def _describe(match: RuleMatch | None) -> str:

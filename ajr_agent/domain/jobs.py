@@ -42,6 +42,7 @@ class JobSnapshot:
     name: str
     comment: str
     partition: str = ""
+    tasks: int = 0  # Slurm's NumTasks: where each task runs follows from it (0: not known)
 
     @property
     def ended(self) -> bool:

@@ -1,6 +1,7 @@
 """Verdicts worked out off the decision loop.
 
-A verdict reads the nodes' own logs on shared storage and asks Slurm for the partitions:
+A verdict reads the nodes' own logs on shared storage and asks Slurm for the states of the
+job's nodes and the partitions:
 either can take seconds, or hang on a stuck mount. Each runs in a small pool of threads,
 and its Attributed event comes back to the loop, which meanwhile goes on with every other
 job. A verdict that has not come by its deadline comes back as VerdictOverdue instead, and
@@ -19,10 +20,12 @@ from dataclasses import dataclass
 from ajr_agent.adapters.node_logs import read_node_logs
 from ajr_agent.adapters.slurm import SlurmError, SlurmGateway
 from ajr_agent.detect.attribution import Evidence, excludable, node_evidence, verdict
+from ajr_agent.detect.origins import Layout
 from ajr_agent.detect.rules import RuleSet
 from ajr_agent.domain.events import Attributed, NodeFacts, VerdictOverdue
 from ajr_agent.domain.hostlist import expand_hostlist
 from ajr_agent.domain.model import Fault, ManagedJob, Verdict
+from ajr_agent.domain.node_states import NodeState
 from ajr_agent.domain.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class VerdictRequest:
     ended_state: str  # Slurm's state when the attempt had ended already, else ""
     failed_at: float
     drains_last_hour: int
+    tasks: int = 0  # Slurm's task count of the job, which places ranks on nodes (0: not known)
 
 
 @dataclass
@@ -73,7 +77,8 @@ class Verdicts:
         if key in self.pending:
             return
         settings, asked = self.settings, time.monotonic()
-        deadline = asked + settings.attribution_timeout + 2 * settings.slurm_command_timeout + GRACE
+        # Up to three Slurm reads: the nodes' states, the partitions, the nodes out of service.
+        deadline = asked + settings.attribution_timeout + 3 * settings.slurm_command_timeout + GRACE
         future = self.pool.submit(self._judge, request, settings, self.rules)
         self.pending[key] = _Pending(request, asked, deadline, future)
 
@@ -124,7 +129,15 @@ class Verdicts:
             if cut:
                 notes.append(f"attribution cut short after {settings.attribution_timeout:g} s of reading node logs")
             from_nodes = node_evidence(lines, rules, request.failed_at, settings.attribution_window)
-        found = verdict(request.evidence, from_nodes, nodes, request.ended_state)
+        slurm: list[NodeState] = []
+        if nodes:
+            try:
+                slurm = self.gateway.node_states(nodes)
+            except SlurmError as exc:
+                notes.append(f"Slurm's states of the job's nodes unknown: {exc}")
+        addresses = {state.name: state.address for state in slurm if state.address}
+        layout = Layout(tuple(nodes), request.tasks, addresses)
+        found = verdict(request.evidence, from_nodes, layout, request.ended_state, slurm)
         blames = found.fault is Fault.NODE and bool(found.nodes)
         cluster: NodeFacts | None = None
         cluster_error = ""

@@ -77,8 +77,8 @@ def forged(victim: int, uid: int, separator: str) -> str:
     values = {
         "JobID": str(victim), "State": "FAILED", "UserId": str(uid), "UserName": VICTIM, "RestartCnt": "0",
         "StartTime": "2026-01-01T00:00:00", "EndTime": "2026-01-01T00:01:00", "BatchFlag": "1", "Requeue": "1",
-        "NodeList": "n1", "Reason": "NonZeroExitCode", "Partition": "defq", "WorkDir": "w", "STDOUT": "o",
-        "Name": "victim-train", "Comment": MANAGED,
+        "NodeList": "n1", "Reason": "NonZeroExitCode", "Partition": "defq", "NumTasks": "1", "WorkDir": "w",
+        "STDOUT": "o", "Name": "victim-train", "Comment": MANAGED,
     }  # fmt: skip
     return "".join(values[field] + separator for field in SQUEUE_FIELDS)
 

@@ -15,6 +15,7 @@ import pytest
 from ajr_agent.adapters.node_logs import read_node_logs
 from ajr_agent.detect import signals
 from ajr_agent.detect.attribution import Evidence, excludable, node_evidence, node_line_time, verdict
+from ajr_agent.detect.origins import Layout
 from ajr_agent.detect.rules import RuleSet, default_rules_dir
 from ajr_agent.domain import drains
 from ajr_agent.domain.model import Basis, ManagedJob, Phase, Verdict
@@ -36,41 +37,42 @@ SEGV = "Rank0: (1) segmentation fault: artificial segfault"
 
 
 def test_root_cause_wins_over_the_cascade() -> None:
-    found = verdict(evidence(TIMEOUT) + evidence(ECC), [], ["gpu-1", "gpu-2"])
+    found = verdict(evidence(TIMEOUT) + evidence(ECC), [], Layout(("gpu-1", "gpu-2")))
     assert found.fault == "node" and found.cause.startswith("gpu_hardware")
     assert any("uncorrectable ECC" in line for line in found.evidence)
 
 
 def test_application_fault() -> None:
-    found = verdict(evidence(SEGV), [], ["gpu-1"])
+    found = verdict(evidence(SEGV), [], Layout(("gpu-1",)))
     assert (found.fault, found.nodes) == ("application", ())
     assert found.cause == "segfault (segfault)"
 
 
 def test_node_fault_of_a_one_node_job_is_that_node() -> None:
-    assert verdict(evidence(ECC), [], ["gpu-1"]).nodes == ("gpu-1",)
+    assert verdict(evidence(ECC), [], Layout(("gpu-1",))).nodes == ("gpu-1",)
 
 
 def test_node_fault_names_the_node_in_the_line_and_not_its_prefix_twin() -> None:
     line = "gpu-1: " + ECC
-    assert verdict(evidence(line), [], ["gpu-1", "gpu-10"]).nodes == ("gpu-1",)
-    assert verdict(evidence(ECC), [], ["gpu-1", "gpu-10"]).nodes == ()
+    assert verdict(evidence(line), [], Layout(("gpu-1", "gpu-10"))).nodes == ("gpu-1",)
+    assert verdict(evidence(ECC), [], Layout(("gpu-1", "gpu-10"))).nodes == ()
 
 
 def test_node_logs_blaming_a_node_win() -> None:
     xid = "2026-11-27T01:00:00+00:00 gpu-2 kernel: NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, GPU has fallen off the bus."
-    found = verdict(evidence(TIMEOUT), evidence(xid, "node gpu-2: kern.log", "gpu-2"), ["gpu-1", "gpu-2"])
+    found = verdict(evidence(TIMEOUT), evidence(xid, "node gpu-2: kern.log", "gpu-2"), Layout(("gpu-1", "gpu-2")))
     assert found.fault == "node" and found.nodes == ("gpu-2",)
     assert found.evidence[0].startswith("node gpu-2: kern.log: ")
     # The node's own log, not the user's: AJR may drain on it.
     assert found.basis is Basis.NODE_LOG
-    assert verdict(evidence("gpu-1: " + ECC), [], ["gpu-1"]).basis is Basis.JOB_LOG
+    assert verdict(evidence("gpu-1: " + ECC), [], Layout(("gpu-1",))).basis is Basis.JOB_LOG
 
 
 def test_nothing_to_go_on() -> None:
-    assert verdict([], [], ["gpu-1"]).fault == "unknown"
-    assert verdict([], [], ["gpu-1"], ended_state="NODE_FAIL") == Verdict("node", ("gpu-1",), "Slurm: NODE_FAIL", (),
-                                                                          Basis.SLURM)  # fmt: skip
+    assert verdict([], [], Layout(("gpu-1",))).fault == "unknown"
+    assert verdict([], [], Layout(("gpu-1",)), ended_state="NODE_FAIL") == Verdict("node", ("gpu-1",),
+                                                                                   "Slurm: NODE_FAIL", (),
+                                                                                   Basis.SLURM)  # fmt: skip
 
 
 def test_excludable_spares_the_last_nodes_of_a_partition() -> None:

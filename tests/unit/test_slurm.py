@@ -35,7 +35,7 @@ from tests.conftest import LINE_BREAKS
 DEFAULTS = {
     "JobID": "12", "State": "RUNNING", "UserId": "1000", "UserName": "alice", "RestartCnt": "2",
     "StartTime": "2026-01-02T03:04:05", "EndTime": "Unknown", "BatchFlag": "1", "Requeue": "1",
-    "NodeList": "node-[1-2]", "Reason": "None", "Partition": "gpu", "WorkDir": "/runs/a b",
+    "NodeList": "node-[1-2]", "Reason": "None", "Partition": "gpu", "NumTasks": "8", "WorkDir": "/runs/a b",
     "STDOUT": "/runs/out/%x-%j.out", "Name": "llama|70b", "Comment": '{"APS": {}}',
 }  # fmt: skip
 TOKEN = new_token()
@@ -650,3 +650,9 @@ def test_a_line_break_in_an_admins_reason_stays_in_the_reason() -> None:
     states = {s.name: s for s in parse_node_states(text)}
     assert states["n2"].reason == "bad | line\nn1|idle|x"
     assert states["n1"].state == "idle"
+
+
+@pytest.mark.parametrize(("shown", "tasks"), [("8", 8), ("N/A", 0), ("", 0), ("\u0663", 0)])
+def test_the_task_count_is_slurms_number_or_not_known(shown: str, tasks: int) -> None:
+    [job] = parse_squeue(record(NumTasks=shown), TOKEN)
+    assert job.tasks == tasks

@@ -26,7 +26,7 @@ SQUEUE_COMMAND = ("squeue", "-h", "-t", "all")
 # instead of 4.3 with a token after every field, and both squeue and the parse take less).
 SQUEUE_SLURM_FIELDS = (
     "JobID", "State", "UserId", "UserName", "RestartCnt", "StartTime", "EndTime", "BatchFlag", "Requeue",
-    "NodeList", "Partition",
+    "NodeList", "Partition", "NumTasks",
 )  # fmt: skip
 # Fields with text users choose, each ended by the read's token. Reason comes first: it is
 # Slurm's text (`scontrol update JobId=N Reason=...` is refused, even to the job's owner)
@@ -120,7 +120,7 @@ def parse_squeue(output: str, token: str) -> list[JobSnapshot]:
         if len(fields) != width + 1:
             raise SlurmOutputError(SQUEUE_COMMAND, f"a record with {len(fields)} of Slurm's {width} fields and Reason: "
                                                    f"{slurm_part[:200]!r}; nothing of this read is used")  # fmt: skip
-        job_id, state, uid, user, restarts, start, end, batch, requeue, nodes, partition, reason = fields
+        job_id, state, uid, user, restarts, start, end, batch, requeue, nodes, partition, tasks, reason = fields
         if _COMPONENT_ID.fullmatch(job_id):
             continue
         if not (job_id.isdigit() and uid.isdigit() and restarts.isdigit() and (job_id + uid + restarts).isascii()):
@@ -151,6 +151,7 @@ def parse_squeue(output: str, token: str) -> list[JobSnapshot]:
             nodes=nodes if nodes not in ("(null)", "") else "",
             reason=reason,
             partition=partition,
+            tasks=int(tasks) if tasks.isdigit() and tasks.isascii() else 0,
             work_dir=work_dir,
             stdout=_whole_stdout(stdout, work_dir, job_id),
             name=name,
