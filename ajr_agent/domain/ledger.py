@@ -51,7 +51,7 @@ class Blame:
 
 
 @dataclass(frozen=True)
-class NodeState:
+class NodeRecord:
     """What the ledger holds of a node besides its blames."""
 
     node: str
@@ -75,7 +75,7 @@ class Standing:
     trusted_evidence: bool  # some blame of the record rests on evidence AJR trusts
 
 
-def record(state: NodeState, blames: Iterable[Blame], now: float, settings: Settings) -> tuple[Blame, ...]:
+def record(state: NodeRecord, blames: Iterable[Blame], now: float, settings: Settings) -> tuple[Blame, ...]:
     """The blames that count: since the node was last trusted, back to its last gap of trust_after without one."""
     counted = sorted((b for b in blames if b.at >= state.counted_since), key=lambda b: b.at)
     start, later = len(counted), now
@@ -93,7 +93,7 @@ def _witnesses(blames: Sequence[Blame], per_failure: bool) -> int:
     return len(trusted) + len(users)
 
 
-def standing(state: NodeState, blames: Iterable[Blame], now: float, settings: Settings) -> Standing:
+def standing(state: NodeRecord, blames: Iterable[Blame], now: float, settings: Settings) -> Standing:
     """The node's record, its witnesses and recent blames."""
     counted = record(state, blames, now, settings)
     recent = [b for b in counted if b.at > now - settings.lemon_window]
@@ -101,7 +101,7 @@ def standing(state: NodeState, blames: Iterable[Blame], now: float, settings: Se
                     any(b.trusted for b in counted))  # fmt: skip
 
 
-def judge(state: NodeState, blames: Iterable[Blame], now: float, settings: Settings) -> NodeState:
+def judge(state: NodeRecord, blames: Iterable[Blame], now: float, settings: Settings) -> NodeRecord:
     """The node's state after its record is counted: a lemon from now on, when the record makes one."""
     if state.lemon_since is not None:
         return state
@@ -111,7 +111,7 @@ def judge(state: NodeState, blames: Iterable[Blame], now: float, settings: Setti
     return replace(state, lemon_since=now) if by_jobs or by_blames else state
 
 
-def trust_due(state: NodeState, blames: Iterable[Blame], now: float, settings: Settings) -> bool:
+def trust_due(state: NodeRecord, blames: Iterable[Blame], now: float, settings: Settings) -> bool:
     """A lemon back in service for trust_after seconds without new blame is to be trusted again."""
     if state.lemon_since is None or not state.in_service or state.in_service_since is None:
         return False
@@ -119,16 +119,46 @@ def trust_due(state: NodeState, blames: Iterable[Blame], now: float, settings: S
     return now - max(state.in_service_since, state.lemon_since, last) >= settings.trust_after
 
 
-def restore(state: NodeState, now: float, by: str) -> NodeState:
+def restore(state: NodeRecord, now: float, by: str) -> NodeRecord:
     """Trusted again (by AJR, or forgiven by an operator): no lemon, and its record starts afresh."""
     return replace(state, lemon_since=None, counted_since=now, trusted_at=now, trusted_by=by, acted_at=None)
 
 
-def observe_service(state: NodeState, in_service: bool, now: float) -> NodeState:
+def observe_service(state: NodeRecord, in_service: bool, now: float) -> NodeRecord:
     """The node as Slurm shows it now: the wait for trust starts when it comes back into service."""
     if in_service == state.in_service and (state.in_service_since is not None or not in_service):
         return state
     return replace(state, in_service=in_service, in_service_since=now if in_service else None)
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A node AJR put in a job's ExcNodeList (for a verdict or as a lemon), and when AJR took it back."""
+
+    node: str
+    job_id: int
+    at: float
+    taken_back_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Forgiveness:
+    """An operator's `ajr node forgive NODE`, for the agent to apply."""
+
+    id: int
+    node: str
+    by: str
+    at: float
+
+
+def to_take_back(exclusions: Iterable[Exclusion], records: dict[str, NodeRecord]) -> dict[int, tuple[str, ...]]:
+    """By job, the nodes whose exclusion AJR made before the node was trusted again, not yet taken back."""
+    found: dict[int, list[str]] = {}
+    for excluded in exclusions:
+        trusted = records.get(excluded.node, NodeRecord(excluded.node)).trusted_at
+        if excluded.taken_back_at is None and trusted is not None and excluded.at < trusted:
+            found.setdefault(excluded.job_id, []).append(excluded.node)
+    return {job: tuple(sorted(nodes)) for job, nodes in found.items()}
 
 
 def keep_out(lemons: Iterable[str], members: Collection[str], out_of_service: Collection[str],

@@ -31,6 +31,7 @@ from ajr_agent.runtime.executor import Executor
 from ajr_agent.runtime.guard import Guard
 from ajr_agent.runtime.job_ends import JobEnds
 from ajr_agent.runtime.log_feed import LogFeed
+from ajr_agent.runtime.node_ledger import NodeLedger
 from ajr_agent.runtime.observers import Observer
 from ajr_agent.runtime.tracked import TrackedJob
 from ajr_agent.runtime.verdicts import VerdictRequest, Verdicts
@@ -64,6 +65,7 @@ class Agent:
         self.observer = observer or Observer()
         self.executor = Executor(gateway, store, settings, self.observer, pool)
         self.verdicts = Verdicts(settings, rules, gateway, pool)
+        self.nodes = NodeLedger(settings, store, gateway, pool)
         self.forgotten: dict[int, str] = store.forgotten()
         self.tracked: dict[int, TrackedJob] = {
             job_id: TrackedJob(job) for job_id, job in store.load_jobs().items() if job.phase is not Phase.FORGOTTEN
@@ -97,7 +99,7 @@ class Agent:
 
     def apply(self, settings: Settings, rules: RuleSet) -> None:
         """Use new settings and rules from the next step on (a reload)."""
-        for part in (self, self.executor, self.verdicts, self.feed):
+        for part in (self, self.executor, self.verdicts, self.feed, self.nodes):
             part.settings = settings
         for part in (self, self.verdicts, self.feed):
             part.rules = rules
@@ -141,6 +143,7 @@ class Agent:
         finally:
             self.executor.close()
             self.verdicts.close()
+            self.nodes.close()
 
     def stop(self) -> None:
         """Ask the loop to end after the current step."""
@@ -171,6 +174,7 @@ class Agent:
             del self.unsaved_outcomes[job_id]
             self.guarded(job_id, self.handle_all, job_id, outcomes, now)
         self.guarded(0, self._drop_forgotten, now)
+        self.guarded(0, self._lemons, now)
         for snapshot in self.snapshots.values():
             self.guarded(snapshot.job_id, self._observe, snapshot, now)
         self.ends.settle(self.snapshots, now)
@@ -293,6 +297,11 @@ class Agent:
             self.handle_all(job_id, [JobForgotten(job_id, now, self.forgotten[job_id])], now)
             self._drop(job_id)
 
+    def _lemons(self, now: float) -> None:
+        """Tell each job the node ledger's news: lemons to keep out, exclusions to take back."""
+        for changed in self.nodes.tick(now, self.jobs):
+            self.guarded(changed.job_id, self.handle_all, changed.job_id, [changed], now)
+
     def _drop(self, job_id: int) -> None:
         """Stop following a job and its log files."""
         tracked = self.tracked.pop(job_id, None)
@@ -318,6 +327,8 @@ class Agent:
                 continue
             current = tracked.job
             successor = adoption.next_in_chain(current, self.snapshots.values()) if current.chain else None
+            if isinstance(event, Attributed):
+                event = self.nodes.prepare(current, event, now)
             decision = policy.decide(current, event, self.settings, successor)
             self.observer.decided(current, event, decision)
             try:
@@ -329,6 +340,7 @@ class Agent:
                     if isinstance(event, Attributed) and event.attempt == current.handled_attempt:
                         self.store.save_verdict(job_id, event.attempt, event.at, event.verdict)
                     self.store.save_job(decision.job)
+                    self.nodes.record(current, event, decision, now)
                     for note in decision.notes:
                         self._note(decision.job, note, getattr(event, "at", now), event)
                     journaled = [self.store.journal(a, self.settings.dry_run, time.time()) for a in decision.actions]

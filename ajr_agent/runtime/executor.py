@@ -148,10 +148,14 @@ class Executor:
             self.gateway.update(job_id, AdminComment=action.reason)
         elif action.kind is ActionKind.REQUEUE:
             self.gateway.requeue(job_id)
-        elif action.kind is ActionKind.EXCLUDE:
+        elif action.kind in (ActionKind.EXCLUDE, ActionKind.KEEP_OUT):
             self.gateway.exclude_nodes(job_id, action.nodes.split(","))
+        elif action.kind is ActionKind.UNEXCLUDE:
+            self.gateway.unexclude_nodes(job_id, action.nodes.split(","))
         elif action.kind is ActionKind.DRAIN:
             self.gateway.drain(action.nodes, action.reason)
+        elif action.kind is ActionKind.REBOOT:
+            self.gateway.reboot(action.nodes, action.reason)
         else:  # pragma: no cover - ActionKind is closed
             raise ValueError(f"no executor for {action.kind}")
 

@@ -9,7 +9,7 @@ import pytest
 
 from ajr_agent.domain import drains, ledger
 from ajr_agent.domain.events import Attributed, NodeFacts
-from ajr_agent.domain.ledger import Blame, NodeState
+from ajr_agent.domain.ledger import Blame, NodeRecord
 from ajr_agent.domain.model import ActionKind, Basis, Fault, ManagedJob, Verdict
 from ajr_agent.domain.settings import LemonAction, Settings
 from ajr_agent.domain.spec import ResumeMode
@@ -25,8 +25,8 @@ def blame(job_id: int, user: str = "alice", basis: Basis = Basis.NODE_LOG, at: f
     return Blame(node, job_id, attempt, user, at, basis, "gpu_hardware (xid_79)")
 
 
-def judged(blames: list[Blame], settings: Settings = RULES, state: NodeState | None = None) -> NodeState:
-    return ledger.judge(state or NodeState("gpu-7"), blames, NOW, settings)
+def judged(blames: list[Blame], settings: Settings = RULES, state: NodeRecord | None = None) -> NodeRecord:
+    return ledger.judge(state or NodeRecord("gpu-7"), blames, NOW, settings)
 
 
 # ---- becoming a lemon ---------------------------------------------------------------------------
@@ -40,14 +40,14 @@ def test_a_node_blamed_by_its_own_log_in_three_jobs_becomes_a_lemon() -> None:
 def test_slurm_s_own_word_counts_like_the_node_s_log() -> None:
     found = [blame(1, basis=Basis.SLURM), blame(2, basis=Basis.SLURM), blame(3, basis=Basis.NODE_LOG)]
     assert judged(found).lemon_since == NOW
-    assert ledger.standing(NodeState("gpu-7"), found, NOW, RULES).trusted_evidence
+    assert ledger.standing(NodeRecord("gpu-7"), found, NOW, RULES).trusted_evidence
 
 
 def test_one_user_naming_a_node_in_his_own_job_logs_is_one_witness_however_many_jobs() -> None:
     # Anybody can write any node's name in his own log: his jobs together are one witness, so he
     # cannot get a node kept out of everybody's jobs.
     found = [blame(job, "mallory", Basis.JOB_LOG, at=NOW - job) for job in range(1, 20)]
-    standing = ledger.standing(NodeState("gpu-7"), found, NOW, RULES)
+    standing = ledger.standing(NodeRecord("gpu-7"), found, NOW, RULES)
     assert standing.witnesses == 1 and standing.recent == 1 and not standing.trusted_evidence
     assert judged(found).lemon_since is None
 
@@ -55,12 +55,12 @@ def test_one_user_naming_a_node_in_his_own_job_logs_is_one_witness_however_many_
 def test_job_logs_of_three_users_make_a_lemon_that_is_only_kept_out() -> None:
     found = [blame(1, "alice", Basis.JOB_LOG), blame(2, "bob", Basis.JOB_LOG), blame(3, "carol", Basis.JOB_LOG)]
     assert judged(found).lemon_since == NOW
-    assert not ledger.standing(NodeState("gpu-7"), found, NOW, RULES).trusted_evidence
+    assert not ledger.standing(NodeRecord("gpu-7"), found, NOW, RULES).trusted_evidence
 
 
 def test_a_user_s_job_logs_add_one_witness_to_the_trusted_blames() -> None:
     found = [blame(1, "bob"), *[blame(job, "mallory", Basis.JOB_LOG) for job in range(2, 9)]]
-    assert ledger.standing(NodeState("gpu-7"), found, NOW, RULES).witnesses == 2
+    assert ledger.standing(NodeRecord("gpu-7"), found, NOW, RULES).witnesses == 2
     assert judged(found).lemon_since is None
     assert judged([*found, blame(10, "carol")]).lemon_since == NOW
 
@@ -86,13 +86,13 @@ def test_old_blames_do_not_count_once_the_node_went_trust_after_without_one() ->
 
 
 def test_blames_before_the_node_was_last_trusted_do_not_count() -> None:
-    state = NodeState("gpu-7", counted_since=NOW - HOUR, trusted_at=NOW - HOUR)
+    state = NodeRecord("gpu-7", counted_since=NOW - HOUR, trusted_at=NOW - HOUR)
     found = [blame(1, at=NOW - 2 * HOUR), blame(2, at=NOW - 2 * HOUR), blame(3)]
     assert judged(found, state=state).lemon_since is None
 
 
 def test_a_lemon_stays_one_until_trusted_again() -> None:
-    state = NodeState("gpu-7", lemon_since=NOW - HOUR)
+    state = NodeRecord("gpu-7", lemon_since=NOW - HOUR)
     assert judged([], state=state).lemon_since == NOW - HOUR
 
 
@@ -100,7 +100,7 @@ def test_a_lemon_stays_one_until_trusted_again() -> None:
 
 
 def test_a_lemon_back_in_service_for_trust_after_without_blame_is_trusted_again() -> None:
-    lemon = NodeState("gpu-7", lemon_since=NOW - 3 * DAY, in_service=True, in_service_since=NOW - 2 * DAY)
+    lemon = NodeRecord("gpu-7", lemon_since=NOW - 3 * DAY, in_service=True, in_service_since=NOW - 2 * DAY)
     last = [blame(1, at=NOW - 3 * DAY)]
     assert ledger.trust_due(lemon, last, NOW, RULES)
     # Not while it is out of service (drained, down, rebooting), nor soon after it came back.
@@ -113,7 +113,7 @@ def test_a_lemon_back_in_service_for_trust_after_without_blame_is_trusted_again(
 
 
 def test_trusting_again_clears_the_record() -> None:
-    lemon = NodeState("gpu-7", lemon_since=NOW - 3 * DAY, acted_at=NOW - 3 * DAY)
+    lemon = NodeRecord("gpu-7", lemon_since=NOW - 3 * DAY, acted_at=NOW - 3 * DAY)
     trusted = ledger.restore(lemon, NOW, "operator:root")
     assert trusted.lemon_since is None and trusted.acted_at is None
     assert trusted.counted_since == NOW and trusted.trusted_at == NOW and trusted.trusted_by == "operator:root"
@@ -121,7 +121,7 @@ def test_trusting_again_clears_the_record() -> None:
 
 
 def test_coming_back_into_service_is_when_the_wait_starts() -> None:
-    out = ledger.observe_service(NodeState("gpu-7"), False, NOW - DAY)
+    out = ledger.observe_service(NodeRecord("gpu-7"), False, NOW - DAY)
     assert not out.in_service and out.in_service_since is None
     back = ledger.observe_service(out, True, NOW)
     assert back.in_service and back.in_service_since == NOW
@@ -183,3 +183,10 @@ def test_a_job_log_alone_never_drains() -> None:
     assert acts == () and "rests on the job's own log" in notes[0].text
     trusted, _ = drains.drain_actions(job(), verdict_on(Basis.SLURM), settings)
     assert [(a.kind, a.nodes) for a in trusted] == [(ActionKind.DRAIN, "gpu-7")]
+
+
+def test_only_exclusions_made_before_the_node_was_trusted_again_are_taken_back() -> None:
+    records = {"gpu-7": NodeRecord("gpu-7", trusted_at=NOW), "gpu-8": NodeRecord("gpu-8", lemon_since=NOW - DAY)}
+    exclusions = [ledger.Exclusion("gpu-7", 1, NOW - HOUR), ledger.Exclusion("gpu-7", 2, NOW + 1),
+                  ledger.Exclusion("gpu-7", 3, NOW - HOUR, taken_back_at=NOW), ledger.Exclusion("gpu-8", 1, NOW - HOUR)]
+    assert ledger.to_take_back(exclusions, records) == {1: ("gpu-7",)}

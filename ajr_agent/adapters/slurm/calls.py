@@ -27,6 +27,8 @@ class Operation(StrEnum):
     UPDATE = "update"
     EXCLUDE_NODES = "exclude_nodes"
     DRAIN = "drain"
+    UNEXCLUDE_NODES = "unexclude_nodes"
+    REBOOT = "reboot"
     PARTITION_NODES = "partition_nodes"
     NODES_OUT_OF_SERVICE = "nodes_out_of_service"
     NODE_STATES = "node_states"
@@ -69,6 +71,8 @@ def command_for(operation: Operation, target: int | str | None) -> list[str]:
         Operation.UPDATE: ["scontrol", "update", *(f"JobId={t}" for t in where)],
         Operation.EXCLUDE_NODES: ["scontrol", "update", *(f"JobId={t}" for t in where)],
         Operation.DRAIN: ["scontrol", "update", *(f"NodeName={t}" for t in where), "State=DRAIN"],
+        Operation.UNEXCLUDE_NODES: ["scontrol", "update", *(f"JobId={t}" for t in where)],
+        Operation.REBOOT: ["scontrol", "reboot", "ASAP", "nextstate=RESUME", *where],
         Operation.PARTITION_NODES: ["scontrol", "-o", "show", "partition"],
         Operation.NODES_OUT_OF_SERVICE: ["sinfo", "-h", "-N", "-o", "%N|%T"],
         Operation.NODE_STATES: list(NODE_STATES_COMMAND),

@@ -163,6 +163,24 @@ class CommandGateway:
         `x ExcNodeList=...`). Only nodes of the cluster's partitions count: Slurm refuses
         others, and their number bounds the list's expansion.
         """
+        known, have = self._exclusions(job_id)
+        if unknown := [node for node in nodes if node not in known]:
+            log.warning("job %s: %s not excluded: no partition of this cluster has them (sinfo)", job_id,
+                        ",".join(unknown))  # fmt: skip
+        kept = [node for node in have if node in known]
+        added = [node for node in dict.fromkeys(nodes) if node in known and node not in kept]
+        if added:
+            self.update(job_id, ExcNodeList=compress_hostlist(kept + added))
+
+    def unexclude_nodes(self, job_id: int, nodes: Sequence[str]) -> None:
+        """Take `nodes` out of the job's ExcNodeList, keeping every other node in it (the user's own)."""
+        known, have = self._exclusions(job_id)
+        kept = [node for node in have if node in known and node not in nodes]
+        if len(kept) != len([node for node in have if node in known]):
+            self.update(job_id, ExcNodeList=compress_hostlist(kept))
+
+    def _exclusions(self, job_id: int) -> tuple[set[str], list[str]]:
+        """The cluster's nodes, and the job's ExcNodes as squeue shows them under a fresh token."""
         known = {node for members in self.partition_nodes().values() for node in members}
         token = new_token()
         command = [*SQUEUE_COMMAND, "-j", str(job_id)]
@@ -171,16 +189,14 @@ class CommandGateway:
         if len(listed) != 1:
             raise SlurmOutputError(command, f"squeue listed job {job_id} {len(listed)} times, expected once")
         try:
-            have = expand_hostlist("" if listed[0] == "(null)" else listed[0], limit=len(known))
+            return known, expand_hostlist("" if listed[0] == "(null)" else listed[0], limit=len(known))
         except HostlistError as exc:
             raise SlurmOutputError(command, f"job {job_id}'s ExcNodes: {exc}") from exc
-        if unknown := [node for node in nodes if node not in known]:
-            log.warning("job %s: %s not excluded: no partition of this cluster has them (sinfo)", job_id,
-                        ",".join(unknown))  # fmt: skip
-        kept = [node for node in have if node in known]
-        added = [node for node in dict.fromkeys(nodes) if node in known and node not in kept]
-        if added:
-            self.update(job_id, ExcNodeList=compress_hostlist(kept + added))
+
+    def reboot(self, node: str, reason: str) -> None:
+        """Reboot a node once its jobs are done, back in service after (`scontrol reboot ASAP nextstate=RESUME`);
+        Slurm drains it meanwhile, with the reason."""
+        self.run(["scontrol", "reboot", "ASAP", "nextstate=RESUME", f"reason={reason}", node])
 
     def drain(self, node: str, reason: str) -> None:
         """Drain one node; the reason tells admins which job and evidence made AJR do it."""

@@ -51,8 +51,14 @@ class SlurmGateway(Protocol):
     def exclude_nodes(self, job_id: int, nodes: Sequence[str]) -> None:
         """Add nodes to the job's ExcNodeList, keeping the ones the user excluded."""
 
+    def unexclude_nodes(self, job_id: int, nodes: Sequence[str]) -> None:
+        """Take nodes out of the job's ExcNodeList, keeping the others (the user's own among them)."""
+
     def drain(self, node: str, reason: str) -> None:
         """Drain a node with a reason (`scontrol update NodeName=.. State=DRAIN Reason=..`)."""
+
+    def reboot(self, node: str, reason: str) -> None:
+        """Reboot a node once idle, back in service after (`scontrol reboot ASAP nextstate=RESUME reason=..`)."""
 
     def partition_nodes(self) -> dict[str, list[str]]:
         """Every partition's nodes, expanded."""

@@ -25,6 +25,7 @@ from typing import Callable, ClassVar, Sequence
 
 from ajr_agent.adapters.slurm.calls import Call, Operation, SlurmAnswer, command_for
 from ajr_agent.adapters.slurm.errors import SlurmError, is_transient
+from ajr_agent.adapters.slurm.memory_nodes import NodeActions
 from ajr_agent.domain.errors import AjrError
 from ajr_agent.domain.hostlist import HostlistError, compress_hostlist, expand_hostlist
 from ajr_agent.domain.jobs import ENDED_STATES, HELD_REASONS, JobSnapshot
@@ -54,7 +55,7 @@ class _Failure:
 
 
 @dataclass(eq=False)
-class MemorySlurm:
+class MemorySlurm(NodeActions):
     """Slurm's jobs, partitions and nodes as plain data, changed by AJR's requests as Slurm would change them.
 
     `calls` lists every action requested with its arguments, `reads` counts the reads.

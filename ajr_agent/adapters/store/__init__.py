@@ -11,6 +11,7 @@ Callers hold one Store (database.py); the rest of the package is what it is made
     notes.py        a job's story (events) within its caps
     throughput.py   an attempt's throughput readings, thinned evenly past the cap
     journal.py      the action journal
+    nodes.py        the node ledger: blames, nodes' records, AJR's exclusions, operators' forgiveness
     agent_state.py  read positions of followed files, facts for `ajr status`
     prune.py        retention: removing the jobs AJR is done with
     limits.py       what a job may store: excerpts, caps

@@ -22,6 +22,7 @@ from ajr_agent.adapters.store.connection import DEFAULT_BUSY_TIMEOUT_MS, AGENT_B
 from ajr_agent.adapters.store.errors import StoreCorruptError, StoreError, StoreFullError
 from ajr_agent.adapters.store.limits import Limits
 from ajr_agent.adapters.store.migrations import SCHEMA_VERSION, found_version, migrate
+from ajr_agent.adapters.store.nodes import NodeRows
 from ajr_agent.adapters.store.notes import Notes
 from ajr_agent.adapters.store.prune import PRUNE_BATCH_JOBS, prune
 from ajr_agent.adapters.store.records import ActionStatus, FollowedFile, JournalEntry, Pruned, Reading, StoredEvent
@@ -75,6 +76,7 @@ class Store:
         self.conn = self._connection.conn
         self._notes = Notes(self._connection)
         self._throughput = Throughput(self._connection)
+        self.nodes = NodeRows(self._connection)  # the node ledger's rows
         try:
             self._open(integrity_check)
         except BaseException:
