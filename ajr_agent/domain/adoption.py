@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable
 
-from ajr_agent.domain.events import AttemptStarted, AttemptSucceeded, Event, JobEnded, JobHeld, JobVanished
+from ajr_agent.domain.events import (
+    AttemptStarted,
+    AttemptSucceeded,
+    Event,
+    JobEnded,
+    JobHeld,
+    JobVanished,
+    RequeuedBySlurm,
+)
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.model import Decision, ManagedJob, Note, NoteKind, Outcome, Phase
 from ajr_agent.domain.settings import RestartSuccess, Settings
@@ -113,6 +121,8 @@ def observe(job: ManagedJob, snapshot: JobSnapshot, now: float, settings: Settin
         events.append(AttemptStarted(job.job_id, attempt, started, snapshot.nodes))
     if job.phase is Phase.HELD and snapshot.state == "PENDING":
         events.append(JobHeld(job.job_id, attempt, now))
+    if _requeued_without_ajr(job, snapshot):
+        events.append(RequeuedBySlurm(job.job_id, job.attempt, now, attempt))
     if (
         settings.restart_success is RestartSuccess.RUNTIME
         and snapshot.running
@@ -135,6 +145,12 @@ def observe(job: ManagedJob, snapshot: JobSnapshot, now: float, settings: Settin
         stdout_dir=snapshot.stdout_dir or job.stdout_dir,
     )
     return refreshed, events
+
+
+def _requeued_without_ajr(job: ManagedJob, snapshot: JobSnapshot) -> bool:
+    """The attempt AJR watched is pending again, its restart count up, and AJR did not requeue it."""
+    return (job.phase is Phase.WATCHING and job.attempt_started is not None and job.handled_attempt != job.attempt
+            and snapshot.restart_count > job.attempt and snapshot.state in ("PENDING", "COMPLETING"))  # fmt: skip
 
 
 def vanished(job: ManagedJob, now: float) -> list[Event]:

@@ -34,6 +34,20 @@ class JobEnded:
 
 
 @dataclass(frozen=True)
+class RequeuedBySlurm:
+    """The poll shows attempt `attempt` requeued without AJR: pending again, its restart count up.
+
+    Slurm does it itself when it loses a node of a requeueable job; an operator's or the
+    user's `scontrol requeue` looks the same in the queue. The verdict tells them apart.
+    """
+
+    job_id: int
+    attempt: int
+    at: float
+    restart_count: int
+
+
+@dataclass(frozen=True)
 class JobHeld:
     """A job AJR requeued held is pending again: Slurm has finished the failed attempt."""
 
@@ -175,9 +189,11 @@ class ActionFailed:
     at: float
     reason: str
     tried: bool = True
+    # A requeuehold refused because the job is pending already: Slurm (or someone) requeued it.
+    requeued_already: bool = False
 
 
 Event = (
-    AttemptStarted | AttemptSucceeded | JobEnded | JobHeld | JobVanished | JobForgotten | Attributed | VerdictOverdue
-    | StragglerFound | AnomalyFound | CheckpointSaved | ActionDone | ActionFailed | LemonsChanged
+    AttemptStarted | AttemptSucceeded | JobEnded | JobHeld | RequeuedBySlurm | JobVanished | JobForgotten | Attributed
+    | VerdictOverdue | StragglerFound | AnomalyFound | CheckpointSaved | ActionDone | ActionFailed | LemonsChanged
 )

@@ -52,6 +52,9 @@ class Awaiting(StrEnum):
     # The failed attempt's verdict, worked out off the loop: the release (or, in a singleton
     # chain, the successor's release) waits for it, so that a faulty node is kept out.
     VERDICT = "verdict"
+    # Slurm requeued the job itself: the verdict says whether it lost one of the job's nodes
+    # (a failure, counted and recovered) or someone requeued it (left to Slurm, not counted).
+    LOST_NODE = "lost_node"
 
 
 class Fault(StrEnum):

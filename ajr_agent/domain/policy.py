@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ajr_agent.domain import budgets, lemons
+from ajr_agent.domain import budgets, lemons, slurm_requeues
 from ajr_agent.domain.drains import drain_actions
 from ajr_agent.domain.events import (
     ActionDone,
@@ -24,6 +24,7 @@ from ajr_agent.domain.events import (
     JobHeld,
     JobVanished,
     LemonsChanged,
+    RequeuedBySlurm,
     StragglerFound,
     VerdictOverdue,
 )
@@ -32,6 +33,7 @@ from ajr_agent.domain.model import (
     Action,
     ActionKind,
     Awaiting,
+    Basis,
     Decision,
     Fault,
     ManagedJob,
@@ -83,9 +85,13 @@ def decide(job: ManagedJob, event: Event, settings: Settings, successor: int | N
         case ActionDone():
             return _action_done(job, event, settings)
         case ActionFailed():
-            return _action_failed(job, event)
+            return _action_failed(job, event, settings)
         case JobHeld():
             return _held(job, event)
+        case RequeuedBySlurm():
+            return slurm_requeues.seen(job, event)
+        case Attributed() if job.awaiting is Awaiting.LOST_NODE:
+            return _lost_node(job, event, settings, successor)
         case Attributed():
             return _attributed(job, event, settings)
         case VerdictOverdue():
@@ -168,10 +174,11 @@ def _keep_failed(job: ManagedJob, outcome: Outcome, state: str) -> ManagedJob:
 
 
 def _failure(job: ManagedJob, attempt: int, at: float, cause: str, settings: Settings, successor: int | None,
-             fault: Fault = Fault.UNKNOWN) -> Decision:  # fmt: skip
+             fault: Fault = Fault.UNKNOWN, requeued: bool = False) -> Decision:  # fmt: skip
     """A failure of `attempt`: recover, or say why not. One failure gives at most one recovery.
 
     It is charged to the budget `fault` (the failing line's) points at, until the verdict says.
+    `requeued`: Slurm has requeued the attempt itself (so has it when AJR is asking about a lost node).
     """
     if attempt != job.attempt:
         return Decision(job, notes=(Note(NoteKind.IGNORED, f"{cause} in attempt {attempt}, which is over; ignored"),))
@@ -198,6 +205,8 @@ def _failure(job: ManagedJob, attempt: int, at: float, cause: str, settings: Set
     failed = budgets.charge(failed, budget)
     if job.mode is ResumeMode.SINGLETON:
         return _hand_over(failed, cause, successor, settings)
+    if requeued or job.awaiting is Awaiting.LOST_NODE:
+        return slurm_requeues.failed(failed, attempt, cause, settings)
     action = Action(ActionKind.REQUEUE_HOLD, job.job_id, attempt, cause)
     # Held at once, so the failed run gives its nodes back; released once the verdict is in.
     requeued = await_verdict(failed, phase=Phase.HOLDING, requeues_used=used + 1,
@@ -286,7 +295,7 @@ def _action_done(job: ManagedJob, event: ActionDone, settings: Settings) -> Deci
 
 
 def _held(job: ManagedJob, event: JobHeld) -> Decision:
-    if job.phase is not Phase.HELD or job.awaiting is Awaiting.VERDICT:
+    if job.phase is not Phase.HELD or job.awaiting is not None:
         return Decision(job)
     return release_held(job, notes=(Note(NoteKind.HELD, f"job is held pending (restart count {event.attempt})"),))
 
@@ -309,7 +318,21 @@ def _attributed(job: ManagedJob, event: Attributed, settings: Settings) -> Decis
     return Decision(going_on.job, (*drains, *going_on.actions), (*notes, *drain_notes, *going_on.notes))
 
 
+def _lost_node(job: ManagedJob, event: Attributed, settings: Settings, successor: int | None) -> Decision:
+    """Slurm's own requeue judged: a node it lost makes it one failure, recovered as AJR's own."""
+    if event.attempt != job.attempt:
+        return Decision(job)
+    if event.verdict.fault is not Fault.NODE or event.verdict.basis is not Basis.SLURM:
+        return slurm_requeues.not_lost(job, "Slurm lost none of its nodes")
+    failed = _failure(replace(job, awaiting=None), event.attempt, event.at, event.verdict.cause, settings, successor,
+                      Fault.NODE, requeued=True)  # fmt: skip
+    judged = _attributed(failed.job, event, settings)
+    return Decision(judged.job, (*failed.actions, *judged.actions), (*failed.notes, *judged.notes))
+
+
 def _verdict_overdue(job: ManagedJob, event: VerdictOverdue, settings: Settings) -> Decision:
+    if job.awaiting is Awaiting.LOST_NODE and event.attempt == job.attempt:
+        return slurm_requeues.not_lost(job, f"Slurm's node states did not come within {event.waited:.0f} s")
     if event.attempt != job.handled_attempt or job.awaiting is not Awaiting.VERDICT:
         return Decision(job)
     note = Note(NoteKind.WARNING, f"no verdict after {event.waited:.0f} s (node logs or Slurm do not answer): "
@@ -342,7 +365,7 @@ def _straggler(job: ManagedJob, event: StragglerFound, settings: Settings, succe
     return Decision(failure.job, failure.actions, (Note(NoteKind.STRAGGLER, text), *failure.notes))
 
 
-def _action_failed(job: ManagedJob, event: ActionFailed) -> Decision:
+def _action_failed(job: ManagedJob, event: ActionFailed, settings: Settings) -> Decision:
     action = event.action
     if action.kind is ActionKind.ANNOTATE:
         return Decision(job, notes=(Note(NoteKind.ACTION, f"AdminComment not written: {event.reason}"),))
@@ -350,6 +373,8 @@ def _action_failed(job: ManagedJob, event: ActionFailed) -> Decision:
         return after_exclusion(job, action, False, event.reason, "")
     if action.kind in lemons.KINDS:
         return lemons.failed(job, action, event.reason)
+    if action.kind is ActionKind.REQUEUE_HOLD and job.phase is Phase.HOLDING and event.requeued_already:
+        return slurm_requeues.already_requeued(job, action, event.at, settings)
     if action.kind is ActionKind.REQUEUE_HOLD and job.phase is Phase.HOLDING:
         refunded = budgets.refund(job)
         stopped = replace(refunded, requeues_used=max(job.requeues_used - 1, 0), last_action="requeue refused",

@@ -21,7 +21,7 @@ from ajr_agent.adapters.slurm import SlurmError, SlurmGateway
 from ajr_agent.adapters.store import Store, StoreError
 from ajr_agent.detect.rules import RuleSet, default_rules_dir
 from ajr_agent.domain import adoption
-from ajr_agent.domain import policy
+from ajr_agent.domain import policy, slurm_requeues
 from ajr_agent.domain.events import ActionDone, ActionFailed, Attributed, Event, JobForgotten, VerdictOverdue
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.model import Awaiting, ManagedJob, Note, NoteKind, Phase, UnmanagedJob
@@ -228,9 +228,9 @@ class Agent:
         self._handle_each(self.executor.reopen(self.snapshots, now, due_only=False), now)
         for tracked in self.tracked.values():
             job = tracked.job
-            if job.awaiting is Awaiting.VERDICT and job.handled_attempt is not None:
+            if job.awaiting is not None:
                 # The job's own lines went with the old process; the node logs are still there.
-                self._ask_verdict(job, job.handled_attempt, job.attempt_ended or now)
+                self._ask_verdict(job, slurm_requeues.judged_attempt(job), job.attempt_ended or now)
 
     def run_due_actions(self, now: float) -> None:
         """Try again the actions whose back-off has passed."""
@@ -337,7 +337,8 @@ class Agent:
                     # leaves the action open, and start-up finishes it against Slurm's state.
                     if isinstance(event, (ActionDone, ActionFailed)):
                         self.executor.settle(event)
-                    if isinstance(event, Attributed) and event.attempt == current.handled_attempt:
+                    judged = isinstance(event, Attributed) and event.attempt == decision.job.handled_attempt
+                    if judged and decision.job.verdict:  # a verdict on a failure (not on someone's requeue)
                         self.store.save_verdict(job_id, event.attempt, event.at, event.verdict)
                     self.store.save_job(decision.job)
                     self.nodes.record(current, event, decision, now)
@@ -356,8 +357,8 @@ class Agent:
             tracked.job = decision.job
             if decision.job.phase is Phase.HANDED_OVER and current.phase is not Phase.HANDED_OVER:
                 self._pass_on_chain(decision.job)
-            if decision.job.awaiting is Awaiting.VERDICT and decision.job.handled_attempt != current.handled_attempt:
-                self._ask_verdict(decision.job, decision.job.handled_attempt, getattr(event, "at", now))
+            if (asked := slurm_requeues.newly_awaited(current, decision.job)) is not None:
+                self._ask_verdict(decision.job, asked, getattr(event, "at", now))
             for action in journaled:
                 queue.extend(self.executor.start(action, time.time()))
 
@@ -369,7 +370,8 @@ class Agent:
         ended = snapshot.state if snapshot is not None and snapshot.ended else ""
         evidence = tuple(self.tracked[job.job_id].evidence.get(attempt, ()))
         drains = self.store.drains_since(time.time() - 3600) if self.settings.drain_faulty_nodes else 0
-        self.verdicts.ask(VerdictRequest(job, attempt, evidence, ended, failed_at, drains))
+        tasks = snapshot.tasks if snapshot is not None else 0
+        self.verdicts.ask(VerdictRequest(job, attempt, evidence, ended, failed_at, drains, tasks))
 
     def _pass_on_chain(self, predecessor: ManagedJob) -> None:
         """The released job of a singleton chain takes over the chain's counts."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ajr_agent.adapters.slurm import SlurmError, SlurmGateway, open_gateway
+from ajr_agent.adapters.slurm.calls import SlurmAnswer
 from ajr_agent.adapters.store import ActionStatus, JournalEntry, Store
 from ajr_agent.domain.events import ActionDone, ActionFailed, Event
 from ajr_agent.domain.jobs import JobSnapshot
@@ -178,7 +179,9 @@ class Executor:
             return []
         reason = exc.reason if not exc.transient else f"gave up after {tries} tries: {exc.reason}"
         log.error("job %s: %s failed: %s", action.job_id, action.kind.value, reason)
-        return [ActionFailed(action, now, reason)]
+        # Slurm requeues a job itself when it loses one of its nodes: AJR's requeuehold then comes second.
+        pending = action.kind is ActionKind.REQUEUE_HOLD and SlurmAnswer.PENDING in exc.reason
+        return [ActionFailed(action, now, reason, requeued_already=pending)]
 
     def reopen(self, snapshots: Mapping[int, JobSnapshot], now: float, due_only: bool) -> list[Event]:
         """Take up the actions open in the journal: all of them after a restart, or (`due_only`)

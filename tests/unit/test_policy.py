@@ -143,7 +143,7 @@ def test_held_job_is_released_only_once_slurm_shows_it_pending() -> None:
     pending = snapshot(state="PENDING", restart_count=1, start_time=None, reason="JobHeldAdmin")
     assert adoption.observe(held, pending, 1013.0, SETTINGS)[1] == [JobHeld(7, 1, 1013.0)]
     # A job that is not held by AJR gives no such event.
-    assert adoption.observe(running_job(), pending, 1013.0, SETTINGS)[1] == []
+    assert not any(isinstance(e, JobHeld) for e in adoption.observe(running_job(), pending, 1013.0, SETTINGS)[1])
 
 
 def test_hold_done_releases_and_release_done_waits_for_next_attempt() -> None:
