@@ -29,6 +29,9 @@ from ajr_agent.domain.settings import Settings
 
 log = logging.getLogger("ajr.nodes")
 
+# The settings the readers need, recorded in the store's meta.
+RECORDED = ("lemon_jobs", "lemon_blames", "lemon_window", "trust_after", "lemon_action", "requeue_limit_scope",
+            "node_requeue_cap", "infrastructure_requeue_cap", "site_requeue_cap")
 # Who trusts a node again when its quiet time in service is over.
 BY_AJR = "ajr"
 
@@ -51,16 +54,14 @@ class NodeLedger:
 
     @property
     def settings(self) -> Settings:
-        """The agent's settings; the caps that `ajr show` and the cockpit show with a job's budgets are
-        written to the store when they change (a reload)."""
+        """The agent's settings; the lemon rules and the budgets' caps are written to the store when they
+        change (a reload), for the readers (`ajr nodes`, `ajr show`, the cockpit) to count as the agent does."""
         return self._settings
 
     @settings.setter
     def settings(self, settings: Settings) -> None:
         self._settings = settings
-        self.store.set_meta(requeue_limit_scope=settings.requeue_limit_scope.value,
-                            node_requeue_cap=settings.node_requeue_cap,
-                            infrastructure_requeue_cap=settings.infrastructure_requeue_cap)  # fmt: skip
+        self.store.set_meta(**{key: getattr(settings, key) for key in RECORDED})
 
     def close(self) -> None:
         """Read no more node states; a read under way finishes in its thread."""

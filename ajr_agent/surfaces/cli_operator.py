@@ -13,7 +13,7 @@ from ajr_agent.surfaces import operator
 from ajr_agent.surfaces.cli_context import Context, fail_on_ajr_errors
 
 
-def _operator(ctx: Context, verb: str) -> str:
+def operator_name(ctx: Context, verb: str) -> str:
     """The caller's name, when they may act on jobs: root or the cluster's SlurmUser."""
     name = pwd.getpwuid(os.geteuid()).pw_name
     if os.geteuid() == 0:
@@ -28,7 +28,7 @@ def _operator(ctx: Context, verb: str) -> str:
 
 
 def _slurm_action(ctx: Context, verb: operator.SlurmVerb, job_id: int) -> None:
-    who = _operator(ctx, verb)
+    who = operator_name(ctx, verb)
     store = ctx.store()
     job = store.job(job_id)
     # A job AJR does not manage may be acted on too: the operator's word, journaled all the same.
@@ -63,7 +63,7 @@ def release(ctx: Context, job_id: int) -> None:
 @fail_on_ajr_errors
 def forget(ctx: Context, job_id: int) -> None:
     """Stop managing a job: the agent leaves it alone from its next poll on."""
-    who = _operator(ctx, "forget")
+    who = operator_name(ctx, "forget")
     click.echo(operator.forget(ctx.store(), job_id, who, time.time()).message)
 
 

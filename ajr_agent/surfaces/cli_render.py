@@ -39,7 +39,8 @@ def _ratio(figures: EfficiencyOut) -> str:
     return "-" if figures.efficiency is None else f"{figures.efficiency:.1%}"
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows under a header, each column as wide as its widest cell."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
 
@@ -61,7 +62,7 @@ def status_lines(overview: Overview, now: float) -> list[str]:
          when(j.last_checkpoint), j.last_anomaly or "-", j.last_action or "-")  # fmt: skip
         for j in listed.jobs
     ]
-    lines += _table(header, rows)
+    lines += table(header, rows)
     if listed.total > len(listed.jobs):
         lines.append(f"(the newest {len(listed.jobs)} of {listed.total} jobs)")
     return lines
@@ -94,12 +95,24 @@ def _heading(detail: JobDetail) -> list[str]:
         f"  Slurm state {job.slurm_state or '-'}, AJR {job.phase.value}, attempt {job.attempt}, "
         f"requeues {job.requeues_used} of {job.limit}{asked}",
     ]  # fmt: skip
+    lines.append(f"  requeues by cause: {budget_line(detail)}")
     if job.stop_reason:
         lines.append(f"  not requeued: {job.stop_reason}")
-    lines.append(f"  last checkpoint {when(job.last_checkpoint)}, nodes {job.nodes or '-'}")
+    kept = f", lemon nodes kept out {job.keep_out}" if job.keep_out else ""
+    lines.append(f"  last checkpoint {when(job.last_checkpoint)}, nodes {job.nodes or '-'}{kept}")
     lines.append(f"  training efficiency {figures_line(detail.efficiency)}")
     lines += [f"  log (attempt {f.attempt}): {f.path}" for f in detail.log_files] or [_no_log(job)]
     return lines
+
+
+def budget_line(detail: JobDetail) -> str:
+    """`own failures 1/10, node 2/10, infrastructure 0/10; max_requeue_times bounds the total`."""
+    budgets = detail.budgets
+    names = {"application": "own failures", "node": "node", "infrastructure": "infrastructure"}
+    parts = ", ".join(f"{names[b.budget.value]} {b.used}/{'?' if b.cap is None else b.cap}" for b in budgets.by_cause)
+    bound = {"total": "max_requeue_times bounds the total", "application": "max_requeue_times bounds the job's own "
+             f"failures, the site cap ({budgets.cap}) the total"}.get(budgets.scope or "", "")  # fmt: skip
+    return parts + (f"; {bound}" if bound else "")
 
 
 def _no_log(job: JobSummary) -> str:

@@ -27,6 +27,7 @@ from ajr_agent.runtime.observers import Observer
 from ajr_agent.views import queries
 from ajr_agent.views.decisions import recovered, refusal
 from ajr_agent.views.models import KpiQuery
+from ajr_agent.views.nodes import node_list
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The overall efficiency gauge covers the same window as `ajr kpi --since 24h`.
@@ -77,12 +78,27 @@ EFFICIENCY = Family(
     ("scope", "job_id", "name", "user"),
 )  # fmt: skip
 LAST_POLL = Family("ajr_agent_last_poll_timestamp_seconds", "gauge", "When the agent last read the Slurm queue.")
+LEMONS = Family("ajr_lemon_nodes", "gauge", "Nodes the ledger holds for lemons: kept out of every managed job.")
+NODE_LEMON = Family("ajr_node_lemon", "gauge", "1 for a lemon node, 0 for a node the ledger trusts.", ("node",))
+NODE_WITNESSES = Family("ajr_node_witnesses", "gauge",
+                        "Witnesses of a node's record: jobs on trusted evidence, plus each user whose job logs alone "
+                        "blame it.", ("node",))  # fmt: skip
+NODE_BLAMES = Family("ajr_node_blames", "gauge", "Failed attempts verdicts put on the node, by what they rested on.",
+                     ("node", "basis"))  # fmt: skip
+NODE_EXCLUSIONS = Family("ajr_node_exclusions", "gauge", "Jobs whose ExcNodeList AJR put the node in and kept it.",
+                         ("node",))  # fmt: skip
+NODE_ACTIONS = Family("ajr_node_actions", "gauge", "AJR's drains and reboots of the node (kept in the journal).",
+                      ("node", "kind"))  # fmt: skip
+REQUEUES_BY_CAUSE = Family("ajr_requeues_by_cause", "gauge",
+                           "Requeues of the managed jobs still in Slurm, by the budget they were counted against.",
+                           ("budget",))  # fmt: skip
 
 STORE_ERRORS = Family("ajr_state_db_errors_total", "counter",
                       "Writes to the state database that failed, by cause (full, locked, corrupt, other).", ("cause",))
 AGENT_FAMILIES = (ANOMALIES, VERDICTS, ACTIONS, RECOVERIES, REFUSED, DETECTION, POLL, FILES, BYTES, SLURM_ERRORS,
                   STORE_ERRORS)  # fmt: skip
-STORE_FAMILIES = (MANAGED, REFUSED_SPECS, EFFICIENCY, LAST_POLL)
+STORE_FAMILIES = (MANAGED, REFUSED_SPECS, EFFICIENCY, LAST_POLL, LEMONS, NODE_LEMON, NODE_WITNESSES, NODE_BLAMES,
+                  NODE_EXCLUSIONS, NODE_ACTIONS, REQUEUES_BY_CAUSE)
 
 
 def _recovery_decided(before: ManagedJob, decision: Decision) -> bool:
@@ -221,6 +237,26 @@ def store_lines(store: Store, now: float) -> list[str]:
     lines += _header(LAST_POLL)
     if last_poll is not None:
         lines.append(_sample(LAST_POLL.name, {}, last_poll))
+    by_cause = {"application": sum(j.app_requeues for j in jobs), "node": sum(j.node_requeues for j in jobs),
+                "infrastructure": sum(j.infra_requeues for j in jobs)}  # fmt: skip
+    lines += _header(REQUEUES_BY_CAUSE) + [_sample(REQUEUES_BY_CAUSE.name, {"budget": b}, n) for b, n in by_cause.items()]
+    return lines + node_lines(store, now)
+
+
+def node_lines(store: Store, now: float) -> list[str]:
+    """The node ledger's gauges, from the read model of `ajr nodes`."""
+    ledger = node_list(store, now, with_blames=False)
+    lines = _header(LEMONS) + [_sample(LEMONS.name, {}, ledger.lemons)]
+    for family, value in ((NODE_LEMON, lambda n: float(n.lemon)), (NODE_WITNESSES, lambda n: n.witnesses),
+                          (NODE_EXCLUSIONS, lambda n: len(n.excluded_from))):  # fmt: skip
+        lines += _header(family) + [_sample(family.name, {"node": n.node}, value(n)) for n in ledger.nodes]
+    lines += _header(NODE_BLAMES)
+    for node, basis, count in store.nodes.blame_counts():
+        lines.append(_sample(NODE_BLAMES.name, {"node": node, "basis": basis}, count))
+    lines += _header(NODE_ACTIONS)
+    for n in ledger.nodes:
+        lines += [_sample(NODE_ACTIONS.name, {"node": n.node, "kind": kind}, count)
+                  for kind, count in (("drain", n.drains), ("reboot", n.reboots)) if count]
     return lines
 
 

@@ -39,6 +39,7 @@ from ajr_agent.surfaces.http_reply import HTML, JSON, Reply, error_reply
 from ajr_agent.surfaces.http_server import CockpitServer
 from ajr_agent.surfaces.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ajr_agent.surfaces.metrics import Metrics, exposition
+from ajr_agent.surfaces.web_nodes import NodeHandlers
 from ajr_agent.surfaces.web_routes import ROUTES, Route, openapi_document
 from ajr_agent.views import queries
 from ajr_agent.views.models import JobsQuery, KpiQuery
@@ -67,7 +68,7 @@ class Forbidden(queries.ApiError):
     status = 403
 
 
-class Service:
+class Service(NodeHandlers):
     """Answers requests from the store (opened per request: SQLite connections stay in their thread)."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
@@ -75,6 +76,7 @@ class Service:
         self.metrics = metrics
         self.static = resources.files("ajr_agent.surfaces") / "static"
         self.openapi = json.dumps(openapi_document()).encode()
+        self.origin = WEB_ORIGIN
 
     def handle(self, method: str, target: str, headers: dict[str, str], client: str) -> Reply:
         """Route one request and turn AJR's errors into JSON error answers."""

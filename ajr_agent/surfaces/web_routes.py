@@ -20,6 +20,7 @@ from ajr_agent import __version__
 from ajr_agent.surfaces.http_reply import HTML, JSON
 from ajr_agent.surfaces.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ajr_agent.views import models as api
+from ajr_agent.views import nodes
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,15 @@ class Route:
         """The path as a regex; {job_id} takes digits only."""
         return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>\\d+)", self.path) + "$")
 
+
+# The node ledger's (handlers in web_nodes).
+NODE_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/api/nodes", "get_nodes", "The node ledger: each node's blames, standing (lemon, trusted again), "
+          "exclusions, drains and reboots, as `ajr nodes`", "api", nodes.NodeList, errors=(503,)),  # fmt: skip
+    Route("POST", "/api/nodes/forgive", "post_forgive",
+          "Trust the node again (`ajr node forgive`): the agent applies it at its next poll", "operator",
+          nodes.ForgiveResult, query=nodes.ForgiveQuery, errors=(400, 401, 403, 404), operator=True),  # fmt: skip
+)
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/", "list_page", "The cockpit: managed jobs with filters", "pages", media=HTML),
@@ -68,6 +78,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/metrics", "get_metrics", "Prometheus metrics (text exposition format 0.0.4)", "metrics",
           media=METRICS_CONTENT_TYPE),  # fmt: skip
     Route("GET", "/openapi.json", "get_openapi", "This OpenAPI 3.1 document", "api", media=JSON),
+    *NODE_ROUTES,
 )
 
 

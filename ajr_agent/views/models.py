@@ -14,7 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.dataclasses import dataclass
 
 from ajr_agent.domain.efficiency import Efficiency
-from ajr_agent.domain.model import ActionKind, Fault, ManagedJob, NoteKind, Outcome, Phase, StopCause, UnmanagedJob
+from ajr_agent.domain.model import (
+    ActionKind,
+    Basis,
+    Budget,
+    Fault,
+    ManagedJob,
+    NoteKind,
+    Outcome,
+    Phase,
+    StopCause,
+    UnmanagedJob,
+)
 from ajr_agent.domain.spec import ResumeMode
 from ajr_agent.adapters.store import ActionStatus, JournalEntry, StoredEvent
 
@@ -128,6 +139,10 @@ class JobSummary(BaseModel):
     phase: Phase
     requeues_used: int
     limit: int = Field(description="effective limit: min(the job's max_requeue_times, the site cap)")
+    app_requeues: int = Field(description="requeues after the job's own (or unknown) failures")
+    node_requeues: int = Field(description="requeues after failures a verdict put on a node")
+    infra_requeues: int = Field(description="requeues after failures a verdict put on the shared infrastructure")
+    keep_out: str = Field(description="lemon nodes AJR keeps out of the job's next attempts, comma-separated")
     requested_limit: int | None = Field(description="the job's own max_requeue_times, null when it set none")
     attempt: int = Field(description="Slurm's restart count of the attempt last seen")
     chain: str = Field(description="singleton mode: the chain the job belongs to")
@@ -154,6 +169,8 @@ class JobSummary(BaseModel):
         return cls(
             job_id=job.job_id, name=job.name, user=job.user, mode=job.mode, slurm_state=job.slurm_state,
             phase=job.phase, requeues_used=job.requeues_used, limit=job.limit, requested_limit=job.requested_limit,
+            app_requeues=job.app_requeues, node_requeues=job.node_requeues, infra_requeues=job.infra_requeues,
+            keep_out=job.keep_out,
             attempt=job.attempt, chain=job.chain, successor=job.successor, partition=job.partition, nodes=job.nodes,
             excluded_nodes=job.excluded_nodes, work_dir=job.work_dir, stdout_dir=job.stdout_dir,
             stop_reason=job.stop_reason, stop_cause=job.stop_cause, last_checkpoint=job.last_checkpoint,
@@ -276,6 +293,24 @@ class VerdictOut(BaseModel):
     nodes: list[str]
     cause: str
     evidence: list[str] = Field(description="the log lines it rests on, `source: line`")
+    basis: Basis = Field(description="job_log (the user's own log: never drains), node_log or slurm")
+
+
+class BudgetOut(BaseModel):
+    """One budget of a job's requeues: its use and its cap (null before the agent recorded its caps)."""
+
+    budget: Budget
+    used: int
+    cap: int | None
+
+
+class BudgetsOut(BaseModel):
+    """A job's requeues in all and by cause."""
+
+    scope: str | None = Field(description="what max_requeue_times bounds: total or application (the agent's setting)")
+    used: int
+    cap: int | None = Field(description="the bound on all requeues: the job's limit, or the site cap in application scope")
+    by_cause: list[BudgetOut]
 
 
 class ThroughputPoint(BaseModel):
@@ -306,6 +341,7 @@ class JobDetail(BaseModel):
     throughput: list[ThroughputPoint]
     efficiency: EfficiencyOut
     log_files: list[LogFileOut]
+    budgets: BudgetsOut
 
 
 class KpiRow(BaseModel):

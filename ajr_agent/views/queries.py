@@ -14,15 +14,18 @@ from datetime import datetime
 from typing import Iterable, Literal
 
 from ajr_agent import __version__
+from ajr_agent.domain import budgets
 from ajr_agent.domain.efficiency import NOTHING, Efficiency, of_attempts
 from ajr_agent.domain.errors import AjrError
-from ajr_agent.domain.model import Attempt, ManagedJob, NoteKind
+from ajr_agent.domain.model import Attempt, Budget, ManagedJob, NoteKind
 from ajr_agent.domain.policy import OVER, RECOVERING
 from ajr_agent.adapters.store import Store
 from ajr_agent.views.models import (
     ActionOut,
     AgentStatus,
     AttemptOut,
+    BudgetOut,
+    BudgetsOut,
     EfficiencyOut,
     EventOut,
     JobDetail,
@@ -196,14 +199,28 @@ def _detail(store: Store, job: ManagedJob, now: float) -> JobDetail:
         actions=[ActionOut.of(a) for a in store.actions(job.job_id)],
         verdicts=[
             VerdictOut(job_id=j, attempt=n, label=_label(job, j, n), at=at, fault=v.fault, nodes=list(v.nodes),
-                       cause=v.cause, evidence=list(v.evidence))  # fmt: skip
+                       cause=v.cause, evidence=list(v.evidence), basis=v.basis)  # fmt: skip
             for j, n, at, v in store.verdicts([m.job_id for m in members])
         ],
         throughput=[ThroughputPoint(attempt=n, at=at, value=value) for n, at, value in store.throughput(job.job_id)],
         efficiency=EfficiencyOut.of(figures),
         log_files=[LogFileOut(attempt=f.attempt, path=f.position.path, offset=f.position.offset)
                    for f in store.files(job.job_id)],  # fmt: skip
+        budgets=_budgets(store, job),
     )  # fmt: skip
+
+
+def _budgets(store: Store, job: ManagedJob) -> BudgetsOut:
+    """The job's requeues by cause, with the caps the agent recorded."""
+    meta = store.meta()
+    scope = meta.get("requeue_limit_scope")
+    caps = {Budget.APPLICATION: job.limit, Budget.NODE: meta.get("node_requeue_cap"),
+            Budget.INFRASTRUCTURE: meta.get("infrastructure_requeue_cap")}  # fmt: skip
+    total = job.limit if scope != "application" else meta.get("site_requeue_cap")
+    return BudgetsOut(scope=None if scope is None else str(scope), used=job.requeues_used,
+                      cap=None if total is None else int(str(total)),
+                      by_cause=[BudgetOut(budget=b, used=budgets.used(job, b),
+                                          cap=None if caps[b] is None else int(str(caps[b]))) for b in Budget])  # fmt: skip
 
 
 def _label(job: ManagedJob, job_id: int, attempt: int) -> str:

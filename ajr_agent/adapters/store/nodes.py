@@ -63,6 +63,13 @@ class NodeRows:
         return [Blame(**{**row, "basis": Basis(row["basis"])}) for row in rows]
 
     @_guarded
+    def blame_counts(self) -> list[tuple[str, str, int]]:
+        """(node, basis, blames) for every node and basis, by node."""
+        rows = self._connection.query("SELECT node, basis, count(*) AS n FROM node_blames GROUP BY node, basis "
+                                      "ORDER BY node, basis")  # fmt: skip
+        return [(row["node"], row["basis"], row["n"]) for row in rows]
+
+    @_guarded
     def save_records(self, records: Iterable[NodeRecord]) -> None:
         """Insert or replace nodes' records."""
         rows = [(r.node, r.lemon_since, r.counted_since, int(r.in_service), r.in_service_since, r.trusted_at,

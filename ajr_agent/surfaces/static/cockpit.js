@@ -198,6 +198,7 @@
     const cards = h("div", { class: "cards" });
     const body = h("div", { class: "table-wrap" });
     const refused = h("div");
+    const nodes = h("div");
 
     app.replaceChildren(
       h("div", { class: "page-head" }, h("div", {}, h("h1", { text: "Managed jobs" }),
@@ -208,7 +209,8 @@
           h("label", {}, "User", user), h("label", {}, "State", state), h("label", {}, "Mode", mode),
           h("label", {}, gone, "include jobs that left Slurm"), count),
         body),
-      refused);
+      refused,
+      nodes);
 
     const query = () => {
       const q = new URLSearchParams();
@@ -220,12 +222,13 @@
     };
     const load = async () => {
       const q = query();
-      const [list, kpi] = await Promise.all([
+      const [list, kpi, ledger] = await Promise.all([
         getJSON(`/api/jobs?${q}`),
         getJSON(`/api/kpi?since=24h${q.get("user") ? "&user=" + encodeURIComponent(q.get("user")) : ""}`),
+        getJSON("/api/nodes"),
         loadStatus(),
       ]);
-      return { list, kpi };
+      return { list, kpi, ledger };
     };
     const render = (data, error) => {
       if (error) {
@@ -236,6 +239,7 @@
       count.textContent = `${data.list.total} job${data.list.total === 1 ? "" : "s"}`;
       body.replaceChildren(jobTable(data.list.jobs));
       refused.replaceChildren(...(data.list.refused.length ? [refusedPanel(data.list.refused)] : []));
+      nodes.replaceChildren(nodesPanel(data.ledger));
     };
     let typing = null;
     const changed = () => {
@@ -285,6 +289,49 @@
         row.addEventListener("click", (e) => { if (e.target.tagName !== "A") location.href = `/jobs/${j.job_id}`; });
         return row;
       })));
+  }
+
+  // ---- the node ledger ------------------------------------------------------------------------
+
+  function nodesPanel(ledger) {
+    const shown = ledger.nodes.filter((n) => n.lemon || n.blames_total || n.excluded_from.length || n.actions.length);
+    const rule = `lemon at ${ledger.lemon_jobs || "–"} witnesses or ${ledger.lemon_blames || "–"} blames in ` +
+      `${fmtDuration(ledger.lemon_window)}; trusted again after ${fmtDuration(ledger.trust_after)} in service; ` +
+      `lemons: ${ledger.lemon_action}`;
+    if (!shown.length) return panel("Nodes", rule, h("div", { class: "empty", text: "No node blamed." }));
+    const canForgive = status && status.operator_actions && sessionStorage.getItem(TOKEN_KEY);
+    const head = ["Node", "Standing", "Service", "Witnesses", "Blames", "Evidence", "Excluded from", "Drains / reboots", ""];
+    return panel("Nodes", rule, h("div", { class: "table-wrap" }, h("table", { class: "nodes" },
+      h("thead", {}, h("tr", {}, head.map((t) => h("th", { text: t })))),
+      h("tbody", {}, shown.map((n) => h("tr", { "data-node": n.node },
+        h("td", { class: "mono", text: n.node }),
+        h("td", {}, n.lemon ? badge("lemon", "bad") : n.trusted_at ? badge(`trusted by ${n.trusted_by}`, "ok") : badge("ok", "ok"),
+          n.trusted_again_at ? h("div", { class: "muted small", text: `trusted again ${fmtWhen(n.trusted_again_at)} unless blamed` }) : null),
+        h("td", {}, badge(n.in_service ? "in service" : "out", n.in_service ? "ok" : "warn")),
+        h("td", { text: String(n.witnesses) }),
+        h("td", { text: `${n.recent} recent / ${n.blames_total}`,
+          title: n.blames.map((b) => `job ${b.job_id} (${b.user}) ${b.basis}: ${b.cause}`).join("\n") }),
+        h("td", { text: n.trusted_evidence ? "node log / Slurm" : "job logs only" }),
+        h("td", { text: n.excluded_from.join(", ") || "–" }),
+        h("td", { text: `${n.drains} / ${n.reboots}` }),
+        h("td", {}, canForgive && (n.lemon || n.blames_total)
+          ? h("button", { class: "btn", text: "Forgive", onclick: () => forgive(n.node) }) : null)))))));
+  }
+
+  async function forgive(node) {
+    const sure = await confirmAction(`Forgive node ${node}?`, "The agent trusts it again at its next poll: no lemon, its " +
+      "record afresh, AJR's exclusions of it taken back from pending jobs. A node AJR drained stays drained. " +
+      "The request is journaled as operator:web.");
+    if (!sure) return;
+    try {
+      const result = await getJSON(`/api/nodes/forgive?node=${encodeURIComponent(node)}`, {
+        method: "POST", headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}` },
+      });
+      toast(result.message);
+    } catch (error) {
+      if (error.status === 401) sessionStorage.removeItem(TOKEN_KEY);
+      toast(error.message, true);
+    }
   }
 
   function refusedPanel(refused) {
@@ -340,6 +387,7 @@
       h("div", { class: "label", text: label }), h("div", { class: `value${small ? " small" : ""}`, text: value, title: value }));
     const facts = h("section", { class: "panel facts" },
       fact("Requeues", `${j.requeues_used} of ${j.limit}${limitNote}`),
+      fact("By cause", d.budgets.by_cause.map((b) => `${b.budget === "application" ? "own" : b.budget} ${b.used}/${b.cap === null ? "?" : b.cap}`).join(", "), true),
       fact("Attempt", String(j.attempt)),
       fact("Last checkpoint", fmtWhen(j.last_checkpoint), true),
       fact("Last anomaly", j.last_anomaly || "–", true),
