@@ -656,3 +656,23 @@ def test_a_line_break_in_an_admins_reason_stays_in_the_reason() -> None:
 def test_the_task_count_is_slurms_number_or_not_known(shown: str, tasks: int) -> None:
     [job] = parse_squeue(record(NumTasks=shown), TOKEN)
     assert job.tasks == tasks
+
+
+def test_unexclude_nodes_takes_out_only_the_nodes_asked(fake_queue: Callable[..., Path], fake_slurm: Path,
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    fake_queue({"JobID": "5", "ExcNodes": "n[1-3]"})
+    calls = tmp_path / "scontrol.args"
+    fake_scontrol(fake_slurm, calls, show_partition=partitions(gpu="n[1-4]"))
+    gateway = CommandGateway(timeout=10)
+    gateway.unexclude_nodes(5, ["n9"])  # not in the list: nothing to change, no update
+    assert not calls.exists()
+    gateway.unexclude_nodes(5, ["n3"])
+    assert calls.read_text().splitlines() == ["update", "JobId=5", "ExcNodeList=n[1-2]"]
+
+
+def test_reboot_asks_slurm_to_reboot_the_node_once_idle_and_resume_it(fake_slurm: Path, tmp_path: Path) -> None:
+    calls = tmp_path / "scontrol.args"
+    fake_scontrol(fake_slurm, calls)
+    CommandGateway(timeout=10).reboot("n3", "ajr: lemon: job 7 gpu_hardware (xid_79)")
+    assert calls.read_text().splitlines() == ["reboot", "ASAP", "nextstate=RESUME",
+                                              "reason=ajr: lemon: job 7 gpu_hardware (xid_79)", "n3"]
