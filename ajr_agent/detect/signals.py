@@ -1,13 +1,20 @@
-"""Anomalies read from silence and from numbers: a job that stopped writing, a rank slower than the rest."""
+"""Anomalies read from silence, from numbers and from the order of lines: a job that stopped
+writing, a rank slower than the rest, a checkpoint save that began and never completed."""
 
 from __future__ import annotations
 
 import statistics
 from typing import Sequence
 
-from ajr_agent.domain.events import AnomalyFound
-from ajr_agent.domain.model import Fault, ManagedJob, Phase
+from ajr_agent.domain.events import AnomalyFound, CheckpointFailed, CheckpointStarted
+from ajr_agent.domain.model import Better, Fault, ManagedJob, Phase
 from ajr_agent.domain.settings import Settings
+
+
+def hang_due(last_output: float, started: float, timeout: float, startup_grace: float) -> float:
+    """When a hang fires for an attempt started at `started` whose last line was read at `last_output`:
+    after `timeout` seconds of silence, and never within the attempt's start-up grace."""
+    return max(max(last_output, started) + timeout, started + startup_grace)
 
 
 def hung(job: ManagedJob, last_output: float, now: float, settings: Settings) -> AnomalyFound | None:
@@ -19,29 +26,77 @@ def hung(job: ManagedJob, last_output: float, now: float, settings: Settings) ->
     if job.phase is not Phase.WATCHING or job.attempt_started is None or job.attempt_ended is not None:
         return None
     timeout = job.heartbeat_timeout or settings.heartbeat_timeout
-    silence = now - max(last_output, job.attempt_started)
-    if silence < timeout or now - job.attempt_started < settings.hang_startup_grace:
+    if now < hang_due(last_output, job.attempt_started, timeout, settings.hang_startup_grace):
         return None
+    silence = now - max(last_output, job.attempt_started)
     return AnomalyFound(job.job_id, job.attempt, now, "heartbeat", "hang", Fault.UNKNOWN, "",
                         f"no log line for {silence:.0f} s (heartbeat timeout {timeout:g} s)")  # fmt: skip
 
 
-def straggling(values: Sequence[float], settings: Settings) -> tuple[float, tuple[float, ...]] | None:
-    """(baseline, recent reports) when the last `straggler_reports` values all fall below the fraction.
+def straggling(values: Sequence[float], settings: Settings,
+               better: Better = Better.HIGHER) -> tuple[float, tuple[float, ...]] | None:  # fmt: skip
+    """(baseline, recent reports) when the last `straggler_reports` values are all worse than the fraction.
 
-    The baseline is the median of the attempt's earlier reports, so one slow warm-up step
-    or one fast outlier does not move it; at least as many earlier reports as the window
-    are needed before anything is judged.
+    For a rate (higher is better) worse is below `straggler_fraction` of the baseline; for a
+    time per iteration (lower is better) it is above the baseline divided by it: the same
+    drop of the rate. The baseline is the median of the attempt's earlier reports, so one
+    slow warm-up step or one fast outlier does not move it; at least as many earlier
+    reports as the window are needed before anything is judged.
     """
     window = settings.straggler_reports
     if len(values) < 2 * window:
         return None
     earlier, recent = values[:-window], tuple(values[-window:])
+    fraction = settings.straggler_fraction
     # The agent asks at every report, so rule a drop out without sorting where possible: the
-    # median is at most the largest of any more than half of the earlier reports.
-    if recent[-1] >= settings.straggler_fraction * max(earlier[(len(earlier) - 1) // 2 :]):
+    # median lies between the smallest and the largest of any more than half of the earlier reports.
+    if better is Better.LOWER:
+        if recent[-1] * fraction <= min(earlier[: len(earlier) // 2 + 1]):
+            return None
+    elif recent[-1] >= fraction * max(earlier[(len(earlier) - 1) // 2 :]):
         return None
     baseline = statistics.median(earlier)
-    if baseline > 0 and all(v < settings.straggler_fraction * baseline for v in recent):
-        return baseline, recent
-    return None
+    if baseline <= 0:
+        return None
+    if better is Better.LOWER:
+        slow = all(v * fraction > baseline for v in recent)
+    else:
+        slow = all(v < fraction * baseline for v in recent)
+    return (baseline, recent) if slow else None
+
+
+class PendingSaves:
+    """The checkpoint saves that began and have not completed, the latest of each job.
+
+    A save that completes is forgotten; when the attempt it belongs to fails first, it is
+    a failed save. The log feed and `ajr replay` both pair a save's lines this way.
+    """
+
+    def __init__(self) -> None:
+        self._started: dict[int, CheckpointStarted] = {}
+
+    def started(self, save: CheckpointStarted) -> None:
+        """A save of `save.attempt` began (a later start replaces an earlier one still open)."""
+        self._started[save.job_id] = save
+
+    def completed(self, job_id: int, attempt: int) -> None:
+        """A save of the attempt completed: whatever began before it is saved."""
+        save = self._started.get(job_id)
+        if save is not None and save.attempt <= attempt:
+            del self._started[job_id]
+
+    def open(self) -> list[CheckpointStarted]:
+        """The saves begun and not completed, of every job."""
+        return list(self._started.values())
+
+    def failed(self, job_id: int, attempt: int) -> CheckpointFailed | None:
+        """The attempt failed: its open save, if it has one, is a failed save (and forgotten)."""
+        save = self._started.get(job_id)
+        if save is None or save.attempt != attempt:
+            return None
+        del self._started[job_id]
+        return CheckpointFailed(save.job_id, save.attempt, save.at, save.rule, save.path, save.line)
+
+    def forget(self, job_id: int) -> None:
+        """The job is no longer followed."""
+        self._started.pop(job_id, None)

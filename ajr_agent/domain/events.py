@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ajr_agent.domain.model import Action, Fault, Verdict
+from ajr_agent.domain.model import Action, Better, Fault, Verdict
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,9 @@ class StragglerFound:
     at: float
     baseline: float
     recent: tuple[float, ...]
+    rule: str = ""  # the throughput rule whose readings dropped
+    unit: str = ""  # the rule's unit of them, e.g. "tokens/s", "ms/iter"
+    better: Better = Better.HIGHER  # lower: a time per iteration, which rose
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,35 @@ class CheckpointSaved:
 
 
 @dataclass(frozen=True)
+class CheckpointStarted:
+    """A log line of an attempt said a checkpoint save began (a rule of stage "started").
+
+    Not decided on: a save begun has saved nothing. The log feed keeps it until the save
+    completes (a CheckpointSaved) or the attempt fails first (a CheckpointFailed).
+    """
+
+    job_id: int
+    attempt: int
+    at: float
+    rule: str
+    path: str
+    line: str
+
+
+@dataclass(frozen=True)
+class CheckpointFailed:
+    """A checkpoint save of the attempt began at `at` (its line `line`) and the attempt failed
+    before any save completed: nothing was saved, the work since the last save is lost."""
+
+    job_id: int
+    attempt: int
+    at: float
+    rule: str
+    path: str
+    line: str
+
+
+@dataclass(frozen=True)
 class ActionDone:
     """Slurm carried out an action (or, in dry run, it would have been).
 
@@ -195,5 +227,6 @@ class ActionFailed:
 
 Event = (
     AttemptStarted | AttemptSucceeded | JobEnded | JobHeld | RequeuedBySlurm | JobVanished | JobForgotten | Attributed
-    | VerdictOverdue | StragglerFound | AnomalyFound | CheckpointSaved | ActionDone | ActionFailed | LemonsChanged
+    | VerdictOverdue | StragglerFound | AnomalyFound | CheckpointSaved | CheckpointFailed | ActionDone | ActionFailed
+    | LemonsChanged
 )

@@ -82,12 +82,20 @@ class Basis(StrEnum):
     SLURM = "slurm"  # Slurm's own word: the job ended NODE_FAIL, a node it lost
 
 
+class Better(StrEnum):
+    """Which way a throughput reading improves: a rate rises, a time per iteration falls."""
+
+    HIGHER = "higher"
+    LOWER = "lower"
+
+
 class NoteKind(StrEnum):
     """What a line of a job's story is about (the cockpit and `ajr show` group by it)."""
 
     MANAGED = "managed"
     ATTEMPT = "attempt"
     CHECKPOINT = "checkpoint"
+    CHECKPOINT_FAILED = "checkpoint_failed"  # a save that started and never completed before the failure
     FAILURE = "failure"
     DUPLICATE = "duplicate"
     IGNORED = "ignored"
@@ -98,6 +106,7 @@ class NoteKind(StrEnum):
     NOT_REQUEUED = "not_requeued"
     CHAIN_ENDED = "chain_ended"
     STRAGGLER = "straggler"
+    THROUGHPUT = "throughput"  # which rule's readings an attempt's throughput chart shows, in what unit
     SUCCESS = "success"
     EPILOG = "epilog"
     LOG = "log"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ajr_agent.domain import budgets, lemons, slurm_requeues
+from ajr_agent.domain import budgets, lemons, progress, slurm_requeues
 from ajr_agent.domain.drains import drain_actions
 from ajr_agent.domain.events import (
     ActionDone,
@@ -17,6 +17,7 @@ from ajr_agent.domain.events import (
     Attributed,
     AttemptStarted,
     AttemptSucceeded,
+    CheckpointFailed,
     CheckpointSaved,
     Event,
     JobEnded,
@@ -55,7 +56,7 @@ from ajr_agent.domain.recovery import (
     stop,
     stop_and_hand_over,
 )
-from ajr_agent.domain.settings import RestartSuccess, Settings
+from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.spec import ResumeMode
 
 # Phases in which AJR is between a failure and the next attempt.
@@ -73,7 +74,7 @@ def decide(job: ManagedJob, event: Event, settings: Settings, successor: int | N
         case AttemptStarted():
             return _attempt_started(job, event)
         case AttemptSucceeded():
-            return _succeeded(job, event.attempt, f"ran {settings.restart_success_minutes:g} min")
+            return progress.succeeded(job, event.attempt, f"ran {settings.restart_success_minutes:g} min")
         case JobEnded():
             return _job_ended(job, event, settings, successor)
         case AnomalyFound():
@@ -81,7 +82,9 @@ def decide(job: ManagedJob, event: Event, settings: Settings, successor: int | N
             cause = f"{event.category} ({event.rule})"
             return _failure(job, event.attempt, event.at, cause, settings, successor, event.fault)
         case CheckpointSaved():
-            return _checkpoint(job, event, settings)
+            return progress.saved(job, event, settings)
+        case CheckpointFailed():
+            return progress.failed(job, event)
         case ActionDone():
             return _action_done(job, event, settings)
         case ActionFailed():
@@ -235,26 +238,6 @@ def _hand_over(job: ManagedJob, cause: str, successor: int | None, settings: Set
                                                           f"({used}/{job.limit})"),))  # fmt: skip
 
 
-def _succeeded(job: ManagedJob, attempt: int, how: str) -> Decision:
-    if attempt != job.attempt or job.attempt_succeeded:
-        return Decision(job)
-    succeeded = replace(job, attempt_succeeded=True, failure_streak=0)
-    text = f"restart successful ({how})" if job.attempt > 0 or job.chain else f"attempt {attempt} healthy ({how})"
-    return Decision(succeeded, notes=(Note(NoteKind.SUCCESS, text),))
-
-
-def _checkpoint(job: ManagedJob, event: CheckpointSaved, settings: Settings) -> Decision:
-    if event.attempt != job.attempt:
-        return Decision(job)
-    first = job.attempt_first_checkpoint or event.at
-    saved = replace(job, last_checkpoint=event.at, attempt_first_checkpoint=first, attempt_last_checkpoint=event.at)
-    notes = [Note(NoteKind.CHECKPOINT, f"checkpoint saved ({event.rule})")]
-    if settings.restart_success is RestartSuccess.CHECKPOINT and not job.attempt_succeeded:
-        success = _succeeded(saved, event.attempt, "first checkpoint saved")
-        return Decision(success.job, notes=(*notes, *success.notes))
-    return Decision(saved, notes=tuple(notes))
-
-
 def _action_done(job: ManagedJob, event: ActionDone, settings: Settings) -> Decision:
     action = event.action
     prefix = "dry run: would have " if event.dry_run else ""
@@ -355,9 +338,7 @@ def _after_verdict(job: ManagedJob, settings: Settings) -> Decision:
 def _straggler(job: ManagedJob, event: StragglerFound, settings: Settings, successor: int | None) -> Decision:
     if event.attempt != job.attempt or job.straggler_reported:
         return Decision(job)
-    recent = ", ".join(f"{v:g}" for v in event.recent)
-    text = (f"straggler: throughput fell below {settings.straggler_fraction:.0%} of the attempt's baseline "
-            f"{event.baseline:g} for {len(event.recent)} reports ({recent})")  # fmt: skip
+    text = progress.straggler_text(event, settings)
     reported = replace(job, straggler_reported=True, last_anomaly="straggler")
     if not settings.straggler_recovery:
         return Decision(reported, notes=(Note(NoteKind.STRAGGLER, text),))

@@ -5,6 +5,11 @@ Lines are read in passes. A pass hands each job's lines to the rule engine as on
 within the pass's budget (rules_pass_budget); lines past it are left for the next pass.
 Offsets are saved after the decisions, so a crash re-reads lines (whose failure is then
 known as already handled) and never loses one.
+
+A checkpoint save that begins (a rule of stage "started") is held until a save completes;
+when its attempt fails first, it is told as a failed save. Each throughput rule's readings
+are judged as a series of their own, in the rule's direction; an attempt's stored readings
+(its chart) are those of the first rule that reported in it.
 """
 
 from __future__ import annotations
@@ -20,11 +25,11 @@ from ajr_agent.adapters.logs import ChangeWatcher, FilePosition, LogFinder, LogL
 from ajr_agent.adapters.store import FollowedFile, Reading, Store, StoreError
 from ajr_agent.detect import signals
 from ajr_agent.detect.attribution import Evidence
-from ajr_agent.detect.rules import RuleKind, RuleSet
+from ajr_agent.detect.rules import CheckpointStage, Rule, RuleKind, RuleSet
 from ajr_agent.detect.timestamps import line_time
-from ajr_agent.domain.events import AnomalyFound, CheckpointSaved, Event, StragglerFound
+from ajr_agent.domain.events import AnomalyFound, CheckpointSaved, CheckpointStarted, Event, StragglerFound
 from ajr_agent.domain.jobs import JobSnapshot
-from ajr_agent.domain.model import ManagedJob, Note, NoteKind
+from ajr_agent.domain.model import Better, ManagedJob, Note, NoteKind
 from ajr_agent.domain.settings import Settings
 from ajr_agent.runtime.observers import Observer
 from ajr_agent.runtime.tracked import TrackedJob
@@ -71,6 +76,7 @@ class LogFeed:
         # working directory (/home -> /data/home) hides.
         self.real_paths: dict[str, str] = {}
         self.deferred: set[str] = set()  # files with lines the last pass left for the next
+        self.saves = signals.PendingSaves()
 
     def restore(self) -> None:
         """Follow again the files a previous run followed, from where it had read them."""
@@ -147,6 +153,7 @@ class LogFeed:
             del self.files[path]
             self.real_paths.pop(os.path.realpath(path), None)
         tracked.files.clear()
+        self.saves.forget(tracked.job.job_id)
         self.store.forget_files(tracked.job.job_id)
 
     # ---- reading lines ------------------------------------------------------------------
@@ -174,6 +181,23 @@ class LogFeed:
                 self._read_again_or_skip(tracked, result, now, positions)
         if positions:
             self.decisions.guarded(0, self.store.save_files, positions)
+        self._failed_saves(now)
+
+    def _failed_saves(self, now: float) -> None:
+        """Tell the saves whose attempt failed (and ended) before any save completed.
+
+        Waiting for the end leaves a save a last chance to complete: rank 0 often finishes
+        writing while another rank crashes, and its line may come with a later read.
+        """
+        for save in self.saves.open():
+            tracked = self.tracked.get(save.job_id)
+            job = tracked.job if tracked is not None else None
+            if job is not None and job.handled_attempt == save.attempt and (
+                    job.attempt_ended is not None or job.attempt != save.attempt):  # fmt: skip
+                failed = self.saves.failed(save.job_id, save.attempt)
+                self.decisions.guarded(save.job_id, self.decisions.handle_all, save.job_id, [failed], now)
+            elif job is None or job.attempt != save.attempt:
+                self.saves.forget(save.job_id)  # ended otherwise (completed, preempted): not a failure
 
     def _lines(self, tracked: TrackedJob, lines: list[LogLine], notices: list[TailNotice], now: float,
                positions: list[FollowedFile]) -> None:  # fmt: skip
@@ -197,11 +221,16 @@ class LogFeed:
                 tracked.keep_evidence(attempt, Evidence(match, line.text, line.path))
                 events.append(AnomalyFound(job.job_id, attempt, at, rule.name, rule.category or "anomaly",
                                            rule.fault, line.path, line.text))  # fmt: skip
+            elif rule.kind is RuleKind.CHECKPOINT and rule.stage is CheckpointStage.STARTED:
+                self.saves.started(CheckpointStarted(job.job_id, attempt, at, rule.name, line.path, line.text))
             elif rule.kind is RuleKind.CHECKPOINT:
+                self.saves.completed(job.job_id, attempt)
                 events.append(CheckpointSaved(job.job_id, attempt, at, rule.name, line.path, line.text))
             elif match.value is not None:
-                readings.append(Reading(job.job_id, attempt, at, match.value))
-                events += self._throughput(tracked, readings[-1])
+                reading = Reading(job.job_id, attempt, at, match.value)
+                if self._charted(tracked, rule, attempt, now):
+                    readings.append(reading)
+                events += self._throughput(tracked, rule, reading)
         if readings:
             self.store.add_throughput(readings)
         self.decisions.handle_all(job.job_id, events, now)
@@ -245,14 +274,27 @@ class LogFeed:
         for path in self._paths_of(result):
             self.tailer.rewind(path, saved.get(path))
 
-    def _throughput(self, tracked: TrackedJob, reading: Reading) -> list[Event]:
-        """Follow a throughput report; a sustained drop below the attempt's baseline is a straggler."""
+    def _charted(self, tracked: TrackedJob, rule: Rule, attempt: int, now: float) -> bool:
+        """Whether a reading of `rule` is stored: an attempt's chart draws one quantity, the first
+        rule's to report in it (told once, with its unit and direction)."""
+        chosen = tracked.charted.setdefault(attempt, rule.name)
+        if chosen == rule.name and len(tracked.series.get((attempt, rule.name), ())) == 0:
+            unit = f" in {rule.unit}" if rule.unit else ""
+            text = f"throughput of attempt {attempt}: {rule.name}{unit} ({rule.better or Better.HIGHER} is better)"
+            self.decisions.record(tracked.job, Note(NoteKind.THROUGHPUT, text), now)
+        return chosen == rule.name
+
+    def _throughput(self, tracked: TrackedJob, rule: Rule, reading: Reading) -> list[Event]:
+        """Follow a throughput report; a sustained drop below the baseline of its rule's series is a straggler."""
         job = tracked.job
-        series = tracked.keep_reading(reading.attempt, reading.value)
+        series = tracked.keep_reading(reading.attempt, rule.name, reading.value)
         if reading.attempt != job.attempt or job.straggler_reported:
             return []
-        found = signals.straggling(series, self.settings)
-        return [StragglerFound(job.job_id, reading.attempt, reading.at, found[0], found[1])] if found else []
+        better = rule.better or Better.HIGHER
+        found = signals.straggling(series, self.settings, better)
+        if found is None:
+            return []
+        return [StragglerFound(job.job_id, reading.attempt, reading.at, *found, rule.name, rule.unit, better)]
 
     def hangs(self, snapshots: dict[int, JobSnapshot], now: float) -> list[Event]:
         """A `hang` anomaly for each running job whose logs have gone quiet for its heartbeat timeout."""

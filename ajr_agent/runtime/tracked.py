@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from ajr_agent.detect.attribution import Evidence
 from ajr_agent.domain.model import ManagedJob
 
-# Per attempt: the anomaly lines a verdict rests on, the throughput reports a straggler is
-# judged by. Bounded, so that a job that logs failures for weeks costs the same.
+# Per attempt: the anomaly lines a verdict rests on; per attempt and throughput rule: the reports
+# a straggler is judged by. Bounded, so that a job that logs failures for weeks costs the same.
 EVIDENCE_KEPT = 50
 SERIES_KEPT = 500
 
@@ -24,7 +24,9 @@ class TrackedJob:
     failed_reads: int = 0  # passes in a row whose lines could not be handled
     files_capped: bool = False  # told that it reached max_log_files_per_job
     evidence: dict[int, list[Evidence]] = field(default_factory=dict)
-    series: dict[int, list[float]] = field(default_factory=dict)
+    # Keyed by (attempt, rule): two rules on one line (a time per iteration, a rate) are two quantities.
+    series: dict[tuple[int, str], list[float]] = field(default_factory=dict)
+    charted: dict[int, str] = field(default_factory=dict)  # per attempt: the rule whose readings are stored
 
     def keep_evidence(self, attempt: int, evidence: Evidence) -> None:
         """Remember an anomaly line of `attempt` (the latest EVIDENCE_KEPT)."""
@@ -32,9 +34,9 @@ class TrackedJob:
         kept.append(evidence)
         del kept[:-EVIDENCE_KEPT]
 
-    def keep_reading(self, attempt: int, value: float) -> list[float]:
-        """Remember a throughput report of `attempt`; the attempt's series so far."""
-        kept = self.series.setdefault(attempt, [])
+    def keep_reading(self, attempt: int, rule: str, value: float) -> list[float]:
+        """Remember a throughput report of `attempt` by `rule`; that rule's series of the attempt so far."""
+        kept = self.series.setdefault((attempt, rule), [])
         kept.append(value)
         del kept[:-SERIES_KEPT]
         return kept

@@ -250,7 +250,9 @@ class AttemptOut(BaseModel):
     nodes: str
     first_checkpoint: float | None
     last_checkpoint: float | None
-    checkpoints: list[float] = Field(description="when each checkpoint save was seen")
+    checkpoints: list[float] = Field(description="when each completed checkpoint save was seen")
+    failed_checkpoints: list[float] = Field(default_factory=list, description="when each save began that did not "
+                                            "complete before the attempt failed (nothing saved)")  # fmt: skip
 
 
 class ActionOut(BaseModel):

@@ -181,9 +181,12 @@ def _detail(store: Store, job: ManagedJob, now: float) -> JobDetail:
     events = store.events(job.job_id)
     member_events = events if not job.chain else [e for m in members for e in store.events(m.job_id)]
     saves: dict[tuple[int, int | None], list[float]] = defaultdict(list)
+    failed_saves: dict[tuple[int, int | None], list[float]] = defaultdict(list)
     for event in member_events:
         if event.kind == NoteKind.CHECKPOINT:
             saves[(event.job_id, event.attempt)].append(event.at)
+        elif event.kind == NoteKind.CHECKPOINT_FAILED:
+            failed_saves[(event.job_id, event.attempt)].append(event.at)
     return JobDetail(
         job=JobSummary.of(job, figures),
         attempts=[
@@ -192,6 +195,7 @@ def _detail(store: Store, job: ManagedJob, now: float) -> JobDetail:
                 started=a.started, ended=a.ended, outcome=a.outcome, end_reason=a.end_reason, nodes=a.nodes,
                 first_checkpoint=a.first_checkpoint, last_checkpoint=a.last_checkpoint,
                 checkpoints=sorted(saves.get((a.job_id, a.attempt), [])),
+                failed_checkpoints=sorted(failed_saves.get((a.job_id, a.attempt), [])),
             )
             for a in _in_time_order(attempts)
         ],

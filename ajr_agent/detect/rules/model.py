@@ -2,7 +2,8 @@
 match of several explains a failure (`root_cause`). An anomaly rule's ``fault`` is the
 domain's `Fault`: where the verdict puts the blame. A checkpoint rule's ``stage`` tells a
 save begun from a save done; a throughput rule's ``better`` tells whether its number is a
-rate (higher is better) or a time per iteration (lower is better), and ``unit`` names it."""
+rate (higher is better) or a time per iteration (lower is better): the domain's `Better`,
+which the straggler check and its events carry; ``unit`` names the number."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pydantic import (
 )
 
 from ajr_agent.domain.errors import AjrError
-from ajr_agent.domain.model import Fault
+from ajr_agent.domain.model import Better, Fault
 
 DEFAULT_PRIORITY = 50
 """Priority of an anomaly rule that does not set one: the middle of the 0-1000 scale."""
@@ -50,13 +51,6 @@ class CheckpointStage(StrEnum):
 
     STARTED = "started"
     COMPLETED = "completed"
-
-
-class Better(StrEnum):
-    """Which way a throughput rule's number improves: a rate rises, a time per iteration falls."""
-
-    HIGHER = "higher"
-    LOWER = "lower"
 
 
 _MAX_UNIT_CHARS = 32
