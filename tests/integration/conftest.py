@@ -10,15 +10,24 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.integration.support import LOCAL_SLURM, AgentProcess
+from tests.integration.support import AgentProcess, revive_node, start_local_slurm
 
 
 @pytest.fixture(scope="session")
 def slurm() -> None:
-    """The local one-node Slurm cluster, started (idempotently) for tests that claim Slurm behaviour."""
+    """The local Slurm cluster of NODES, started (idempotently) for tests that claim Slurm behaviour."""
     if os.geteuid() != 0:
         pytest.fail("the Slurm integration tests need root: run them through packaging/dev/test.sh")
-    subprocess.run([str(LOCAL_SLURM), "start"], check=True, timeout=300)
+    start_local_slurm(None)
+
+
+@pytest.fixture
+def failing_nodes(slurm: None) -> Iterator[list[str]]:
+    """The nodes a test makes fail (it appends them): brought back afterwards, whatever happened."""
+    failed: list[str] = []
+    yield failed
+    for node in dict.fromkeys(failed):
+        revive_node(node)
 
 
 @pytest.fixture

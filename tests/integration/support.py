@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,21 +20,40 @@ DEMO = ROOT / "packaging" / "demo"
 
 
 HEALTHY_NODE_STATES = ("idle", "mixed", "allocated")
+# The integration tests' cluster: five nodes on this host, room for a 4-node job and a spare.
+NODES = tuple(f"n{i}" for i in range(1, 6))
 
 
 def start_local_slurm(extra_conf: Path | None) -> None:
-    """(Re)start the local cluster, with extra slurm.conf lines from a file or without any."""
+    """(Re)start the local cluster of NODES, with extra slurm.conf lines from a file or without any."""
     env = {k: v for k, v in os.environ.items() if k != "AJR_SLURM_EXTRA_CONF"}
     if extra_conf is not None:
         env["AJR_SLURM_EXTRA_CONF"] = str(extra_conf)
-    subprocess.run([str(LOCAL_SLURM), "start"], env=env, check=True, timeout=300)
+    subprocess.run([str(LOCAL_SLURM), "start", "--nodes", str(len(NODES))], env=env, check=True, timeout=300)
 
 
 def node_healthy() -> bool:
-    """The local node takes jobs."""
-    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    """Every node of the local cluster takes jobs."""
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True)
     states = out.stdout.split()
     return out.returncode == 0 and bool(states) and all(s in HEALTHY_NODE_STATES for s in states)
+
+
+def node_state(node: str) -> str:
+    """sinfo's state of one node, e.g. `idle`, `down*`."""
+    return subprocess.run(["sinfo", "-h", "-N", "-n", node, "-o", "%T"], capture_output=True, text=True,
+                          check=True).stdout.split()[0]  # fmt: skip
+
+
+def fail_node(node: str) -> float:
+    """Make a node fail as a powered-off one would (its slurmd and job steps killed); when it did."""
+    subprocess.run([str(LOCAL_SLURM), "node-stop", node], check=True, timeout=60)
+    return time.time()
+
+
+def revive_node(node: str) -> None:
+    """Bring a failed node back; it takes jobs again when this returns."""
+    subprocess.run([str(LOCAL_SLURM), "node-start", node], check=True, timeout=120)
 
 
 @contextlib.contextmanager

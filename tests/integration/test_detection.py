@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import wait_for
 
-from tests.integration.support import AgentProcess, sbatch, scontrol_show, slurm_reconfigured
+from tests.integration.support import NODES, AgentProcess, sbatch, scontrol_show, slurm_reconfigured
 
 pytestmark = pytest.mark.slurm
 
@@ -71,8 +71,8 @@ def test_throughput_drop_is_a_recorded_straggler(agent_factory: Callable[..., Ag
 
 @pytest.fixture(scope="module")
 def two_node_partition(slurm: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A partition of this node and a node that never comes up: room to exclude the real one."""
-    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
+    """A partition of one node of the cluster and a node that never comes up: room to exclude the real one."""
+    host = NODES[-1]
     lines = f"NodeName=ajrghost1 CPUs=1 State=FUTURE\nPartitionName=ajrpair Nodes={host},ajrghost1 MaxTime=INFINITE State=UP OverSubscribe=FORCE:4\n"
     with slurm_reconfigured(lines, tmp_path_factory.mktemp("pair")):
         yield host
@@ -83,8 +83,10 @@ def test_node_verdict_keeps_the_faulty_node_out(two_node_partition: str, agent_f
     host = two_node_partition
     node_logs = tmp_path / "syslog"
     (node_logs / host).mkdir(parents=True)
-    # Draining is on, but this host is the last node in service of both its partitions.
-    agent = agent_factory(extra_config=f'node_log_dir = "{node_logs}/{{node}}"\ndrain_faulty_nodes = true\n')
+    # Draining is on, but the site keeps every node of the cluster in service (ajrghost1 never
+    # comes up, and sinfo does not count a FUTURE node out of service).
+    agent = agent_factory(extra_config=f'node_log_dir = "{node_logs}/{{node}}"\ndrain_faulty_nodes = true\n'
+                                       f"drain_keep_nodes = {len(NODES)}\n")
     body = ("echo 'step 1' >> $log\nsleep 3\n"
             "echo '[rank0]:[E ProcessGroupNCCL.cpp:563] [Rank 0] Watchdog caught collective operation timeout: "
             "WorkNCCL(SeqNum=9, OpType=ALLREDUCE, NumelIn=1, NumelOut=1, Timeout(ms)=600000) ran for 600004 "

@@ -17,6 +17,7 @@ from ajr_agent.adapters.slurm.errors import SlurmError
 from ajr_agent.adapters.slurm.memory import MemorySlurm
 from ajr_agent.domain.jobs import JobSnapshot
 from tests.conftest import wait_for
+from tests.integration.support import fail_node
 
 pytestmark = pytest.mark.slurm
 
@@ -94,3 +95,30 @@ def test_a_job_that_may_not_be_requeued_is_refused_alike(slurm: None) -> None:
                                                                          False)  # fmt: skip
     finally:
         subprocess.run(["scancel", str(job_id)], check=False)
+
+
+def test_a_lost_node_requeues_or_ends_its_jobs_and_shows_alike(slurm: None, failing_nodes: list[str]) -> None:
+    real = CommandGateway(timeout=20)
+    submitted = []
+    for flag in ("--requeue", "--no-requeue"):
+        done = subprocess.run(["sbatch", "--parsable", flag, "-N", "2", "-w", "n[4-5]", "-J", "ajrtest-memory", "-o",
+                               "/dev/null", "--wrap", "sleep 300"], capture_output=True, text=True, check=True)  # fmt: skip
+        submitted.append(int(done.stdout.split(";")[0]))
+    try:
+        jobs = {job_id: wait_for(lambda: (j := real.job(job_id)) and j.running and j, 60, f"job {job_id} to run")
+                for job_id in submitted}  # fmt: skip
+        memory = MemorySlurm(jobs=dict(jobs), partitions=real.partition_nodes(), slurm_version=real.version())
+        failing_nodes.append("n5")
+        fail_node("n5")
+        memory.lose("n5")
+        for job_id in submitted:
+            seen = wait_for(lambda: (j := real.job(job_id)) and not j.running and j.state != "COMPLETING" and j, 90,
+                            f"Slurm to requeue or end job {job_id}")  # fmt: skip
+            assert shown(seen) == shown(memory.jobs[job_id])
+        [real_state], [memory_state] = real.node_states(["n5"]), memory.node_states(["n5"])
+        assert (real_state.state, real_state.responding, real_state.reason, real_state.lost) == (
+            memory_state.state, memory_state.responding, memory_state.reason, memory_state.lost)  # fmt: skip
+        healthy = [(s.name, s.state, s.lost) for s in real.node_states(["n1"])]
+        assert healthy == [(s.name, s.state, s.lost) for s in memory.node_states(["n1"])] == [("n1", "idle", False)]
+    finally:
+        subprocess.run(["scancel", *map(str, submitted)], check=False)

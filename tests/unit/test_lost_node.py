@@ -6,8 +6,6 @@ from __future__ import annotations
 from concurrent.futures import Future
 from pathlib import Path
 
-import pytest
-
 from ajr_agent.adapters.slurm.memory import REQUEUE_WAIT, MemorySlurm
 from ajr_agent.adapters.store import Store
 from ajr_agent.domain.model import Awaiting, Phase, StopCause
@@ -22,21 +20,9 @@ CANCELLED = ("0: slurmstepd-n1: error: *** STEP 7.0 ON n1 CANCELLED AT 2026-12-0
              "SEE SLURMCTLD LOG FOR DETAILS ***\n")  # fmt: skip
 
 
-@pytest.fixture
-def queue() -> MemorySlurm:
-    return MemorySlurm(partitions={"defq": NODES})
-
-
-@pytest.fixture
-def agent(tmp_path: Path, queue: MemorySlurm) -> Agent:
-    settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), annotate_jobs=False)
-    store = Store(settings.state_db)
-    store.set_meta(watching_since=1.0)
-    return Agent(settings, store, queue, load_rules(settings), pool=InlinePool())
-
-
 def four_nodes(agent: Agent, queue: MemorySlurm, tmp_path: Path, **changes: object) -> Path:
-    """Job 7 on n[1-4], one task each, its log followed; the log's path."""
+    """Job 7 on n[1-4] of NODES, one task each, its log followed; the log's path."""
+    queue.partitions["defq"] = NODES
     queue.jobs[7] = running(tmp_path, nodes="n[1-4]", tasks=4, partition="defq", **changes)
     log = tmp_path / LOG_NAME
     log.write_text("0: step 1\n")
@@ -83,7 +69,8 @@ def test_slurms_own_requeue_seen_first_in_the_log_is_one_failure_too(agent: Agen
     with log.open("a") as handle:
         handle.write(NODE_FAILURE + CANCELLED)
     agent.read_logs(230.0)  # the requeuehold is refused: "Job is pending execution"
-    assert called(queue) == ["requeue_hold 7"]
+    assert called(queue)[0] == "requeue_hold 7"
+    assert called(queue)[1].startswith("update 7 AdminComment=ajr: requeued by Slurm after slurm_node_failure")
     assert agent.jobs[7].phase is Phase.HELD
     shown = [note.text for note in agent.store.events(7)]
     assert any(text.startswith("Slurm had requeued the job itself") for text in shown)
@@ -129,7 +116,8 @@ def test_slurms_requeue_past_the_limit_is_counted_and_left_to_slurm(agent: Agent
 
 def test_an_agent_restarted_while_it_asked_slurm_about_the_nodes_asks_again(tmp_path: Path,
                                                                             queue: MemorySlurm) -> None:  # fmt: skip
-    settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), annotate_jobs=False)
+    queue.partitions["defq"] = NODES
+    settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), clear_begin_time=True)
     store = Store(settings.state_db)
     store.set_meta(watching_since=1.0)
     stalled = Agent(settings, store, queue, load_rules(settings), pool=_Never())
