@@ -93,7 +93,7 @@ def decide(job: ManagedJob, event: Event, settings: Settings, successor: int | N
             return _held(job, event)
         case RequeuedBySlurm():
             return slurm_requeues.seen(job, event)
-        case Attributed() if job.awaiting is Awaiting.LOST_NODE:
+        case Attributed() if job.awaiting is Awaiting.LOST_NODE and event.attempt == job.attempt:
             return _lost_node(job, event, settings, successor)
         case Attributed():
             return _attributed(job, event, settings)
@@ -137,6 +137,7 @@ def _attempt_started(job: ManagedJob, event: AttemptStarted) -> Decision:
         nodes=event.nodes or job.nodes,
         stop_reason=None if phase is Phase.WATCHING else job.stop_reason,
         stop_cause=None if phase is Phase.WATCHING else job.stop_cause,
+        awaiting=None if job.awaiting is Awaiting.LOST_NODE else job.awaiting,  # Slurm started it meanwhile
     )
     where = f" on {event.nodes}" if event.nodes else ""
     return Decision(started, notes=(Note(NoteKind.ATTEMPT, f"attempt {event.attempt} started{where}"),))
@@ -303,8 +304,6 @@ def _attributed(job: ManagedJob, event: Attributed, settings: Settings) -> Decis
 
 def _lost_node(job: ManagedJob, event: Attributed, settings: Settings, successor: int | None) -> Decision:
     """Slurm's own requeue judged: a node it lost makes it one failure, recovered as AJR's own."""
-    if event.attempt != job.attempt:
-        return Decision(job)
     if event.verdict.fault is not Fault.NODE or event.verdict.basis is not Basis.SLURM:
         return slurm_requeues.not_lost(job, "Slurm lost none of its nodes")
     failed = _failure(replace(job, awaiting=None), event.attempt, event.at, event.verdict.cause, settings, successor,

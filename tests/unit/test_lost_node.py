@@ -138,3 +138,26 @@ class _Never(InlinePool):
     def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
         return Future()
 
+
+
+def test_a_job_slurm_starts_again_before_the_verdict_comes_is_watched_afresh(tmp_path: Path,
+                                                                            queue: MemorySlurm) -> None:  # fmt: skip
+    queue.partitions["defq"] = NODES
+    settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), annotate_jobs=False)
+    store = Store(settings.state_db)
+    store.set_meta(watching_since=1.0)
+    stalled = Agent(settings, store, queue, load_rules(settings), pool=_Never())
+    queue.jobs[7] = running(tmp_path, nodes="n[1-4]", tasks=4, partition="defq")
+    stalled.poll(200.0)
+    queue.lose("n3")
+    stalled.poll(230.0)
+    queue.update(7, StartTime="now")
+    queue.schedule()
+    queue.start(7, "n[1-2],n4-5")
+    stalled.poll(240.0)
+    job = stalled.jobs[7]
+    assert (job.attempt, job.phase, job.awaiting) == (1, Phase.WATCHING, None)
+    (tmp_path / LOG_NAME).write_text("Rank0: (1) segmentation fault: artificial segfault\n")
+    stalled.poll(241.0)
+    stalled.read_logs(242.0)
+    assert stalled.jobs[7].phase is Phase.HOLDING  # its own failure: AJR's requeuehold, as for any attempt
