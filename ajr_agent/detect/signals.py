@@ -4,11 +4,15 @@ writing, a rank slower than the rest, a checkpoint save that began and never com
 from __future__ import annotations
 
 import statistics
+from collections import deque
 from typing import Sequence
 
 from ajr_agent.domain.events import AnomalyFound, CheckpointFailed, CheckpointStarted
 from ajr_agent.domain.model import Better, Fault, ManagedJob, Phase
 from ajr_agent.domain.settings import Settings
+
+SERIES_KEPT = 500
+"""Reports of one throughput series the straggler check looks back on (the latest ones)."""
 
 
 def hang_due(last_output: float, started: float, timeout: float, startup_grace: float) -> float:
@@ -63,6 +67,42 @@ def straggling(values: Sequence[float], settings: Settings,
     else:
         slow = all(v < fraction * baseline for v in recent)
     return (baseline, recent) if slow else None
+
+
+class Series:
+    """One throughput rule's reports in an attempt (the latest SERIES_KEPT) and the straggler check on them.
+
+    The check runs at every report, and nearly every report is no drop at all: the window's
+    best value (its largest rate, its smallest time), kept as reports come, is a bound of the
+    median that rules most of them out at once. Otherwise `straggling` decides.
+    """
+
+    def __init__(self, better: Better = Better.HIGHER) -> None:
+        self.better = better
+        self.values: list[float] = []
+        self._seen = 0
+        self._best: deque[tuple[int, float]] = deque()  # (report number, value), best first
+
+    def add(self, value: float) -> None:
+        """Take the next report."""
+        self._seen += 1
+        self.values.append(value)
+        del self.values[:-SERIES_KEPT]
+        best = self._best
+        lower = self.better is Better.LOWER
+        while best and (best[-1][1] >= value if lower else best[-1][1] <= value):
+            best.pop()
+        best.append((self._seen, value))
+        if best[0][0] <= self._seen - SERIES_KEPT:
+            best.popleft()
+
+    def straggling(self, settings: Settings) -> tuple[float, tuple[float, ...]] | None:
+        """`straggling` of the reports so far, (baseline, recent reports) or None."""
+        last, best, fraction = self.values[-1], self._best[0][1], settings.straggler_fraction
+        # The median of the earlier reports lies between the window's best and its worst.
+        if (last * fraction <= best) if self.better is Better.LOWER else (last >= fraction * best):
+            return None
+        return straggling(self.values, settings, self.better)
 
 
 class PendingSaves:

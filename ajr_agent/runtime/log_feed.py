@@ -278,7 +278,7 @@ class LogFeed:
         """Whether a reading of `rule` is stored: an attempt's chart draws one quantity, the first
         rule's to report in it (told once, with its unit and direction)."""
         chosen = tracked.charted.setdefault(attempt, rule.name)
-        if chosen == rule.name and len(tracked.series.get((attempt, rule.name), ())) == 0:
+        if chosen == rule.name and (attempt, rule.name) not in tracked.series:
             unit = f" in {rule.unit}" if rule.unit else ""
             text = f"throughput of attempt {attempt}: {rule.name}{unit} ({rule.better or Better.HIGHER} is better)"
             self.decisions.record(tracked.job, Note(NoteKind.THROUGHPUT, text), now)
@@ -287,11 +287,11 @@ class LogFeed:
     def _throughput(self, tracked: TrackedJob, rule: Rule, reading: Reading) -> list[Event]:
         """Follow a throughput report; a sustained drop below the baseline of its rule's series is a straggler."""
         job = tracked.job
-        series = tracked.keep_reading(reading.attempt, rule.name, reading.value)
+        better = rule.better or Better.HIGHER
+        series = tracked.keep_reading(reading.attempt, rule.name, better, reading.value)
         if reading.attempt != job.attempt or job.straggler_reported:
             return []
-        better = rule.better or Better.HIGHER
-        found = signals.straggling(series, self.settings, better)
+        found = series.straggling(self.settings)
         if found is None:
             return []
         return [StragglerFound(job.job_id, reading.attempt, reading.at, *found, rule.name, rule.unit, better)]

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ajr_agent.detect.attribution import Evidence
-from ajr_agent.domain.model import ManagedJob
+from ajr_agent.detect.signals import Series
+from ajr_agent.domain.model import Better, ManagedJob
 
 # Per attempt: the anomaly lines a verdict rests on; per attempt and throughput rule: the reports
-# a straggler is judged by. Bounded, so that a job that logs failures for weeks costs the same.
+# a straggler is judged by (the latest signals.SERIES_KEPT). Bounded, so that a job that logs
+# failures for weeks costs the same.
 EVIDENCE_KEPT = 50
-SERIES_KEPT = 500
 
 
 @dataclass
@@ -25,7 +26,7 @@ class TrackedJob:
     files_capped: bool = False  # told that it reached max_log_files_per_job
     evidence: dict[int, list[Evidence]] = field(default_factory=dict)
     # Keyed by (attempt, rule): two rules on one line (a time per iteration, a rate) are two quantities.
-    series: dict[tuple[int, str], list[float]] = field(default_factory=dict)
+    series: dict[tuple[int, str], Series] = field(default_factory=dict)
     charted: dict[int, str] = field(default_factory=dict)  # per attempt: the rule whose readings are stored
 
     def keep_evidence(self, attempt: int, evidence: Evidence) -> None:
@@ -34,9 +35,10 @@ class TrackedJob:
         kept.append(evidence)
         del kept[:-EVIDENCE_KEPT]
 
-    def keep_reading(self, attempt: int, rule: str, value: float) -> list[float]:
+    def keep_reading(self, attempt: int, rule: str, better: Better, value: float) -> Series:
         """Remember a throughput report of `attempt` by `rule`; that rule's series of the attempt so far."""
-        kept = self.series.setdefault((attempt, rule), [])
-        kept.append(value)
-        del kept[:-SERIES_KEPT]
+        kept = self.series.get((attempt, rule))
+        if kept is None:
+            kept = self.series[attempt, rule] = Series(better)
+        kept.add(value)
         return kept

@@ -121,3 +121,21 @@ def test_the_straggler_note_names_the_rule_unit_and_direction() -> None:
     rate = StragglerFound(7, 0, 1100.0, 400.0, (200.0, 210.0))
     (note,) = policy.decide(job, rate, SETTINGS).notes
     assert note.text == "straggler: throughput fell below 70% of the attempt's baseline 400 for 2 reports (200, 210)"
+
+
+@pytest.mark.parametrize("better", [Better.HIGHER, Better.LOWER])
+def test_the_series_check_agrees_with_straggling_at_every_report(better: Better) -> None:
+    # Series rules most reports out on a bound it keeps as reports come: the answers must
+    # stay those of straggling() on the latest SERIES_KEPT reports, spikes and drops included.
+    rng = random.Random(11)
+    for _ in range(20):
+        series, values = signals.Series(better), []
+        level = 400.0
+        for _ in range(rng.randrange(signals.SERIES_KEPT, 2 * signals.SERIES_KEPT + 100)):
+            if rng.random() < 0.01:
+                level = rng.choice((400.0, 150.0, 900.0))  # a lasting change of speed
+            value = level * rng.uniform(0.95, 1.05) * (rng.choice((0.1, 3.0)) if rng.random() < 0.005 else 1.0)
+            series.add(value)
+            values.append(value)
+            expected = signals.straggling(values[-signals.SERIES_KEPT:], SETTINGS, better)
+            assert series.straggling(SETTINGS) == expected
