@@ -15,7 +15,7 @@ import click
 
 from ajr_agent import __version__
 from ajr_agent.adapters.slurm import CommandGateway, SlurmError
-from ajr_agent.surfaces import cli_nodes, cli_operator, cli_render, cli_tools
+from ajr_agent.surfaces import cli_nodes, cli_operator, cli_render, cli_replay, cli_tools
 from ajr_agent.surfaces.cli_context import Context, echo_json, fail_on_ajr_errors
 from ajr_agent.surfaces.web import make_server
 from ajr_agent.views import queries
@@ -124,7 +124,7 @@ def serve(ctx: Context, bind: str | None, port: int | None) -> None:
         server.server_close()
 
 
-for _command in (*cli_operator.COMMANDS, *cli_nodes.COMMANDS, *cli_tools.COMMANDS):
+for _command in (*cli_operator.COMMANDS, *cli_nodes.COMMANDS, *cli_tools.COMMANDS, *cli_replay.COMMANDS):
     main.add_command(_command)
 
 

@@ -2,7 +2,7 @@
 lines (tail) and waking early when they are written (watch)."""
 
 from ajr_agent.adapters.logs.discovery import LogFinder, find_job_logs
-from ajr_agent.adapters.logs.naming import is_job_log_name, log_prefix
+from ajr_agent.adapters.logs.naming import LogName, is_job_log_name, log_prefix, parse_log_name
 from ajr_agent.adapters.logs.tail import FilePosition, LogLine, LogTailer, TailNotice, TailNoticeKind, TailResult
 from ajr_agent.adapters.logs.watch import ChangeWatcher
 
@@ -11,6 +11,7 @@ __all__ = [
     "FilePosition",
     "LogFinder",
     "LogLine",
+    "LogName",
     "LogTailer",
     "TailNotice",
     "TailNoticeKind",
@@ -18,4 +19,5 @@ __all__ = [
     "find_job_logs",
     "is_job_log_name",
     "log_prefix",
+    "parse_log_name",
 ]
