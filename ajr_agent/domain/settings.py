@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ajr_agent.domain.control import FailoverMode
 from ajr_agent.domain.errors import AjrError
 
 DEFAULT_SITE_RULES_DIR = Path("/etc/ajr/rules.d")
@@ -203,6 +204,23 @@ class Settings(BaseModel):
     notify_queue_size: int = Field(
         default=1000, ge=1, description="notifications waiting at most; the oldest is dropped when more come"
     )
+
+    failover: FailoverMode = Field(
+        default=FailoverMode.OFF,
+        description="slurm: an agent beside each SlurmctldHost, only the one beside the slurmctld in control acts",
+    )
+    ha_host: str = Field(default="", description="this host's name as SlurmctldHost spells it; '' for the short hostname")
+    ha_lease_seconds: float = Field(
+        default=15.0, gt=0, description="with failover: how long a silent active agent's lease holds off a takeover"
+    )
+    ha_status_file: Path = Field(
+        default=Path("/run/ajr/control.json"), description="with failover: where this host's agent says what it is"
+    )
+
+    @property
+    def state_db_wal(self) -> bool:
+        """WAL only where one host opens the state database: failover's agents open it from two."""
+        return self.failover is FailoverMode.OFF
 
     def with_overrides(self, **changes: object) -> "Settings":
         """A copy with some settings changed, validated like the file."""

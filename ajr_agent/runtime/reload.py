@@ -23,6 +23,7 @@ RESTART_SETTINGS = (
     "http_bind", "http_port", "operator_token",
     "notify_webhook_url", "notify_command", "notify_held_after", "notify_timeout", "notify_retry_delay",
     "notify_max_tries", "notify_queue_size",
+    "failover", "ha_host", "ha_lease_seconds", "ha_status_file",
 )  # fmt: skip
 
 

@@ -42,7 +42,7 @@ def status(ctx: Context, as_json: bool, show_all: bool) -> None:
     """List the managed jobs and the agent's state."""
     now = time.time()
     query = JobsQuery(include_over=show_all, include_gone=show_all, limit=MAX_JOBS)
-    overview = queries.overview(ctx.store(), query, now)
+    overview = queries.overview(ctx.store(), query, now, queries.control_record(ctx.settings))
     if as_json:
         echo_json(overview)
         return

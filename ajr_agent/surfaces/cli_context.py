@@ -37,7 +37,7 @@ class Context:
             raise click.ClickException(
                 f"no state database at {self.settings.state_db}: the agent has not run with this configuration yet"
             )
-        return Store(self.settings.state_db)
+        return Store(self.settings.state_db, wal=self.settings.state_db_wal)
 
 
 def fail_on_ajr_errors(function: Command) -> Command:

@@ -52,6 +52,12 @@ def status_lines(overview: Overview, now: float) -> list[str]:
     queued = "?" if agent.jobs_in_queue is None else agent.jobs_in_queue
     lines = [f"agent: backend {agent.backend or '?'}, {mode}, last poll {ago(agent.last_poll_at, now)} "
              f"({queued} jobs in queue, {agent.followed_files or 0} log files followed)"]  # fmt: skip
+    if overview.control is not None:
+        control = overview.control
+        lines.insert(0, f"this host ({control.host}): {control.role.value}, {control.reason} (since "
+                        f"{when(control.since)}, checked {ago(control.checked_at, now)})")  # fmt: skip
+    if agent.agent_host:
+        lines.append(f"the state database was last written by the agent on {agent.agent_host}")
     if agent.last_poll_error:
         lines.append(f"last Slurm error ({ago(agent.last_poll_error_at, now)}): {agent.last_poll_error}")
     if not listed.jobs:

@@ -21,6 +21,7 @@ from ajr_agent.adapters.logs import LogLine
 from ajr_agent.adapters.slurm import SlurmError
 from ajr_agent.adapters.store import Store, StoreCorruptError, StoreError, StoreFullError, StoreLockedError
 from ajr_agent.detect.timestamps import line_time
+from ajr_agent.domain.control import Control
 from ajr_agent.domain.events import ActionDone, ActionFailed, AnomalyFound, Attributed, Event
 from ajr_agent.domain.model import Decision, ManagedJob, Phase
 from ajr_agent.runtime.observers import Observer
@@ -77,6 +78,9 @@ EFFICIENCY = Family(
     "singleton mode), scope=\"all\" for every job over the last 24 h (as `ajr kpi --since 24h`).",
     ("scope", "job_id", "name", "user"),
 )  # fmt: skip
+ROLE = Family("ajr_agent_role", "gauge",
+              "1 for this agent's role under failover (active or standby) and the controller host in control.",
+              ("role", "in_control"))  # fmt: skip
 LAST_POLL = Family("ajr_agent_last_poll_timestamp_seconds", "gauge", "When the agent last read the Slurm queue.")
 LEMONS = Family("ajr_lemon_nodes", "gauge", "Nodes the ledger holds for lemons: kept out of every managed job.")
 NODE_LEMON = Family("ajr_node_lemon", "gauge", "1 for a lemon node, 0 for a node the ledger trusts.", ("node",))
@@ -96,7 +100,7 @@ REQUEUES_BY_CAUSE = Family("ajr_requeues_by_cause", "gauge",
 STORE_ERRORS = Family("ajr_state_db_errors_total", "counter",
                       "Writes to the state database that failed, by cause (full, locked, corrupt, other).", ("cause",))
 AGENT_FAMILIES = (ANOMALIES, VERDICTS, ACTIONS, RECOVERIES, REFUSED, DETECTION, POLL, FILES, BYTES, SLURM_ERRORS,
-                  STORE_ERRORS)  # fmt: skip
+                  STORE_ERRORS, ROLE)  # fmt: skip
 STORE_FAMILIES = (MANAGED, REFUSED_SPECS, EFFICIENCY, LAST_POLL, LEMONS, NODE_LEMON, NODE_WITNESSES, NODE_BLAMES,
                   NODE_EXCLUSIONS, NODE_ACTIONS, REQUEUES_BY_CAUSE)
 
@@ -192,6 +196,11 @@ class Metrics(Observer):
     def slurm_error(self, exc: SlurmError) -> None:
         """A Slurm command failed."""
         self._add(SLURM_ERRORS, (command_label(exc.command),))
+
+    def controlled(self, control: Control) -> None:
+        """This agent's role under failover changed."""
+        with self._lock:
+            self._values[ROLE.name] = {(control.role.value, control.in_control): 1.0}
 
     def store_error(self, exc: StoreError) -> None:
         """A write to the state database failed."""

@@ -131,7 +131,7 @@ class Service(NodeHandlers):
     def _store(self) -> Store:
         if not self.settings.state_db.exists():
             raise WebError(f"no state database at {self.settings.state_db}: the agent has not run with it yet")
-        return Store(self.settings.state_db)
+        return Store(self.settings.state_db, wal=self.settings.state_db_wal)
 
     # ---- pages -----------------------------------------------------------------------
 
@@ -163,7 +163,8 @@ class Service(NodeHandlers):
         """GET /api/status."""
         with closing(self._store()) as store:
             counters: Literal["agent", "store"] = "agent" if self.metrics is not None else "store"
-            return Reply.json(queries.status(store, bool(self.settings.operator_token), counters, time.time()))
+            return Reply.json(queries.status(store, bool(self.settings.operator_token), counters, time.time(),
+                                             queries.control_record(self.settings)))  # fmt: skip
 
     def get_jobs(self, query: JobsQuery, client: str) -> Reply:
         """GET /api/jobs."""

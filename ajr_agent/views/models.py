@@ -27,6 +27,7 @@ from ajr_agent.domain.model import (
     UnmanagedJob,
 )
 from ajr_agent.domain.spec import ResumeMode
+from ajr_agent.adapters.control_files import ControlRecord
 from ajr_agent.adapters.store import ActionStatus, JournalEntry, StoredEvent
 
 # The most jobs one answer lists.
@@ -114,6 +115,7 @@ class AgentStatus(BaseModel):
     followed_files: int | None = None
     last_poll_error: str | None = None
     last_poll_error_at: float | None = None
+    agent_host: str | None = None  # under failover: the controller host whose agent wrote this
 
 
 class Status(BaseModel):
@@ -126,6 +128,9 @@ class Status(BaseModel):
         description="`agent`: /metrics has the agent's counters; `store`: only the gauges read from the store"
     )
     agent: AgentStatus
+    control: ControlRecord | None = Field(
+        default=None, description="under failover: what this host's agent is (active or standby) and why"
+    )
 
 
 class JobSummary(BaseModel):
@@ -200,6 +205,7 @@ class Overview(BaseModel):
 
     agent: AgentStatus
     jobs: JobList
+    control: ControlRecord | None = None  # under failover: what this host's agent is
 
 
 EventCategory = Literal["attempt", "checkpoint", "success", "anomaly", "verdict", "action", "refusal", "warning", "info"]

@@ -14,11 +14,14 @@ from datetime import datetime
 from typing import Iterable, Literal
 
 from ajr_agent import __version__
+from ajr_agent.domain.control import FailoverMode
 from ajr_agent.domain import budgets
 from ajr_agent.domain.efficiency import NOTHING, Efficiency, of_attempts
 from ajr_agent.domain.errors import AjrError
 from ajr_agent.domain.model import Attempt, Budget, ManagedJob, NoteKind
 from ajr_agent.domain.policy import OVER, RECOVERING
+from ajr_agent.domain.settings import Settings
+from ajr_agent.adapters.control_files import ControlRecord, ControlRecordFile
 from ajr_agent.adapters.store import Store
 from ajr_agent.views.models import (
     ActionOut,
@@ -71,10 +74,18 @@ def agent_status(store: Store) -> AgentStatus:
     return AgentStatus.model_validate({k: v for k, v in store.meta().items() if k in known})
 
 
-def status(store: Store, operator_actions: bool, counters: Literal["agent", "store"], now: float) -> Status:
-    """The service's own status and what the agent recorded about itself."""
+def status(store: Store, operator_actions: bool, counters: Literal["agent", "store"], now: float,
+           control: ControlRecord | None = None) -> Status:  # fmt: skip
+    """The service's own status and what the agent recorded about itself; `control`: this host's role record."""
     return Status(version=__version__, now=now, operator_actions=operator_actions, counters=counters,
-                  agent=agent_status(store))  # fmt: skip
+                  agent=agent_status(store), control=control)  # fmt: skip
+
+
+def control_record(settings: Settings) -> ControlRecord | None:
+    """This host's role record under failover; None without failover or before the agent wrote one."""
+    if settings.failover is FailoverMode.OFF:
+        return None
+    return ControlRecordFile(settings.ha_status_file).read()
 
 
 def _attempts_by_job(store: Store, job_ids: Iterable[int]) -> dict[int, list[Attempt]]:
@@ -139,9 +150,9 @@ def list_jobs(store: Store, query: JobsQuery, now: float) -> JobList:
     return JobList(total=len(jobs), jobs=shown, refused=refused_jobs(store, query.user))
 
 
-def overview(store: Store, query: JobsQuery, now: float) -> Overview:
-    """What the agent recorded about itself, and the jobs matching `query`."""
-    return Overview(agent=agent_status(store), jobs=list_jobs(store, query, now))
+def overview(store: Store, query: JobsQuery, now: float, control: ControlRecord | None = None) -> Overview:
+    """What the agent recorded about itself, and the jobs matching `query`; `control`: this host's role record."""
+    return Overview(agent=agent_status(store), jobs=list_jobs(store, query, now), control=control)
 
 
 def chain_attempts(store: Store, job: ManagedJob) -> list[Attempt]:

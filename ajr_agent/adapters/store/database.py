@@ -53,15 +53,19 @@ class Store:
 
     def __init__(self, path: Path | str, *, readonly: bool = False, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
                  limits: Limits = Limits(), reserve_bytes: int = 0, integrity_check: bool = False,
-                 now: Callable[[], float] = time.time) -> None:  # fmt: skip
+                 now: Callable[[], float] = time.time, wal: bool = True) -> None:  # fmt: skip
         """Open (or create) the database at `path` and bring it to SCHEMA_VERSION, with a backup first.
 
         `readonly` opens it as it is, creating and migrating nothing (`ajr doctor`):
         pending_migration then says what a writer would do. `reserve_bytes` > 0 keeps a
         reserve file of that size beside the database, given back when the disk fills.
-        `integrity_check` runs PRAGMA quick_check before anything else.
+        `integrity_check` runs PRAGMA quick_check before anything else. `wal` False keeps
+        the database in SQLite's rollback journal instead of WAL: WAL's shared memory works
+        only between processes of one host, so a database that agents on two controller
+        hosts open in turn (failover) must not use it.
         """
         self.path = Path(path)
+        self.wal = wal
         self.readonly = readonly
         self.busy_timeout_ms = busy_timeout_ms
         self.limits = limits  # read at each write: a reload may replace it
@@ -92,8 +96,8 @@ class Store:
             self.schema_version = found or SCHEMA_VERSION
             self.pending_migration = (found, SCHEMA_VERSION) if 0 < found < SCHEMA_VERSION else None
             return
-        # Only a database known to be AJR's is switched to WAL: that rewrites its header.
-        self.conn.execute("PRAGMA journal_mode = WAL")
+        # Only a database known to be AJR's is switched to WAL (or back): that rewrites its header.
+        self.conn.execute(f"PRAGMA journal_mode = {'WAL' if self.wal else 'DELETE'}")
         self.backup = migrate(self._connection, found, self._now)
         if self._reserve.size:
             self._reserve.set_aside(at_start=True)
@@ -101,7 +105,7 @@ class Store:
     @classmethod
     def open_for_agent(cls, path: Path | str, *, busy_timeout_ms: int = AGENT_BUSY_TIMEOUT_MS,
                        limits: Limits = Limits(), reserve_bytes: int = DEFAULT_RESERVE_BYTES,
-                       now: Callable[[], float] = time.time) -> Store:  # fmt: skip
+                       now: Callable[[], float] = time.time, wal: bool = True) -> Store:  # fmt: skip
         """The agent's store: checked at start, a corrupt file moved aside, migrated, with a reserve.
 
         A corrupt database is renamed to `<name>.corrupt-<time>` (its -wal with it) and a
@@ -111,7 +115,7 @@ class Store:
         """
         path = Path(path)
         opening = functools.partial(cls, path, integrity_check=True, busy_timeout_ms=busy_timeout_ms, limits=limits,
-                                    reserve_bytes=reserve_bytes, now=now)  # fmt: skip
+                                    reserve_bytes=reserve_bytes, now=now, wal=wal)  # fmt: skip
         try:
             return _opened_in_a_full_disk(path, opening)
         except StoreCorruptError as exc:

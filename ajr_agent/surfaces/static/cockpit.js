@@ -161,6 +161,12 @@
     const box = document.getElementById("agent");
     const a = status.agent;
     box.replaceChildren();
+    // Under failover this host's agent may be standing by: say so before anything else.
+    const c = status.control;
+    if (c) {
+      append(box, [h("span", { class: `pill${c.role === "standby" ? " dry" : ""}`, title: c.reason,
+                               text: `${c.host}: ${c.role}, ${c.reason}` })]);
+    }
     if (a.last_poll_at === null || a.last_poll_at === undefined) {
       append(box, [h("span", { class: "dot stale" }), h("span", { text: "the agent has not polled yet" })]);
       return status;
