@@ -12,7 +12,10 @@ from ajr_agent.adapters.slurm.memory import MemorySlurm
 from ajr_agent.adapters.store import ActionStatus, FollowedFile, Reading, Store
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.model import Action, ActionKind, ManagedJob, Note, Outcome, Phase, UnmanagedJob, Verdict
+from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.spec import ResumeMode
+from ajr_agent.runtime.agent import Agent, load_rules
+from ajr_agent.runtime.inline_pool import InlinePool
 
 LOG_NAME = "train_7_date_26-01-01_time_00-00-00.log"
 
@@ -25,6 +28,19 @@ def running(tmp_path: Path, **changes: object) -> JobSnapshot:
         name="train", comment='{"APS": {"max_requeue_times": 3}}',
     )  # fmt: skip
     return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def site_agent(tmp_path: Path, queue: MemorySlurm, rules: str, **settings: object) -> Agent:
+    """An agent over `queue` as conftest's `agent` fixture makes it, with `rules` as the text of a
+    site rule file (tmp_path/rules.d/50-site.toml) and `settings` changed."""
+    site = tmp_path / "rules.d"
+    site.mkdir()
+    (site / "50-site.toml").write_text(rules)
+    chosen = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(site,), annotate_jobs=False,
+                      **settings)  # type: ignore[arg-type]
+    store = Store(chosen.state_db)
+    store.set_meta(watching_since=1.0)
+    return Agent(chosen, store, queue, load_rules(chosen), pool=InlinePool())
 
 
 def called(slurm: MemorySlurm) -> list[str]:

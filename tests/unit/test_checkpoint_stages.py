@@ -9,16 +9,14 @@ from pathlib import Path
 import pytest
 
 from ajr_agent.adapters.slurm.memory import MemorySlurm
-from ajr_agent.adapters.store import Store
 from ajr_agent.domain import efficiency, policy
 from ajr_agent.domain.events import CheckpointFailed
 from ajr_agent.domain.model import ManagedJob, NoteKind, Outcome, Phase
 from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.spec import ResumeMode
-from ajr_agent.runtime.agent import Agent, load_rules
-from ajr_agent.runtime.inline_pool import InlinePool
+from ajr_agent.runtime.agent import Agent
 from ajr_agent.views import queries
-from tests.unit.support import LOG_NAME, running
+from tests.unit.support import LOG_NAME, running, site_agent
 
 SITE_RULES = """
 [[rule]]
@@ -40,13 +38,7 @@ SEGFAULT = "Rank0: (1) segmentation fault: artificial segfault"
 @pytest.fixture
 def staged(tmp_path: Path, queue: MemorySlurm) -> Agent:
     """An agent whose site rules tell a save's start from its completion."""
-    site = tmp_path / "rules.d"
-    site.mkdir()
-    (site / "50-site.toml").write_text(SITE_RULES)
-    settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(site,), annotate_jobs=False)
-    store = Store(settings.state_db)
-    store.set_meta(watching_since=1.0)
-    return Agent(settings, store, queue, load_rules(settings), pool=InlinePool())
+    return site_agent(tmp_path, queue, SITE_RULES)
 
 
 def run_log(agent: Agent, queue: MemorySlurm, tmp_path: Path, *lines: str) -> None:

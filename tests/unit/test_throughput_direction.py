@@ -10,16 +10,14 @@ from pathlib import Path
 import pytest
 
 from ajr_agent.adapters.slurm.memory import MemorySlurm
-from ajr_agent.adapters.store import Store
 from ajr_agent.detect import signals
 from ajr_agent.domain import policy
 from ajr_agent.domain.events import StragglerFound
 from ajr_agent.domain.model import Better, ManagedJob, NoteKind
 from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.spec import ResumeMode
-from ajr_agent.runtime.agent import Agent, load_rules
-from ajr_agent.runtime.inline_pool import InlinePool
-from tests.unit.support import LOG_NAME, running
+from ajr_agent.runtime.agent import Agent
+from tests.unit.support import LOG_NAME, running, site_agent
 
 SETTINGS = Settings(straggler_fraction=0.7, straggler_reports=3)
 
@@ -69,14 +67,7 @@ pattern = 'tok/s (?P<value>[0-9.]+)'
 @pytest.fixture
 def timed(tmp_path: Path, queue: MemorySlurm) -> Agent:
     """An agent with a lower-is-better and a higher-is-better site rule."""
-    site = tmp_path / "rules.d"
-    site.mkdir()
-    (site / "50-site.toml").write_text(SITE_RULES)
-    settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(site,), annotate_jobs=False,
-                        straggler_fraction=0.7, straggler_reports=3)  # fmt: skip
-    store = Store(settings.state_db)
-    store.set_meta(watching_since=1.0)
-    return Agent(settings, store, queue, load_rules(settings), pool=InlinePool())
+    return site_agent(tmp_path, queue, SITE_RULES, straggler_fraction=0.7, straggler_reports=3)
 
 
 def run_log(agent: Agent, queue: MemorySlurm, tmp_path: Path, lines: list[str]) -> list[str]:
