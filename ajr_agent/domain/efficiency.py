@@ -5,7 +5,8 @@ Definitions (per job; for a singleton chain, over the attempts of all its jobs):
 - elapsed: from the start of the first attempt to the end of the last one, or to now
   while the job is still running or being recovered;
 - productive: training whose progress was saved: each attempt from its start to its
-  last checkpoint, and a completed attempt whole;
+  last checkpoint, and a completed attempt whole (a checkpoint is a completed save: a
+  save that began and never completed before a failure saved nothing);
 - lost: work after the last checkpoint of an attempt that failed or was cancelled
   (the whole attempt when it saved none), plus the time from the end of one attempt
   to the start of the next (detection, requeue, scheduling, start-up);
