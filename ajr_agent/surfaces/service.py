@@ -99,6 +99,8 @@ class Service:
     def follow_failover(self, metrics: Metrics) -> int:
         """Stand by, act while the slurmctld beside this agent is in control, stand by again; until SIGTERM."""
         watch = ControlWatch(self.settings, on_change=metrics.controlled)
+        log.info("ajr-agent %s started under failover: standing by until the slurmctld on this host is in control",
+                 __version__)  # fmt: skip
         while watch.wait_until_active(self.stopping, self.gateway.list_jobs):
             code = self.run_agent(watch)
             watch.let_go()

@@ -99,6 +99,9 @@ class AgentProcess:
     poll_interval: float = 0.5
     process: subprocess.Popen[str] | None = None
     submitted: list[int] = field(default_factory=list)
+    # Where the agent and its CLI run: e.g. ha-slurm.sh's "run N", on another controller host.
+    launcher: tuple[str, ...] = ()
+    state_db: Path | None = None  # another agent's, shared under failover; its own by default
 
     @property
     def config(self) -> Path:
@@ -115,13 +118,14 @@ class AgentProcess:
         # Nor each other's cockpit port: only tests of the cockpit open one.
         http = "" if "http_port" in self.extra_config else "http_port = 0\n"
         self.config.write_text(
-            f'state_db = "{self.workdir / "ajr.db"}"\npoll_interval = {self.poll_interval}\n'
+            f'state_db = "{self.state_db or self.workdir / "ajr.db"}"\npoll_interval = {self.poll_interval}\n'
             f'rules_dirs = ["{self.workdir / "rules.d"}"]\n{spool}{http}'
             f"dry_run = {'true' if self.dry_run else 'false'}\n{self.extra_config}"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AJR_", "APS_"))}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ajr_agent.surfaces.service", "--config", str(self.config), "--log-level", "DEBUG"],
+            [*self.launcher, sys.executable, "-m", "ajr_agent.surfaces.service", "--config", str(self.config),
+             "--log-level", "DEBUG"],
             stdout=self.log.open("a"), stderr=subprocess.STDOUT, text=True, env=env,
         )  # fmt: skip
         wait_for(lambda: "started" in self.log.read_text() or self.process.poll() is not None, 30, "agent start")
@@ -139,7 +143,7 @@ class AgentProcess:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "ajr_agent.surfaces.cli", "--config", str(self.config), *args],
+            [*self.launcher, sys.executable, "-m", "ajr_agent.surfaces.cli", "--config", str(self.config), *args],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
 
