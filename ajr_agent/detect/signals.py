@@ -109,7 +109,7 @@ class PendingSaves:
     """The checkpoint saves that began and have not completed, the latest of each job.
 
     A save that completes is forgotten; when the attempt it belongs to fails first, it is
-    a failed save. The log feed and `ajr replay` both pair a save's lines this way.
+    a failed save. The log feed keeps one per job; `ajr replay` pairs a log's lines the same way.
     """
 
     def __init__(self) -> None:
