@@ -64,11 +64,9 @@ class FileReplay:
     hang: HangSeen | None
     rule_lines: dict[str, int]
     timeouts: int
-
-    @property
-    def acted(self) -> bool:
-        """AJR would have recovered the job: at a failure line, or at a hang before one."""
-        return self.failure is not None or self.hang is not None
+    # AJR would have recovered the job: at a failure line, at a hang before one, or at a
+    # straggler when the settings say to recover those (straggler_recovery).
+    acted: bool
 
 
 @dataclass
@@ -136,11 +134,14 @@ def replay_file(path: Path, rules: RuleSet, settings: Settings) -> FileReplay:
         error = f"broken gzip archive: {exc}{_after(watch)}"
     except OSError as exc:
         error = f"{exc.strerror or exc}{_after(watch)}"
+    failure, series = watch.failure(), watch.series()
+    straggled = settings.straggler_recovery and any(s.straggler for s in series)
     return FileReplay(
         path=str(path), job_name=name.job_name if name else None, job_id=name.job_id if name else None,
         started=name.started if name else None, size=size, lines=watch.lines, error=error,
-        failure=watch.failure(), anomaly_lines=watch.anomaly_lines, saves=watch.saves() if watch.lines else None,
-        series=watch.series(), hang=watch.hang, rule_lines=dict(watch.rule_lines), timeouts=watch.timeouts(),
+        failure=failure, anomaly_lines=watch.anomaly_lines, saves=watch.saves() if watch.lines else None,
+        series=series, hang=watch.hang, rule_lines=dict(watch.rule_lines), timeouts=watch.timeouts(),
+        acted=failure is not None or watch.hang is not None or straggled,
     )  # fmt: skip
 
 
@@ -149,7 +150,7 @@ def _after(watch: FileWatch) -> str:
 
 
 def _unreadable(path: Path, error: str) -> FileReplay:
-    return FileReplay(str(path), None, None, None, 0, 0, error, None, 0, None, (), None, {}, 0)
+    return FileReplay(str(path), None, None, None, 0, 0, error, None, 0, None, (), None, {}, 0, False)
 
 
 def _files(path: Path) -> Iterator[Path | FileReplay]:

@@ -96,7 +96,8 @@ class ReplayFileOut(_Read):
     size: int = Field(description="bytes on disk")
     lines: int
     error: str = Field(description="why it was not read, or not to its end; empty when it was")
-    acted: bool = Field(description="AJR would have recovered the job: at a failure line, or a hang before one")
+    acted: bool = Field(description="AJR would have recovered the job: at a failure line, a hang before one, or "
+                                    "a straggler when straggler_recovery is on")
     failure: ReplayFailureOut | None
     anomaly_lines: int
     saves: ReplaySavesOut | None

@@ -129,6 +129,8 @@ def test_a_time_per_iteration_that_rises_is_the_straggler(tmp_path: Path) -> Non
     step, tokens = seen.series
     assert step.straggler is not None and step.straggler.line.number == 13 and tokens.straggler is None
     assert step.straggler.recent == (1600.0, 1601.0, 1602.0) and not seen.acted  # recorded, not recovered
+    recovering = SETTINGS.model_copy(update={"straggler_recovery": True})
+    assert replay_file(tmp_path / NAME, RULES, recovering).acted
 
 
 def test_points_are_thinned_evenly_and_keep_the_first(tmp_path: Path) -> None:
