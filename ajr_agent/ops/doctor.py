@@ -11,21 +11,26 @@ import os
 import pwd
 import shlex
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from ajr_agent.adapters.config_file import DEFAULT_CONFIG_PATH, config_path, load_settings
 from ajr_agent.domain.settings import ConfigError, Settings
 from ajr_agent.domain.errors import AjrError
 from ajr_agent.adapters.slurm_config import DEFAULT_SLURM_CONF, listed, plugin_names, slurm_user
+from ajr_agent.ops.check import Check
+from ajr_agent.ops.failover_check import check_failover
 from ajr_agent.ops.host import show_config
 from ajr_agent.ops.shipped import EPILOG_MARKER, HOOK_PATH, JOB_SUBMIT_MARKER, shipped_file
 from ajr_agent.ops.slurm_requirements import MIN_JOB_AGE
 from ajr_agent.detect.rules import RuleFileError, RuleSet, default_rules_dir
 from ajr_agent.adapters.slurm import SlurmGateway, open_gateway
+from ajr_agent.adapters.slurm.controllers import ping_controllers
+from ajr_agent.domain.control import ControllerPing
 from ajr_agent.adapters.store import (
     DEFAULT_RESERVE_BYTES,
     Store,
@@ -39,16 +44,6 @@ SLURM_FIRST = "fix the slurm check first"
 
 
 @dataclass(frozen=True)
-class Check:
-    """One item checked: whether it is fine, what was found, and how to fix it when not."""
-
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-
-
-@dataclass(frozen=True)
 class Probes:
     """The doctor's ways into the running system; tests give their own."""
 
@@ -56,6 +51,9 @@ class Probes:
     open_gateway: Callable[[Settings], SlurmGateway]
     luac: str | None  # Slurm's Lua compiler (5.1); None: job_submit.lua is not compile-checked
     now: Callable[[], float]
+    # Under failover only: `scontrol ping`, and /proc/mounts' text.
+    ping: Callable[[], Sequence[ControllerPing]] = lambda: ping_controllers(15.0)
+    mounts: Callable[[], str] = lambda: Path("/proc/mounts").read_text()
 
 
 def live_probes(timeout: float = 15.0) -> Probes:
@@ -104,6 +102,7 @@ def diagnose(config_file: Path, prefix: Path, probes: Probes, environ: Mapping[s
         meta, store_error = None, str(exc)
     now = probes.now()
     checks += [check_agent(meta, settings, now, store_error), check_slurm_errors(meta, now)]
+    checks += check_failover(settings, socket.gethostname().split(".")[0], probes.ping, probes.mounts)
     return checks
 
 

@@ -22,6 +22,8 @@ from ajr_agent.domain.control import (
     judge,
 )
 from ajr_agent.domain.settings import ConfigError, Settings
+from ajr_agent.ops.check import Check
+from ajr_agent.ops.failover_check import check_failover, file_system_of
 from ajr_agent.runtime.control_watch import ControlWatch, lease_path
 from ajr_agent.surfaces.cli_render import status_lines
 from ajr_agent.views import queries
@@ -197,3 +199,48 @@ def test_under_failover_the_database_keeps_sqlites_rollback_journal(tmp_path: Pa
         conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
         with pytest.raises(StoreError, match="locked by another process"):
             Store(tmp_path / "ajr.db", wal=False, busy_timeout_ms=100)
+
+
+MOUNTS = "/dev/sda1 / ext4 rw 0 0\nfiler:/ajr /shared nfs4 rw,vers=4.2 0 0\ntmpfs /run tmpfs rw 0 0\n"
+
+
+def doctor_on(host: str, state_db: Path, pings: list[ControllerPing] = BOTH_UP, mounts: str = MOUNTS) -> list[Check]:
+    settings = Settings(state_db=state_db, failover=FailoverMode.SLURM)
+    return check_failover(settings, host, lambda: pings, mounts)
+
+
+def test_doctor_checks_nothing_of_failover_when_it_is_off(tmp_path: Path) -> None:
+    assert check_failover(Settings(state_db=tmp_path / "ajr.db"), "ctl1", lambda: BOTH_UP, MOUNTS) == []
+
+
+def test_the_file_system_of_a_path_is_its_longest_mount_point() -> None:
+    assert file_system_of(Path("/shared/ajr/ajr.db"), MOUNTS) == "nfs4"
+    assert file_system_of(Path("/sharedother/x"), MOUNTS) == "ext4"
+    assert file_system_of(Path("/run/ajr"), MOUNTS) == "tmpfs"
+
+
+def test_doctor_finds_a_local_state_database_and_a_controller_that_never_ran_doctor(tmp_path: Path) -> None:
+    checks = {c.name: c for c in doctor_on("ctl1", tmp_path / "ajr.db", mounts=f"/dev/sda1 {tmp_path} ext4 rw 0 0\n")}
+    assert checks["failover"].ok and "its agent would be active" in checks["failover"].detail
+    assert not checks["failover_storage"].ok and "a file system of this host alone" in checks["failover_storage"].detail
+    hosts = checks["failover_hosts"]
+    assert not hosts.ok and "no record of ctl2" in hosts.detail and "run `ajr doctor` on ctl2" in hosts.fix
+
+
+def test_doctor_on_both_controllers_sees_the_shared_storage_and_a_differing_slurm_conf(tmp_path: Path) -> None:
+    shared = tmp_path / "ajr.db"
+    mounts = f"filer:/ajr {tmp_path} nfs4 rw 0 0\n"
+    doctor_on("ctl1", shared, mounts=mounts)
+    second = {c.name: c for c in doctor_on("ctl2", shared, mounts=mounts)}
+    assert second["failover_storage"].ok and second["failover_hosts"].ok
+    assert "primary is ctl1" in second["failover"].detail
+    three = [*BOTH_UP, ControllerPing(2, "ctl3", True)]
+    first = {c.name: c for c in doctor_on("ctl1", shared, three, mounts)}
+    assert not first["failover_hosts"].ok and "ctl2 sees ctl1, ctl2" in first["failover_hosts"].detail
+
+
+def test_doctor_refuses_a_host_that_is_no_controller_and_a_single_controller(tmp_path: Path) -> None:
+    (stranger,) = doctor_on("login1", tmp_path / "ajr.db")
+    assert not stranger.ok and "this host is 'login1'" in stranger.detail
+    alone = doctor_on("ctl1", tmp_path / "ajr.db", [ControllerPing(0, "ctl1", True)])[0]
+    assert not alone.ok and "there is no failover to follow" in alone.detail
