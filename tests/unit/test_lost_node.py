@@ -114,8 +114,15 @@ def test_slurms_requeue_past_the_limit_is_counted_and_left_to_slurm(agent: Agent
     assert called(queue) == []
 
 
-def test_an_agent_restarted_while_it_asked_slurm_about_the_nodes_asks_again(tmp_path: Path,
-                                                                            queue: MemorySlurm) -> None:  # fmt: skip
+class _Never(InlinePool):
+    """A pool whose work never comes back: the verdict is still out when the agent stops."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return Future()
+
+
+def asking_about_n3(tmp_path: Path, queue: MemorySlurm) -> Agent:
+    """An agent whose verdicts never come, over job 7 on n[1-4] that Slurm requeued when it lost n3."""
     queue.partitions["defq"] = NODES
     settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), clear_begin_time=True)
     store = Store(settings.state_db)
@@ -126,31 +133,22 @@ def test_an_agent_restarted_while_it_asked_slurm_about_the_nodes_asks_again(tmp_
     queue.lose("n3")
     stalled.poll(230.0)
     assert stalled.jobs[7].awaiting is Awaiting.LOST_NODE
-    store.close()
+    return stalled
+
+
+def test_an_agent_restarted_while_it_asked_slurm_about_the_nodes_asks_again(tmp_path: Path,
+                                                                            queue: MemorySlurm) -> None:  # fmt: skip
+    stalled = asking_about_n3(tmp_path, queue)
+    stalled.store.close()
+    settings = stalled.settings
     again = Agent(settings, Store(settings.state_db), queue, load_rules(settings), pool=InlinePool())
     again.poll(240.0)
     recovered_away_from_n3(again, queue)
 
 
-class _Never(InlinePool):
-    """A pool whose work never comes back: the verdict is still out when the agent stops."""
-
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return Future()
-
-
-
 def test_a_job_slurm_starts_again_before_the_verdict_comes_is_watched_afresh(tmp_path: Path,
                                                                             queue: MemorySlurm) -> None:  # fmt: skip
-    queue.partitions["defq"] = NODES
-    settings = Settings(state_db=tmp_path / "ajr.db", rules_dirs=(), annotate_jobs=False)
-    store = Store(settings.state_db)
-    store.set_meta(watching_since=1.0)
-    stalled = Agent(settings, store, queue, load_rules(settings), pool=_Never())
-    queue.jobs[7] = running(tmp_path, nodes="n[1-4]", tasks=4, partition="defq")
-    stalled.poll(200.0)
-    queue.lose("n3")
-    stalled.poll(230.0)
+    stalled = asking_about_n3(tmp_path, queue)
     queue.update(7, StartTime="now")
     queue.schedule()
     queue.start(7, "n[1-2],n4-5")
