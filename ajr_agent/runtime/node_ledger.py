@@ -26,6 +26,7 @@ from ajr_agent.domain.lemons import names
 from ajr_agent.domain.model import ActionKind, Decision, Fault, ManagedJob, Note, NoteKind
 from ajr_agent.domain.policy import OVER
 from ajr_agent.domain.settings import Settings
+from ajr_agent.domain.slurm_requeues import judged_attempt
 
 log = logging.getLogger("ajr.nodes")
 
@@ -99,7 +100,9 @@ class NodeLedger:
     def _blames(self, job: ManagedJob, event: Attributed, now: float) -> list[Blame]:
         # At the agent's time of the decision: the verdict's own is its worker's clock.
         verdict = event.verdict
-        if event.attempt != job.handled_attempt or verdict.fault is not Fault.NODE:
+        # judged_attempt: when the poll saw Slurm's own requeue first, the verdict judges the attempt
+        # Slurm requeued, which AJR has not handled yet.
+        if event.attempt != judged_attempt(job) or verdict.fault is not Fault.NODE:
             return []
         return [Blame(node, job.job_id, event.attempt, job.user, now, verdict.basis, verdict.cause)
                 for node in verdict.nodes]  # fmt: skip

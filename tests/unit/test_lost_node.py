@@ -42,6 +42,8 @@ def recovered_away_from_n3(agent: Agent, queue: MemorySlurm) -> None:
     [verdict] = [v for _, attempt, _, v in agent.store.verdicts([7]) if attempt == 0]
     assert (verdict.fault, verdict.nodes, verdict.basis) == ("node", ("n3",), "slurm")
     assert any("Not responding" in line for line in verdict.evidence)
+    # The node ledger has the blame too, on Slurm's word, whichever of the poll and the log told first.
+    assert [(b.node, b.job_id, b.attempt, b.basis) for b in agent.store.nodes.blames(["n3"])] == [("n3", 7, 0, "slurm")]
 
 
 def test_slurms_own_requeue_seen_by_the_poll_is_one_failure_of_the_node_it_lost(agent: Agent, queue: MemorySlurm,
