@@ -10,19 +10,23 @@ shipped rules loaded before the clock starts:
   the straggler check at every reading and the hang's search among the timestamps;
 - the same log gzip-compressed (logrotate's `.gz`), MB/s counted on the uncompressed bytes;
 - `replay` over a directory of many small logs of the same lines (`--small-kb` each), where
-  the cost of each file (opening it, its name, its results) shows.
+  the cost of each file (opening it, its name, its results) shows;
+- the same directory over `--jobs` processes (`ajr replay --jobs`), unpinned: each process
+  takes a core.
 
 Pinned to one CPU like the rules bench (`--all-cores` lifts that); each figure is the best of
 `--repeat` runs, from the page cache. The last line says how long a year of logs would take
 at the measured rate for a given daily volume (`--gb-per-day`).
 
-Usage: python bench/replay_throughput.py [--mb 200] [--small-kb 200] [--repeat 3] [--gb-per-day 50] [--all-cores]
+Usage: python bench/replay_throughput.py [--mb 200] [--small-kb 200] [--repeat 3] [--jobs N] [--gb-per-day 50]
+                                         [--all-cores]
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import sys
 import tempfile
 import time
@@ -65,10 +69,13 @@ def main() -> None:
     parser.add_argument("--small-kb", type=float, default=200.0, help="size of each small log in kB (default 200)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement, best kept (default 3)")
     parser.add_argument("--gb-per-day", type=float, default=50.0, help="a site's daily log volume for the last line")
+    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                        help="processes for the last figure (default: the CPUs this process may use)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--all-cores", action="store_true", help="do not pin the benchmark to one CPU")
     args = parser.parse_args()
 
+    cpus = os.sched_getaffinity(0)
     print("all CPUs allowed" if args.all_cores else pin_to_one_cpu())
     rules = RuleSet.load([default_rules_dir()])
     settings = Settings()
@@ -101,6 +108,10 @@ def main() -> None:
         report("replay_file, the same log gzip-compressed", seconds, size)
         seconds, _ = best_of(args.repeat, lambda: list(replay.replay([small], rules, settings)))
         report(f"replay of a directory of {files:,} small logs", seconds, size)
+        os.sched_setaffinity(0, cpus)  # the workers inherit it: one core each
+        dirs = [default_rules_dir()]
+        seconds, _ = best_of(args.repeat, lambda: list(replay.replay_in_processes([small], dirs, settings, args.jobs)))
+        report(f"the same over {args.jobs} processes ({len(cpus)} CPUs)", seconds, size)
 
     year = args.gb_per_day * 365 * 1e3 / rate / 3600
     print(f"at {rate:.0f} MB/s, a year of {args.gb_per_day:g} GB of logs a day is replayed in {year:.1f} h on one core")

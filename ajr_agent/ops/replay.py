@@ -21,8 +21,9 @@ import os
 import stat
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,10 +116,40 @@ def replay(paths: Iterable[Path], rules: RuleSet, settings: Settings) -> Iterato
     """Replay every log file of `paths` (files, and directories walked), one result each, in path order."""
     for path in paths:
         for found in _files(path):
-            if isinstance(found, FileReplay):
-                yield found
-            else:
-                yield replay_file(found, rules, settings)
+            yield found if isinstance(found, FileReplay) else replay_file(found, rules, settings)
+
+
+# Each worker process's rule set, loaded once by _start_worker.
+_worker_rules: RuleSet | None = None
+
+
+def _start_worker(dirs: list[Path]) -> None:
+    global _worker_rules
+    _worker_rules = RuleSet.load(dirs)
+
+
+def _replay_in_worker(path: Path, settings: Settings) -> FileReplay:
+    assert _worker_rules is not None
+    return replay_file(path, _worker_rules, settings)
+
+
+def replay_in_processes(paths: Iterable[Path], dirs: list[Path], settings: Settings, jobs: int) -> Iterator[FileReplay]:
+    """`replay` with the rules of `dirs`, its files spread over `jobs` processes (a core each);
+    the results come in the same order. A few files per process are read ahead, no more."""
+    ahead: deque[Future[FileReplay] | FileReplay] = deque()
+    with ProcessPoolExecutor(jobs, initializer=_start_worker, initargs=(dirs,)) as pool:
+        for path in paths:
+            for found in _files(path):
+                ahead.append(found if isinstance(found, FileReplay) else pool.submit(_replay_in_worker, found,
+                                                                                     settings))  # fmt: skip
+                while len(ahead) > 4 * jobs:
+                    yield _result(ahead.popleft())
+        while ahead:
+            yield _result(ahead.popleft())
+
+
+def _result(item: Future[FileReplay] | FileReplay) -> FileReplay:
+    return item.result() if isinstance(item, Future) else item
 
 
 def replay_file(path: Path, rules: RuleSet, settings: Settings) -> FileReplay:

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ajr_agent.detect.rules import RuleSet, default_rules_dir
-from ajr_agent.ops.replay import FileReplay, ReplayTotals, replay, timed
+from ajr_agent.ops.replay import FileReplay, ReplayTotals, replay, replay_in_processes, timed
 from ajr_agent.ops.replay_file import LineSeen, SeriesSeen
 from ajr_agent.surfaces.cli_context import Context, fail_on_ajr_errors
 from ajr_agent.surfaces.cli_render import LINE_SHOWN
@@ -23,10 +23,13 @@ from ajr_agent.views.replay_models import ReplayFileOut, ReplayTotalsOut
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--rules", "rules_dirs", multiple=True, type=click.Path(path_type=Path),
               help="site rule directories to try, read after the shipped rules (default: the configured rules_dirs)")
+@click.option("--jobs", type=click.IntRange(1, 512), default=1, show_default=True,
+              help="processes to spread the files over (a core each)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output, a file per line")
 @click.pass_obj
 @fail_on_ajr_errors
-def replay_command(ctx: Context, paths: tuple[Path, ...], rules_dirs: tuple[Path, ...], as_json: bool) -> None:
+def replay_command(ctx: Context, paths: tuple[Path, ...], rules_dirs: tuple[Path, ...], jobs: int,
+                   as_json: bool) -> None:  # fmt: skip
     """What AJR would have done on the logs of PATHS (files, or directories of them), offline.
 
     Exits 1 when a file could not be read (each has its error; the others are replayed)."""
@@ -35,9 +38,10 @@ def replay_command(ctx: Context, paths: tuple[Path, ...], rules_dirs: tuple[Path
         raise click.ClickException(f"no such rule directory: {', '.join(map(str, missing))}")
     settings = ctx.settings
     dirs = [default_rules_dir(), *(rules_dirs or settings.rules_dirs)]
-    rules = RuleSet.load(dirs)
+    rules = RuleSet.load(dirs)  # in this process too: a broken rule file stops here, with its error
     totals = ReplayTotals()
-    results = timed(replay(paths, rules, settings), totals)
+    found = replay(paths, rules, settings) if jobs == 1 else replay_in_processes(paths, dirs, settings, jobs)
+    results = timed(found, totals)
     if as_json:
         _stream_json(results, totals, dirs, settings.heartbeat_timeout)
     else:

@@ -262,5 +262,28 @@ def test_the_command_takes_a_sites_rules_and_prints_json(tmp_path: Path) -> None
     assert seen.failure is not None and seen.failure.rule == "site_boom" and seen.job_id == 4242
     assert answer.heartbeat_timeout == 600 and answer.rules_dirs[-1] == str(site)
     assert answer.totals.files == 1 and answer.totals.rule_lines == {"site_boom": 1}
+    spread = CliRunner().invoke(main, ["--config", str(config), "replay", "--rules", str(site), "--json", "--jobs",
+                                       "2", str(log), str(log)])  # fmt: skip
+    assert [f.failure for f in ReplayOut.model_validate(json.loads(spread.output)).files] == [seen.failure] * 2
     missing = CliRunner().invoke(main, ["--config", str(config), "replay", "--rules", str(tmp_path / "no"), str(log)])
     assert missing.exit_code != 0 and "no such rule directory" in missing.output
+
+
+def test_several_processes_give_the_same_results_in_the_same_order(tmp_path: Path) -> None:
+    site = tmp_path / "rules.d"
+    site.mkdir()
+    (site / "50-site.toml").write_text(SITE_RULES)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for n in range(12):
+        events = [f"{stamp(900)} the frobnicator exploded"] if n % 3 == 0 else []
+        write(logs / f"job_{n}_date_26-03-01_time_12-00-00.log", [*training(30 + n), *events])
+    (logs / "junk.log").write_bytes(random.Random(2).randbytes(5000))
+    dirs = [default_rules_dir(), site]
+    alone = list(replay([logs], RuleSet.load(dirs), SETTINGS))
+    together = list(replay_module.replay_in_processes([logs], dirs, SETTINGS, jobs=2))
+    assert together == alone and len(alone) == 13
+    assert [Path(r.path).name for r in together] == sorted(p.name for p in logs.iterdir())
+    assert [r.failure is not None for r in together[:-1]] == [r.job_id is not None and r.job_id % 3 == 0
+                                                              for r in together[:-1]]  # fmt: skip
+    assert together[-1].error and sum(r.failure is not None for r in together) == 4
