@@ -47,7 +47,10 @@ class CheckpointStage(StrEnum):
     """Which moment of a save a checkpoint rule's line reports.
 
     Only a completed save protects work: a save that started and was followed by a
-    failure before it completed saved nothing."""
+    failure before it completed saved nothing. STARTED is for frameworks that print a
+    line when the save is done too (a rule of stage COMPLETED for it): a save begun
+    counts only once such a line comes. A framework that prints nothing after its start
+    line keeps that rule COMPLETED, or none of its saves would ever count."""
 
     STARTED = "started"
     COMPLETED = "completed"
