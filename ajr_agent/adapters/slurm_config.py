@@ -8,6 +8,7 @@ does not answer. The two spell keys differently, so each has its own reader.
 from __future__ import annotations
 
 import glob
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -16,6 +17,8 @@ SHOW_CONFIG_COMMAND = ("scontrol", "show", "config")
 DEFAULT_SLURM_CONF = Path("/etc/slurm/slurm.conf")
 # Include lines deeper than this are not followed: slurm.conf files that include each other end.
 MAX_INCLUDE_DEPTH = 5
+# A key of a list setting printed one item a line: `EpilogSlurmctld[0]`.
+_INDEXED_KEY = re.compile(r"([A-Za-z]+)\[[0-9]+\]")
 
 
 def parse_show_config(text: str) -> dict[str, str]:
@@ -24,13 +27,20 @@ def parse_show_config(text: str) -> dict[str, str]:
     Settings are `Key = value` lines; the header, blank lines, section titles and the
     controllers' state are not. An `=` within a value (SchedulerParameters) stays in it.
     Later sections (MPI, cgroup) may repeat a key: the first, slurmctld's own, wins.
+    A list Slurm prints one item a line (`EpilogSlurmctld[0]`, `[1]`...: 24.11 and later,
+    where 22.05 printed `EpilogSlurmctld`) is also there under its plain key, comma-separated.
     """
     config: dict[str, str] = {}
+    items: dict[str, list[str]] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(" = ")
         key = key.strip()
         if sep and key and " " not in key:
+            if key not in config and (indexed := _INDEXED_KEY.fullmatch(key)):
+                items.setdefault(indexed[1], []).append(value.strip())
             config.setdefault(key, value.strip())
+    for key, values in items.items():
+        config.setdefault(key, ",".join(values))
     return config
 
 

@@ -25,6 +25,8 @@ AJR_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VENDOR=${AJR_VENDOR_DIR:-$(cd "$AJR_ROOT/.." && pwd)/shared/vendor}
 # The venv inside each chroot: the chroot's own Python, never the host's .venv.
 CHROOT_VENV=/opt/ajr-venv
+# Inside each chroot: the wheels pip may install without network (PIP_FIND_LINKS, PIP_NO_INDEX).
+WHEELHOUSE=/var/cache/ajr/wheelhouse
 MIRROR=${AJR_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # What the project's setup and tests need inside (setup-env.sh would fetch them itself,
 # but inside there is no network): Slurm and munge, Python with what builds pyslurm,
@@ -145,6 +147,12 @@ prepare_venv() {
     mount_vendor_and_run /bin/bash -c \
         "cd '$AJR_ROOT' && export AJR_VENV=$CHROOT_VENV && source packaging/dev/setup-env.sh && ajr_setup_venv ${pyslurm_arg[*]}" \
         || die "the venv in $ROOT could not be made; see the lines above"
+    # What pip fetches from PyPI during the tests (the distribution tests build AJR and
+    # install its wheel into a fresh venv) comes from here inside, where there is no network.
+    in_chroot_online "$CHROOT_VENV/bin/pip" wheel -q -w "$WHEELHOUSE" "$AJR_ROOT[test]" setuptools wheel \
+        >"$ROOT.wheelhouse.log" 2>&1 || die "the wheels for the tests could not be fetched; see $ROOT.wheelhouse.log"
+    # AJR itself comes from the tests' own build, never from here.
+    rm -f "$ROOT$WHEELHOUSE"/ajr-*.whl
 }
 
 mount_vendor_and_run() {
@@ -203,6 +211,7 @@ cmd_exec() {
     local pid
     pid=$(holder_pid) || die "$RELEASE is not up: release.sh up $RELEASE"
     local vars=(HOME=/root TERM="${TERM:-dumb}" LANG=C.UTF-8 AJR_VENV=$CHROOT_VENV AJR_RELEASE="$RELEASE"
+                PIP_FIND_LINKS=$WHEELHOUSE PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
                 PATH="$CHROOT_VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     local name
     # What the caller sets for AJR's tests and benchmarks goes in; nothing else of this host's environment.

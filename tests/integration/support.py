@@ -117,9 +117,12 @@ class AgentProcess:
         spool = "" if "spool_dir" in self.extra_config else f'spool_dir = "{self.workdir / "spool"}"\n'
         # Nor each other's cockpit port: only tests of the cockpit open one.
         http = "" if "http_port" in self.extra_config else "http_port = 0\n"
+        # The backend under test (packaging/dev/test.sh runs the recovery tests through each).
+        backend = os.environ.get("AJR_TEST_SLURM_BACKEND", "")
+        backend = f'slurm_backend = "{backend}"\n' if backend and "slurm_backend" not in self.extra_config else ""
         self.config.write_text(
             f'state_db = "{self.state_db or self.workdir / "ajr.db"}"\npoll_interval = {self.poll_interval}\n'
-            f'rules_dirs = ["{self.workdir / "rules.d"}"]\n{spool}{http}'
+            f'rules_dirs = ["{self.workdir / "rules.d"}"]\n{spool}{http}{backend}'
             f"dry_run = {'true' if self.dry_run else 'false'}\n{self.extra_config}"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AJR_", "APS_"))}

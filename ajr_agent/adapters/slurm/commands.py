@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
+import re
 import subprocess
+import threading
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -37,6 +42,11 @@ log = logging.getLogger(__name__)
 # The kernel refuses (E2BIG) any one argument over 32 pages (MAX_ARG_STRLEN: 128 KiB with
 # 4 KiB pages, its NUL included), and argv with the environment over sysconf(SC_ARG_MAX).
 MAX_ARGUMENT_BYTES = 32 * 4096 - 1
+# After a begin time, the scheduler pass is asked for this much later: slurmctld compares
+# whole seconds, and a pass within the begin second would find the job not yet eligible.
+NUDGE_MARGIN = 0.05
+# StartTime values a few seconds ahead, as AJR sets them after a release.
+_NOW_PLUS_SECONDS = re.compile(r"now\+([0-9]{1,2})(?:s|sec|seconds?)?")
 # Failures to start a command that may pass: out of memory or processes, a file being replaced.
 _TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR, errno.ETXTBSY, errno.EMFILE, errno.ENFILE})
 
@@ -53,6 +63,12 @@ def _check_size(command: Sequence[str], env: Mapping[str, str]) -> None:
     if total > (limit := os.sysconf("SC_ARG_MAX")):
         raise CommandTooLong(command, f"its arguments and environment take {total} bytes, over the {limit} the "
                                       f"kernel takes (getconf ARG_MAX); not run")  # fmt: skip
+
+
+def _seconds_ahead(start_time: str) -> int | None:
+    """The N of a StartTime `now+N` (seconds, under 100), None for any other value."""
+    found = _NOW_PLUS_SECONDS.fullmatch(start_time)
+    return int(found[1]) if found else None
 
 
 def _start_failure(command: Sequence[str], exc: OSError, env: Mapping[str, str]) -> str:
@@ -152,8 +168,35 @@ class CommandGateway:
         self.run(["scancel", str(job_id)])
 
     def update(self, job_id: int, **fields: str) -> None:
-        """Update job fields; values go as one argument each, so spaces are safe."""
+        """Update job fields; values go as one argument each, so spaces are safe.
+
+        A StartTime a few seconds ahead (`now+N`) gets a scheduler pass when it comes
+        (`schedule_at`): Slurm runs none for a begin time that passes.
+        """
         self.run(["scontrol", "update", f"JobId={job_id}", *(f"{key}={value}" for key, value in fields.items())])
+        if (delay := _seconds_ahead(fields.get("StartTime", ""))) is not None:
+            self.schedule_at(job_id, math.floor(time.time()) + delay)
+
+    def schedule_at(self, job_id: int, begin: float) -> None:
+        """Ask slurmctld for a scheduler pass once `begin` (the job's begin time, epoch) has come.
+
+        Slurm's main scheduler runs soon after a job update (at most one such pass every
+        batch_sched_delay, 3 s), every sched_interval (60 s), and its backfill every
+        bf_interval (30 s); the pass an update asked for comes before a begin time a few
+        seconds ahead, so the job would wait for the next periodic pass. An update that
+        sets the same begin time again asks for a pass that finds the job eligible.
+        """
+        timer = threading.Timer(max(0.0, begin - time.time()) + NUDGE_MARGIN, self._nudge, (job_id, begin))
+        timer.daemon = True
+        timer.start()
+
+    def _nudge(self, job_id: int, begin: float) -> None:
+        when = datetime.fromtimestamp(begin).isoformat(timespec="seconds")
+        try:
+            self.run(["scontrol", "update", f"JobId={job_id}", f"StartTime={when}"])
+        except SlurmError as exc:
+            # The job started already, or left: nothing to schedule.
+            log.debug("job %s: no scheduler pass asked at its begin time: %s", job_id, exc)
 
     def exclude_nodes(self, job_id: int, nodes: Sequence[str]) -> None:
         """Add `nodes` to the job's ExcNodeList, keeping the user's own exclusions.

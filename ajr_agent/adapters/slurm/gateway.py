@@ -76,25 +76,28 @@ class SlurmGateway(Protocol):
 def open_gateway(settings: Settings) -> SlurmGateway:
     """The backend the settings ask for; with `auto`, pyslurm only when it matches the running Slurm.
 
-    The choice and its reason are logged: the backend decides how every poll and action goes.
+    The choice and its reason are logged, with what goes through the commands even with
+    pyslurm: the backend decides how every poll and action goes.
     """
     commands = CommandGateway(settings.slurm_command_timeout)
     if settings.slurm_backend is SlurmBackend.COMMANDS:
         log.info("Slurm backend: commands (slurm_backend = commands)")
         return commands
+    slurm_version = _slurm_version(commands)
     try:
         import pyslurm  # type: ignore[import-not-found]
     except ImportError as exc:
         if settings.slurm_backend is SlurmBackend.PYSLURM:
             raise SlurmError(["import pyslurm"], f"pyslurm is not importable: {exc}", transient=False) from exc
-        log.info("Slurm backend: commands (pyslurm is not importable: %s)", exc)
+        log.info("Slurm backend: commands (pyslurm is not importable: %s; Slurm %s)", exc, slurm_version)
         return commands
-    slurm_version = commands.version() if shutil.which("scontrol") else "unknown (no scontrol on PATH)"
     pyslurm_version = str(getattr(pyslurm, "__version__", ""))
     release = _release(slurm_version)
     if release is not None and release == _release(pyslurm_version):
         log.info("Slurm backend: pyslurm (%s matches Slurm %s)", pyslurm_version, slurm_version)
-        return PyslurmGateway(settings.slurm_command_timeout, pyslurm)
+        gateway = PyslurmGateway(settings.slurm_command_timeout, pyslurm)
+        log.info("Slurm backend: through Slurm's commands, not pyslurm: %s", gateway.fallbacks())
+        return gateway
     if settings.slurm_backend is SlurmBackend.PYSLURM:
         raise SlurmError(
             ["import pyslurm"],
@@ -104,6 +107,16 @@ def open_gateway(settings: Settings) -> SlurmGateway:
         )  # fmt: skip
     log.info("Slurm backend: commands (pyslurm %s does not match Slurm %s)", pyslurm_version, slurm_version)
     return commands
+
+
+def _slurm_version(commands: CommandGateway) -> str:
+    """The installed Slurm's version, or why it is not known: the log line of the choice names it."""
+    if not shutil.which("scontrol"):
+        return "unknown (no scontrol on PATH)"
+    try:
+        return commands.version()
+    except SlurmError as exc:
+        return f"unknown ({exc})"
 
 
 def _release(version: str) -> tuple[int, int] | None:
