@@ -25,6 +25,8 @@ pytestmark = pytest.mark.slow
 
 SHIPPED = [
     "rules/00-defaults.toml",
+    "rules/10-gpu.toml",
+    "rules/90-throughput.toml",
     "rules/README.md",
     "slurm_hooks/job_submit.lua",
     "slurm_hooks/ajr-epilog",

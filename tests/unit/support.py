@@ -10,6 +10,7 @@ from pathlib import Path
 from ajr_agent.adapters.logs import FilePosition
 from ajr_agent.adapters.slurm.memory import MemorySlurm
 from ajr_agent.adapters.store import ActionStatus, FollowedFile, Reading, Store
+from ajr_agent.detect.rules import Rule, RuleKind, RuleSet
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.model import Action, ActionKind, ManagedJob, Note, Outcome, Phase, UnmanagedJob, Verdict
 from ajr_agent.domain.settings import Settings
@@ -18,6 +19,17 @@ from ajr_agent.runtime.agent import Agent, load_rules
 from ajr_agent.runtime.inline_pool import InlinePool
 
 LOG_NAME = "train_7_date_26-01-01_time_00-00-00.log"
+
+# A rule written the way a site might write one, with two unbounded `.*`: on SLOW_LINE it
+# needs its whole match timeout (the shipped rules are bounded and need none).
+SLOW_RULE = Rule(name="site_checkpoint_timing", kind=RuleKind.CHECKPOINT,
+                 pattern=r"SAVE_CHECKPOINT: iteration:.*, ckpt saving takes .* seconds")  # fmt: skip
+SLOW_LINE = "SAVE_CHECKPOINT: iteration:" + ", ckpt saving takes " * 3000
+
+
+def with_slow_rule(rules: RuleSet) -> RuleSet:
+    """`rules` and SLOW_RULE after them."""
+    return RuleSet.from_rules([*rules.rules, SLOW_RULE])
 
 
 def running(tmp_path: Path, **changes: object) -> JobSnapshot:

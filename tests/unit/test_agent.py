@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ajr_agent.adapters.slurm.calls import Operation
 from ajr_agent.adapters.slurm.memory import MemorySlurm
-from tests.unit.support import LOG_NAME, called, running
+from tests.unit.support import LOG_NAME, SLOW_LINE, called, running, with_slow_rule
 
 import os
 from pathlib import Path
@@ -270,10 +270,10 @@ def test_one_jobs_slow_lines_wait_for_later_passes_while_another_job_is_recovere
     victim_log = victim_dir / "other_8_date_26-01-01_time_00-00-00.log"
     slow_log.write_text("")
     victim_log.write_text("")
+    agent.apply(agent.settings, with_slow_rule(agent.rules))
     agent.poll(200.0)
-    # Each of these lines costs the shipped Megatron checkpoint rule its whole 50 ms timeout.
-    slow = "SAVE_CHECKPOINT: iteration:" + ", ckpt saving takes " * 3000
-    slow_log.write_text(f"{slow}\n" * 40 + "Saved checkpoint to /ckpt/1\n")
+    # Each of these lines costs the site's slow rule its whole 50 ms timeout.
+    slow_log.write_text(f"{SLOW_LINE}\n" * 40 + "Saved checkpoint to /ckpt/1\n")
     victim_log.write_text("Rank0: (1) segmentation fault: artificial segfault\n")
     agent.read_logs(201.0)
     assert "requeue_hold 8" in called(queue), "the other job's failure is handled in the same pass"

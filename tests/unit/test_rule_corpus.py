@@ -1,61 +1,21 @@
 """The shipped rules against real log lines, and root-cause picking on real failures.
 
-tests/fixtures/corpus/*.toml hold lines copied from public sources (GitHub
-issues, documentation, the source code that prints them), each with where it
-came from and what the shipped rules must make of it: the category of the root
-cause, a checkpoint save, or nothing at all.
+tests/fixtures/corpus holds lines copied from public sources (GitHub issues, documentation,
+logs committed to repositories), each with where it came from and what the shipped rules
+must make of it. Every line of the tuning part is asserted; of the held-out part, whose
+sources the rules were never adjusted to, the bars (see tests/fixtures/corpus/README.md and
+rules/README.md for the figures).
 """
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
 
 from ajr_agent.detect.rules import Rule, RuleKind, RuleMatch, RuleSet, default_rules_dir, root_cause
+from tests.unit.corpus import Entry, Figures, Kind, figures, load, see, source_keys
 
-CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "corpus"
-ENTRY_KEYS = {"text", "source", "expect", "rule", "also", "note", "throughput"}
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One corpus line and what the rules must make of it."""
-
-    group: str
-    text: str
-    source: str
-    expect: str
-    rule: str | None
-    also: tuple[str, ...]
-    throughput: float | None
-
-    def __str__(self) -> str:
-        return f"{self.group}: {self.text[:70]}"
-
-
-def load_corpus() -> list[Entry]:
-    entries = []
-    for path in sorted(CORPUS.glob("*.toml")):
-        for table in tomllib.loads(path.read_text(encoding="utf-8"))["line"]:
-            assert set(table) <= ENTRY_KEYS, f"{path.name}: unknown keys {set(table) - ENTRY_KEYS}"
-            entries.append(
-                Entry(
-                    group=path.stem,
-                    text=table["text"],
-                    source=table["source"],
-                    expect=table["expect"],
-                    rule=table.get("rule"),
-                    also=tuple(table.get("also", ())),
-                    throughput=table.get("throughput"),
-                )
-            )
-    return entries
-
-
-ENTRIES = load_corpus()
+TUNING = load("tuning")
+HELDOUT = load("heldout")
 
 
 @pytest.fixture(scope="module")
@@ -63,76 +23,150 @@ def defaults() -> RuleSet:
     return RuleSet.load([default_rules_dir()])
 
 
-def of_kind(matches: list[RuleMatch], kind: RuleKind) -> list[RuleMatch]:
-    return [m for m in matches if m.rule.kind is kind]
+# --- The corpus itself --------------------------------------------------------------------------
 
 
-def test_corpus_is_large_and_sourced() -> None:
-    assert 80 <= len(ENTRIES) <= 200
-    assert all(entry.source.strip() for entry in ENTRIES)
-    assert len({entry.text for entry in ENTRIES}) == len(ENTRIES), "a line is listed twice"
-    groups = {entry.group for entry in ENTRIES}
-    assert {"benign", "checkpoint"} <= groups
+def test_corpus_is_large_sourced_and_split_by_source() -> None:
+    everything = TUNING + HELDOUT
+    assert len(everything) >= 600
+    assert all(entry.source.strip() for entry in everything)
+    assert len({entry.text for entry in everything}) == len(everything), "a line is listed twice"
+    benign = [e for e in everything if e.kind is Kind.BENIGN]
+    assert len(benign) >= len(everything) / 4
+    assert not source_keys(TUNING) & source_keys(HELDOUT), "a source has lines on both sides"
+    assert len(source_keys(everything)) >= 150
+    for kind in Kind:
+        assert sum(e.kind is kind for e in HELDOUT) >= 10, f"too few held-out lines of kind {kind}"
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=str)
-def test_corpus_line(defaults: RuleSet, entry: Entry) -> None:
-    matches = defaults.match(entry.text)
-    anomalies = of_kind(matches, RuleKind.ANOMALY)
-    checkpoints = of_kind(matches, RuleKind.CHECKPOINT)
-    readings = [m.value for m in of_kind(matches, RuleKind.THROUGHPUT)]
-    assert readings == ([] if entry.throughput is None else [pytest.approx(entry.throughput)])
+def test_labels_are_consistent() -> None:
+    for entry in TUNING + HELDOUT:
+        assert (entry.stage is not None) == (entry.kind is Kind.CHECKPOINT), entry
+        assert entry.stage in {None, "started", "completed"}, entry
+        assert (entry.better is not None) == (entry.throughput is not None), entry
+        assert entry.better in {None, "higher", "lower"}, entry
+        assert entry.miss is None or (entry.kind is Kind.FAILURE and entry.part == "tuning"), entry
 
-    if entry.expect == "none":
-        assert [m.rule.name for m in anomalies + checkpoints] == []
-    elif entry.expect == "checkpoint":
-        assert anomalies == []
-        assert checkpoints, "no checkpoint rule matched"
+
+# --- Every tuning line ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", TUNING, ids=str)
+def test_tuning_line(defaults: RuleSet, entry: Entry) -> None:
+    seen = see(defaults, entry.text)
+    readings = [(m.value, m.rule.better.value if m.rule.better else None) for m in seen.readings]
+    expected = [] if entry.throughput is None else [(pytest.approx(entry.throughput), entry.better)]
+    assert readings[:1] == expected
+    assert [value for value, _ in readings[1:]] == [pytest.approx(value) for value in entry.also_reads]
+
+    if entry.kind in (Kind.BENIGN, Kind.THROUGHPUT) or entry.miss:
+        # A failure the rules leave alone on purpose (its text is printed by healthy runs too)
+        # is held to what a benign line is.
+        assert [m.rule.name for m in seen.anomalies + seen.checkpoints] == []
+    elif entry.kind is Kind.CHECKPOINT:
+        assert seen.anomalies == ()
+        assert seen.checkpoints, "no checkpoint rule matched"
+        assert {m.rule.stage.value for m in seen.checkpoints if m.rule.stage} == {entry.stage}
         if entry.rule:
-            assert entry.rule in {m.rule.name for m in checkpoints}
+            assert entry.rule in {m.rule.name for m in seen.checkpoints}
     else:
-        assert checkpoints == []
-        cause = root_cause(anomalies)
+        assert seen.checkpoints == ()
+        cause = seen.cause
         assert cause is not None, "no anomaly rule matched"
         assert cause.rule.category == entry.expect
         if entry.rule:
             assert cause.rule.name == entry.rule
+        if entry.fault:
+            assert cause.rule.fault.value == entry.fault
         # Every other match must be one the entry declares, never a stray category.
-        allowed = {entry.expect, *entry.also}
-        assert {m.rule.category for m in anomalies} <= allowed
+        assert {m.rule.category for m in seen.anomalies} <= {entry.expect, *entry.also}
 
 
-def test_every_category_and_framework_is_covered() -> None:
-    expected = {entry.expect for entry in ENTRIES}
-    assert {
-        "gpu_hardware", "cuda_error", "gpu_oom", "host_oom", "nccl", "fabric", "filesystem",
-        "segfault", "signal", "python_exception", "task_exit", "slurm_time_limit",
-        "slurm_node_failure", "nan_loss", "checkpoint", "none",
-    } <= expected  # fmt: skip
-    checkpoint_rules = {entry.rule for entry in ENTRIES if entry.expect == "checkpoint"}
-    assert {
-        "megatron_checkpoint_saved", "lightning_checkpoint_saved", "hf_checkpoint_saved",
-        "deepspeed_checkpoint_saved", "nemo_async_checkpoint_saved",
-    } <= checkpoint_rules  # fmt: skip
+# --- The held-out part: the bars -----------------------------------------------------------------
+
+# What the shipped rules recognised of the held-out part when it was first run against them
+# (rules/README.md has the figures and the lines missed). The rules are not adjusted to
+# held-out lines: a change that recognises fewer of them is a regression, one that
+# recognises more was made for other reasons and raises these.
+HELDOUT_RECORDED = {Kind.FAILURE: 53, Kind.CHECKPOINT: 14, Kind.THROUGHPUT: 27, Kind.BENIGN: 86}
+BARS = {Kind.FAILURE: 0.95, Kind.CHECKPOINT: 0.90, Kind.THROUGHPUT: 0.90, Kind.BENIGN: 1.0}
 
 
-# Generic markers kept from the first defaults for sites' own scripts: no public
-# framework prints them, so the corpus has no line for them (test_rules.py does).
-SITE_MARKERS = {"save_checkpoint_megatron", "saved_checkpoint_to"}
+@pytest.fixture(scope="module")
+def held(defaults: RuleSet) -> Figures:
+    return figures(defaults, HELDOUT)
 
 
-def test_every_default_rule_matches_a_real_line(defaults: RuleSet) -> None:
-    matched = {m.rule.name for entry in ENTRIES for m in defaults.match(entry.text)}
-    assert {r.name for r in defaults.rules} - matched == SITE_MARKERS
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(
+            Kind.FAILURE,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="53 of 57 held-out failures (93.0 %) on the first run, below the 95 % bar: three final "
+                "exception lines and a TCPStore recvValue warning, which the rules leave alone on purpose "
+                "(rules/README.md); the rules are not adjusted to the held-out part",
+            ),
+        ),
+        Kind.CHECKPOINT,
+        Kind.THROUGHPUT,
+        Kind.BENIGN,
+    ],
+)
+def test_heldout_bar(held: Figures, kind: Kind) -> None:
+    assert held.share(kind) >= BARS[kind], [str(e) for e in held.misses if e.kind is kind]
+
+
+def test_heldout_figures_do_not_fall_below_the_recorded_ones(held: Figures) -> None:
+    for kind, recorded in HELDOUT_RECORDED.items():
+        assert held.recognised[kind] >= recorded, [str(e) for e in held.misses if e.kind is kind]
+    assert held.recognised[Kind.BENIGN] == held.total[Kind.BENIGN], "a benign held-out line was flagged"
+
+
+# --- The rules themselves ------------------------------------------------------------------------
+
+# Rules written from the code that prints the message, for which no public log line was
+# found: each stays in the library for the framework that prints it.
+FROM_SOURCE_ONLY = {
+    "save_checkpoint_megatron", "saved_checkpoint_to",  # generic markers for sites' own scripts
+    "nemo_async_checkpoint_scheduled", "accelerate_state_started", "accelerate_state_saved",
+    "mmengine_best_checkpoint_saved", "fairseq_checkpoint_started", "tf_checkpoint_saved",
+    "orbax_checkpoint_saved", "maxtext_checkpoint_saved", "torchtune_checkpoint_started",
+    "torchtune_checkpoint_saved", "opennmt_checkpoint_started", "lightning_latest_checkpoint",
+    "nccl_invalid_usage", "c10d_store_bind_failed", "slurm_task_failure_cancel", "slurm_kill_task_failed",
+    "python_fatal_error", "keras_ms_per_step", "hf_train_samples_per_second", "ms_per_batch",
+}  # fmt: skip
+
+
+def test_every_rule_matches_a_real_line_or_says_why_not(defaults: RuleSet) -> None:
+    matched = {m.rule.name for entry in TUNING + HELDOUT for m in defaults.match(entry.text)}
+    names = {r.name for r in defaults.rules}
+    assert names - matched <= FROM_SOURCE_ONLY
+    assert FROM_SOURCE_ONLY <= names
+
+
+def test_shipped_rule_names_are_unique_across_files() -> None:
+    from ajr_agent.detect.rules.loader import _read_rule_file  # the merged list hides duplicates
+
+    names = [entry.name for path in sorted(default_rules_dir().glob("*.toml")) for entry in _read_rule_file(path)]
+    assert len(names) == len(set(names))
+
+
+def test_every_anomaly_rule_says_where_its_message_comes_from(defaults: RuleSet) -> None:
+    for rule in defaults.rules:
+        assert len(rule.description) >= 40, rule.name
+        if rule.kind is RuleKind.ANOMALY and rule.fault.value == "unknown":
+            assert "unknown" in rule.description.lower() or rule.cascade, f"{rule.name}: say why the fault is open"
 
 
 def test_match_lines_agrees_with_match_on_the_corpus(defaults: RuleSet) -> None:
-    lines = [entry.text for entry in ENTRIES]
+    lines = [entry.text for entry in TUNING + HELDOUT]
     expected = [(i, m) for i, line in enumerate(lines) for m in defaults.match(line)]
     assert defaults.match_lines(lines) == expected
 
 
-# --- Root cause across the lines of one failure -----------------------------------
+# --- Root cause across the lines of one failure ---------------------------------------------------
 
 # One rank's GPU failed: its own line names the CUDA error, the healthy ranks time
 # out in the collective, their watchdogs take the processes down, torchrun gives
@@ -159,7 +193,7 @@ def attempt_matches(rules: RuleSet, lines: list[str]) -> list[RuleMatch]:
 
 
 def test_ecc_inside_a_watchdog_line_is_a_gpu_hardware_fault(defaults: RuleSet) -> None:
-    line = next(e.text for e in ENTRIES if "uncorrectable ECC error" in e.text and "watchdog" in e.text)
+    line = next(e.text for e in TUNING if "uncorrectable ECC error" in e.text and "watchdog" in e.text)
     matches = defaults.match(line)
     assert {m.rule.name for m in matches} >= {"gpu_ecc_error", "cuda_error", "nccl_watchdog_abort"}
     cause = root_cause(matches)
@@ -205,7 +239,18 @@ def test_a_segfault_explains_the_remote_errors_of_the_other_ranks(defaults: Rule
     assert cause.rule.name == "segfault"
 
 
-# --- root_cause on its own ------------------------------------------------------
+def test_the_oom_killer_explains_the_shells_killed_report(defaults: RuleSet) -> None:
+    lines = [
+        "/var/spool/slurmd/job00191/slurm_script: line 28:  8156 Killed                  python3 main.py --prop hform",
+        "slurmstepd: error: Detected 1 oom-kill event(s) in StepId=191.batch cgroup. Some of your processes may "
+        "have been killed by the cgroup out-of-memory handler.",
+    ]
+    cause = root_cause(attempt_matches(defaults, lines))
+    assert cause is not None
+    assert (cause.rule.category, cause.rule.fault.value) == ("host_oom", "application")
+
+
+# --- root_cause on its own ------------------------------------------------------------------------
 
 
 def anomaly(name: str, priority: int = 50, cascade: bool = False) -> RuleMatch:

@@ -86,7 +86,17 @@ def test_user_text_with_line_breaks_and_separators_stays_in_its_field(field: str
     assert (first.job_id, second.job_id, second.state) == (12, 13, "RUNNING")
     shown = {"WorkDir": first.work_dir, "STDOUT": first.stdout, "Name": first.name, "Comment": first.comment,
              "Reason": first.reason}  # fmt: skip
-    assert shown[field] == hostile
+    # A relative output file is where it is relative to the working directory (see below).
+    assert shown[field] == (f"/runs/a b/{hostile}" if field == "STDOUT" else hostile)
+
+
+def test_a_relative_output_file_is_taken_in_the_working_directory() -> None:
+    # Slurm 26.05's squeue prints the default output file as sbatch left it (slurm-%j.out);
+    # 22.05 and 24.11 print it whole.
+    [job] = parse_squeue(record(STDOUT="slurm-12.out"), TOKEN)
+    assert job.stdout == "/runs/a b/slurm-12.out" and job.stdout_dir == "/runs/a b"
+    [job] = parse_squeue(record(STDOUT="/runs/out/x-12.out"), TOKEN)
+    assert job.stdout == "/runs/out/x-12.out"
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,9 @@ def test_show_config_reads_key_value_lines_and_nothing_else() -> None:
     assert config["GpuFreqDef"] == "high,memory=high"
     # The header, the blank lines, the section titles and the controllers' state are no settings.
     assert not [key for key in config if " " in key or key.endswith(":")]
-    assert len(config) == 10
+    # An indexed list (SlurmctldHost[0]) is also there under its plain key.
+    assert config["SlurmctldHost"] == "ctl1(10.0.0.1)"
+    assert len(config) == 11
 
 
 def test_in_show_config_the_first_of_a_repeated_key_wins() -> None:

@@ -161,6 +161,10 @@ def parse_squeue(output: str, token: str) -> list[JobSnapshot]:
 
 
 def _whole_stdout(stdout: str, work_dir: str, job_id: str) -> str:
+    # Slurm 26.05's squeue prints the default output file as sbatch left it, relative to the
+    # working directory (`slurm-%j.out`), where 22.05 and 24.11 print it whole.
+    if stdout and not stdout.startswith("/") and work_dir.startswith("/"):
+        stdout = f"{work_dir.rstrip('/')}/{stdout}"
     # Slurm 22.05's squeue prints the default "WorkDir/slurm-N.out" through a 1024-byte
     # buffer (print.c, _print_job_std_out): under a deep working directory it comes out cut.
     if len(stdout) < 1023 // 4:  # a UTF-8 character takes at most 4 bytes: too short to be cut

@@ -1,7 +1,7 @@
 """Log-line rules: what a checkpoint save, a failure or a throughput report looks like.
 
 Rules live in TOML files (``[[rule]]`` tables) in drop-in directories: the
-shipped ``rules/00-defaults.toml`` first, then the site's ``/etc/ajr/rules.d``.
+shipped ``rules/NN-*.toml`` first (one family a file), then the site's ``/etc/ajr/rules.d``.
 A later rule with the same name replaces an earlier one, and ``enabled = false``
 turns a shipped rule off. ``rules/README.md`` documents the format for admins.
 

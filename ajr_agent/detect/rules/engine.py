@@ -96,6 +96,14 @@ class RuleSet:
             index for index, rule in enumerate(active)
             if rule.kind is RuleKind.THROUGHPUT and block_scannable(rule.pattern)
         )  # fmt: skip
+        # A log holds one framework's throughput lines. A scan tries its pattern wherever its
+        # first item could start (a `|`, a digit, a common word), where a search for its fixed
+        # text alone runs at memory speed: a batch without that text is not scanned.
+        self._scan_gates: dict[int, regex.Pattern[str]] = {
+            index: regex.compile("|".join(map(regex.escape, sorted(literals))), regex.IGNORECASE)
+            for index in self._scanned
+            if (literals := required_literals(active[index].pattern))
+        }  # fmt: skip
         anchors = {
             index: required_literals(rule.pattern)
             for index, rule in enumerate(active) if index not in self._scanned
@@ -168,6 +176,9 @@ class RuleSet:
         try:
             scans = []
             for index in self._scanned:
+                gate = self._scan_gates.get(index)
+                if gate is not None and gate.search(text) is None:
+                    continue  # none of its fixed text in the batch: the scan could find nothing
                 scanned, reached = self._scan(index, text, lines, deadline)
                 scans.append(scanned)
                 done = min(done, reached)
