@@ -59,10 +59,15 @@ def plugin_names(value: str | None) -> list[str]:
     return [plugin.removeprefix("job_submit/") for plugin in listed(value)]
 
 
+# slurm.conf keys that Slurm reads as a list, one item a line, rather than the last wins.
+_LISTED_KEYS = frozenset({"slurmctldhost"})
+
+
 def parse_slurm_conf(path: Path, root: Path = Path("/"), _depth: int = 0) -> dict[str, str]:
     """The `Key=value` settings of a slurm.conf and the files it includes, by lower-case key.
 
-    Slurm reads keys case-insensitively and the last setting wins. Lines with several
+    Slurm reads keys case-insensitively and the last setting wins, except SlurmctldHost, which
+    each line adds to (comma-separated here, as `scontrol show config`'s lists). Lines with several
     pairs (NodeName=... CPUs=...) count by their first key, which is all AJR asks about.
     Absolute Include paths lie under `root` (an `ajr install --prefix`); a file that
     cannot be read counts as empty, as it does when slurm.conf is not on this host.
@@ -87,5 +92,8 @@ def parse_slurm_conf(path: Path, root: Path = Path("/"), _depth: int = 0) -> dic
             continue
         key, sep, value = line.partition("=")
         if sep:
-            values[key.strip().lower()] = value.strip().split()[0] if value.strip() else ""
+            key, value = key.strip().lower(), value.strip().split()[0] if value.strip() else ""
+            if key in _LISTED_KEYS and values.get(key):
+                value = f"{values[key]},{value}"  # each line adds one: the primary first
+            values[key] = value
     return values

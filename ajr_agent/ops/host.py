@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ class Host:
     luac: str | None  # Slurm's Lua compiler (5.1), to check job_submit.lua before it is installed
     pid1: str  # the init system: systemctl is only of use when it is systemd
     run: Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
+    mounts: str = ""  # /proc/mounts: which storage the state database would lie on
+    name: str = ""  # the short host name, as SlurmctldHost names a controller
 
     @property
     def systemd_running(self) -> bool:
@@ -61,7 +64,12 @@ def probe_host(timeout: float = 15.0) -> Host:
         pid1 = Path("/proc/1/comm").read_text().strip()
     except OSError:
         pid1 = "unknown"
-    return Host(slurm_config=live, agent=find_agent(), luac=shutil.which("luac5.1"), pid1=pid1, run=run_command)
+    try:
+        mounts = Path("/proc/mounts").read_text()
+    except OSError:
+        mounts = ""
+    return Host(slurm_config=live, agent=find_agent(), luac=shutil.which("luac5.1"), pid1=pid1, run=run_command,
+                mounts=mounts, name=socket.gethostname().split(".")[0])  # fmt: skip
 
 
 def run_command(command: Sequence[str]) -> subprocess.CompletedProcess[str]:

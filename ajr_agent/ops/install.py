@@ -6,7 +6,8 @@ site rules directory with an example, the two Slurm hooks (job_submit.lua next t
 slurm.conf, ajr-epilog with its spool directory filled in), the state and spool
 directories with the owners that must write them, and the systemd unit. What only
 the admin may do (edit slurm.conf, restart slurmctld, start the service) it does
-not do: it says what is left, checked against slurm.conf.
+not do: it says what is left, checked against slurm.conf. On a cluster with a backup
+controller it says what failover asks of this host and of the others.
 
 `--prefix DIR` installs into DIR as if it were `/`: every path, both where files go
 and the paths the installed files name, is under DIR. That is for tests and trials.
@@ -22,14 +23,17 @@ from pathlib import Path
 from typing import Mapping
 
 from ajr_agent.adapters.config_file import DEFAULT_CONFIG_PATH, load_settings
-from ajr_agent.adapters.slurm_config import DEFAULT_SLURM_CONF, parse_slurm_conf
+from ajr_agent.adapters.slurm_config import DEFAULT_SLURM_CONF, listed, parse_slurm_conf
+from ajr_agent.domain.control import FailoverMode
 from ajr_agent.domain.settings import DEFAULT_SITE_RULES_DIR, Settings
+from ajr_agent.ops.failover_check import LOCAL_FILE_SYSTEMS, file_system_of
 from ajr_agent.ops.files import Change, InstallError, Status, in_root, put_dir, put_file
 from ajr_agent.ops.host import Host, probe_host
 from ajr_agent.ops.shipped import (
     HOOK_PATH,
     JOB_SUBMIT_MARKER,
     RULES_EXAMPLE,
+    RUNTIME_DIRECTORY,
     UNIT_PATH,
     render_epilog,
     render_unit,
@@ -129,9 +133,11 @@ def install(prefix: Path, dry_run: bool, host: Host, environ: Mapping[str, str] 
     epilog = render_epilog(shipped_file("slurm_hooks/ajr-epilog").read_text(), spool)
     report.changes.append(put_file(hook, epilog, 0o755, dry_run))
 
+    controllers = controller_hosts(host.slurm_config, conf)
+    failover_steps(settings, controllers, state_dir, host, report)
     unit_file = in_root(prefix, UNIT_PATH)
     unit = render_unit(shipped_file("packaging/systemd/ajr-agent.service").read_text(), host.agent, config_file,
-                       state_dir, spool)  # fmt: skip
+                       state_dir, spool, _status_dir(settings, prefix))  # fmt: skip
     unit_change = put_file(unit_file, unit, 0o644, dry_run)
     report.changes.append(unit_change)
 
@@ -147,6 +153,49 @@ def install(prefix: Path, dry_run: bool, host: Host, environ: Mapping[str, str] 
     service_steps(prefix, host, report, unit_file, changed=unit_change.status in (Status.CREATED, Status.UPDATED))
     report.todo.append("check the installation: ajr doctor" + ("" if prefix == Path("/") else f" --prefix {prefix}"))
     return report
+
+
+def controller_hosts(live: Mapping[str, str] | None, conf: Mapping[str, str]) -> list[str]:
+    """The SlurmctldHost names, the primary first: the running controller's, else slurm.conf's."""
+    items = listed((live or {}).get("SlurmctldHost")) or listed(conf.get("slurmctldhost"))
+    return [item.split("(")[0] for item in items]
+
+
+def failover_steps(settings: Settings, controllers: list[str], state_dir: Path, host: Host, report: Report) -> None:
+    """What failover asks of this host and of the other controller hosts: notes and steps left."""
+    if settings.failover is FailoverMode.OFF:
+        if len(controllers) > 1:
+            report.todo.append(f"slurm.conf names {len(controllers)} controllers ({', '.join(controllers)}): for "
+                               f"an agent that follows slurmctld's failover, set failover = \"slurm\" and state_db "
+                               f"on storage every controller host mounts in {DEFAULT_CONFIG_PATH}, then run "
+                               "`ajr install` again (README, Failover)")  # fmt: skip
+        return
+    if len(controllers) < 2:
+        named = f"one SlurmctldHost ({controllers[0]})" if controllers else "no SlurmctldHost"
+        report.todo.append(f"failover is on but slurm.conf names {named}: add the backup's SlurmctldHost, "
+                           f'or set failover = "off"')  # fmt: skip
+        return
+    me = settings.ha_host or host.name
+    kind = file_system_of(state_dir, host.mounts) if host.mounts else ""
+    report.notes.append(f"failover: this host is {me}, one of {', '.join(controllers)}; the state database lies "
+                        f"on {kind or 'a file system not known'}")  # fmt: skip
+    if me not in controllers:
+        report.todo.append(f"this host ({me}) is not a SlurmctldHost of slurm.conf ({', '.join(controllers)}): "
+                           "set ha_host in ajr.toml to its name there")  # fmt: skip
+    if kind in LOCAL_FILE_SYSTEMS:
+        report.todo.append(f"move state_db: {state_dir} is on {kind}, a file system of this host alone, which "
+                           "the other controllers cannot reach; choose storage they all mount (NFS, Lustre, GPFS)")  # fmt: skip
+    others = [name for name in controllers if name != me]
+    report.todo.append(f"install on {', '.join(others)} too: the same {DEFAULT_CONFIG_PATH}, then `ajr install` "
+                       "there; once every agent runs, `ajr doctor` on each controller host (it checks that they "
+                       "share the state database and see the same controllers)")  # fmt: skip
+
+
+def _status_dir(settings: Settings, prefix: Path) -> list[Path]:
+    """The failover status file's directory, where the unit's RuntimeDirectory (/run/ajr) does not cover it."""
+    if settings.failover is FailoverMode.OFF or settings.ha_status_file.parent == RUNTIME_DIRECTORY:
+        return []
+    return [in_root(prefix, settings.ha_status_file.parent)]
 
 
 def _admins_config(current: str) -> str:

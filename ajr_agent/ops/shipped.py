@@ -12,6 +12,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import ajr_agent
 from ajr_agent.ops.files import InstallError
@@ -23,6 +24,8 @@ RULES_EXAMPLE = "50-site.toml.example"
 # left alone; `ajr doctor` recognises the epilog hook by them.
 JOB_SUBMIT_MARKER = "AJR job_submit.lua"
 EPILOG_MARKER = "AJR's EpilogSlurmctld hook"
+# The unit's RuntimeDirectory=ajr: writable by the agent under ProtectSystem=strict.
+RUNTIME_DIRECTORY = Path("/run/ajr")
 UNIT_PLACEHOLDERS = ("@AJR_AGENT@", "@AJR_CONFIG@", "@AJR_STATE_DIR@", "@AJR_SPOOL_DIR@")
 _SPOOL_LINE = re.compile(r"^SPOOL=.*$", re.MULTILINE)
 
@@ -53,13 +56,18 @@ def render_epilog(template: str, spool: Path) -> str:
     return _SPOOL_LINE.sub(lambda _: f"SPOOL={shlex.quote(str(spool))}", template)
 
 
-def render_unit(template: str, agent: Path, config: Path, state_dir: Path, spool: Path) -> str:
-    """The systemd unit with the installed paths filled in."""
+def render_unit(template: str, agent: Path, config: Path, state_dir: Path, spool: Path,
+                also_writable: Sequence[Path] = ()) -> str:  # fmt: skip
+    """The systemd unit with the installed paths filled in; `also_writable` joins the state
+    directory and the spool in ReadWritePaths."""
     values = dict(zip(UNIT_PLACEHOLDERS, (agent, config, state_dir, spool)))
-    for placeholder, path in values.items():
+    for what, path in [*((p.strip("@"), path) for p, path in values.items()),
+                       *(("ReadWritePaths", path) for path in also_writable)]:  # fmt: skip
         if re.search(r"\s", str(path)):
             raise InstallError(f"{path} contains white space, which the systemd unit cannot hold unquoted "
-                               f"(for {placeholder.strip('@')}): choose a path without it")  # fmt: skip
+                               f"(for {what}): choose a path without it")  # fmt: skip
+    values["@AJR_SPOOL_DIR@"] = " ".join(map(str, (spool, *also_writable)))
+    for placeholder, path in values.items():
         if placeholder not in template:
             raise InstallError(f"the shipped ajr-agent.service lacks {placeholder}: reinstall the ajr package")
         template = template.replace(placeholder, str(path))

@@ -454,3 +454,76 @@ def test_the_installed_files_are_modes_an_admin_expects(tmp_path: Path, prefix: 
     for path, mode in [("/etc/ajr/ajr.toml", 0o640), ("/etc/slurm/job_submit.lua", 0o644),
                        ("/etc/systemd/system/ajr-agent.service", 0o644), (str(HOOK_PATH), 0o755)]:  # fmt: skip
         assert stat.S_IMODE(in_prefix(prefix, path).stat().st_mode) == mode, path
+
+
+# ---- a cluster with a backup controller (failover) ---------------------------------------------
+
+TWO_CONTROLLERS = "ctl1(10.0.0.1),ctl2(10.0.0.2)"
+
+
+def ha_host(tmp_path: Path, controllers: str = TWO_CONTROLLERS, mounts: str = "") -> Host:
+    base = host(tmp_path)
+    return Host(slurm_config={**(base.slurm_config or {}), "SlurmctldHost": controllers}, agent=base.agent,
+                luac=None, pid1="init", run=Commands(), mounts=mounts, name="ctl1")  # fmt: skip
+
+
+def admins_config(prefix: Path, text: str) -> None:
+    config = in_prefix(prefix, "/etc/ajr/ajr.toml")
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(text)
+
+
+def test_two_controllers_without_failover_ask_for_it(tmp_path: Path, prefix: Path) -> None:
+    report = install(prefix, False, ha_host(tmp_path))
+    [todo] = [item for item in report.todo if "failover" in item]
+    assert "ctl1, ctl2" in todo and 'failover = "slurm"' in todo and "state_db" in todo
+
+
+def test_one_controller_without_failover_says_nothing_of_it(tmp_path: Path, prefix: Path) -> None:
+    report = install(prefix, False, ha_host(tmp_path, controllers="ctl1(10.0.0.1)"))
+    assert not [item for item in report.todo + report.notes if "failover" in item]
+
+
+def test_failover_on_shared_storage_names_the_other_controllers_to_install_on(tmp_path: Path, prefix: Path) -> None:
+    admins_config(prefix, 'failover = "slurm"\nstate_db = "/shared/ajr/ajr.db"\n')
+    mounts = f"server:/export {in_prefix(prefix, '/shared')} nfs4 rw 0 0\n/dev/sda1 / ext4 rw 0 0\n"
+    report = install(prefix, False, ha_host(tmp_path, mounts=mounts))
+    assert any("this host is ctl1, one of ctl1, ctl2" in note and "nfs4" in note for note in report.notes)
+    [todo] = [item for item in report.todo if "ctl2" in item]
+    assert "ajr install" in todo and "ajr.toml" in todo and "ajr doctor" in todo
+    assert not [item for item in report.todo if "move state_db" in item]
+
+
+def test_failover_with_the_database_on_local_storage_asks_to_move_it(tmp_path: Path, prefix: Path) -> None:
+    admins_config(prefix, 'failover = "slurm"\n')
+    report = install(prefix, False, ha_host(tmp_path, mounts="/dev/sda1 / ext4 rw 0 0\n"))
+    [todo] = [item for item in report.todo if "move state_db" in item]
+    assert "/var/lib/ajr" in todo and "ext4" in todo
+
+
+def test_failover_with_one_controller_says_there_is_nothing_to_follow(tmp_path: Path, prefix: Path) -> None:
+    admins_config(prefix, 'failover = "slurm"\n')
+    report = install(prefix, False, ha_host(tmp_path, controllers="ctl1(10.0.0.1)"))
+    [todo] = [item for item in report.todo if "SlurmctldHost" in item]
+    assert "one SlurmctldHost (ctl1)" in todo and 'failover = "off"' in todo
+
+
+def test_failover_without_slurm_reads_the_controllers_from_slurm_conf(tmp_path: Path, prefix: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    conf = in_prefix(prefix, "/etc/slurm/slurm.conf")
+    conf.parent.mkdir(parents=True)
+    conf.write_text("ClusterName=c\nSlurmctldHost=ctl1(10.0.0.1)\nSlurmctldHost=ctl2(10.0.0.2)\n")
+    report = install(prefix, False, host(tmp_path, slurm_user=None))
+    assert [item for item in report.todo if 'failover = "slurm"' in item and "ctl1, ctl2" in item]
+
+
+def test_the_agent_may_write_its_failover_status_file_under_systemd(tmp_path: Path, prefix: Path) -> None:
+    # ProtectSystem=strict leaves /run read-only but for the service's RuntimeDirectory.
+    admins_config(prefix, 'failover = "slurm"\n')
+    install(prefix, False, ha_host(tmp_path))
+    unit = in_prefix(prefix, "/etc/systemd/system/ajr-agent.service").read_text()
+    assert "RuntimeDirectory=ajr\n" in unit
+    admins_config(prefix, 'failover = "slurm"\nha_status_file = "/srv/ajr-status/control.json"\n')
+    install(prefix, False, ha_host(tmp_path))
+    unit = in_prefix(prefix, "/etc/systemd/system/ajr-agent.service").read_text()
+    assert f" {in_prefix(prefix, '/srv/ajr-status')}\n" in unit.split("ReadWritePaths=")[1].split("\n")[0] + "\n"

@@ -94,3 +94,11 @@ def test_includes_that_include_each_other_end(tmp_path: Path) -> None:
     (tmp_path / "a.conf").write_text("Include b.conf\nSlurmUser=slurm\n")
     (tmp_path / "b.conf").write_text("Include a.conf\n")
     assert parse_slurm_conf(tmp_path / "a.conf", root=tmp_path) == {"slurmuser": "slurm"}
+
+
+def test_slurm_conf_lists_every_controller_the_primary_first(tmp_path: Path) -> None:
+    # Each SlurmctldHost line adds a controller; for other keys the last line wins.
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("SlurmctldHost=ctl1(10.0.0.1)\nSlurmctldHost=ctl2(10.0.0.2)\nMinJobAge=10\nMinJobAge=300\n")
+    values = parse_slurm_conf(conf)
+    assert values["slurmctldhost"] == "ctl1(10.0.0.1),ctl2(10.0.0.2)" and values["minjobage"] == "300"
