@@ -22,6 +22,7 @@ export SLURM_CONF="$CONF"
 
 say() { printf 'ha-slurm: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/daemons.sh"
 
 [ "$(id -u)" = 0 ] || die "run as root (it makes network namespaces and starts daemons)"
 
@@ -100,18 +101,6 @@ start_controller() {
     say "slurmctld of ctl$n started"
 }
 
-stop_pid() { # pidfile what
-    local pid
-    pid=$(cat "$1" 2>/dev/null) || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill "$pid"
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-        say "$2 stopped"
-    fi
-    rm -f "$1"
-}
-
 cmd_start() {
     command -v slurmctld >/dev/null || [ -x /usr/sbin/slurmctld ] || die "Slurm is not installed: run packaging/local-slurm/local-slurm.sh start once"
     netns_up
@@ -136,8 +125,8 @@ cmd_start() {
 }
 
 cmd_stop() {
-    for h in h1 h2; do stop_pid "$BASE/d/$h.launcher" "slurmd $h"; done
-    for n in 1 2; do stop_pid "$BASE/ctl$n.pid" "slurmctld of ctl$n"; done
+    for h in h1 h2; do stop_daemon "$BASE/d/$h.launcher" "slurmd $h"; done
+    for n in 1 2; do stop_daemon "$BASE/ctl$n.pid" "slurmctld of ctl$n"; done
     for n in 1 2; do ip netns del "ajrha$n" 2>/dev/null || true; done
 }
 
@@ -151,7 +140,7 @@ case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) nsenter --net=/run/netns/ajrha2 scontrol ping || true; nsenter --net=/run/netns/ajrha2 sinfo ;;
-    stop-controller) stop_pid "$BASE/ctl${2:?which controller, 1 or 2}.pid" "slurmctld of ctl$2" ;;
+    stop-controller) stop_daemon "$BASE/ctl${2:?which controller, 1 or 2}.pid" "slurmctld of ctl$2" ;;
     start-controller) start_controller "${2:?which controller, 1 or 2}" ;;
     run) [ $# -ge 3 ] || die "usage: $0 run N CMD..."; shift; cmd_run "$@" ;;
     *) echo "usage: $0 start|stop|status|stop-controller N|start-controller N|run N CMD..." >&2; exit 2 ;;

@@ -40,6 +40,7 @@ SLURMD_TIMEOUT=10
 
 say() { printf 'local-slurm: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/daemons.sh"
 
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages and starts daemons)"
 
@@ -145,19 +146,6 @@ start_munge() {
     # munged drops to the munge user itself only via the init system; run it as munge.
     runuser -u munge -- /usr/sbin/munged
     say "munged started"
-}
-
-stop_daemon() { # pidfile name
-    local pid
-    # The daemon removes its pid file as it exits: read it once.
-    pid=$(cat "$1" 2>/dev/null) || pid=""
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill "$pid"
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-        say "$2 stopped"
-    fi
-    rm -f "$1"
 }
 
 stop_all_slurmd() {

@@ -64,7 +64,7 @@ def test_throughput_drop_is_a_recorded_straggler(agent_factory: Callable[..., Ag
     shown = agent.show(job_id)
     assert shown is not None
     assert [t["value"] for t in shown["throughput"]] == reports
-    assert any(e["kind"] == "straggler" and "baseline 401 for 3 reports (210, 205.5, 199.9)" in e["text"] for e in shown["events"])
+    assert any(e["kind"] == "straggler" and "baseline 401 TFLOP/s for 3 reports (210, 205.5, 199.9)" in e["text"] for e in shown["events"])
     human = agent.cli("show", str(job_id)).stdout
     assert "attempt 0: 8 reports, median 400.15, min 199.9, max 403.2" in human
 
