@@ -71,7 +71,8 @@ class JobSnapshot:
 
 
 def expand_stdout(pattern: str, job: JobSnapshot) -> str:
-    """Expand the filename patterns Slurm 22.05 leaves in STDOUT (newer Slurm expands them itself)."""
+    """Expand the filename patterns squeue leaves in STDOUT: 22.05 in a path given with -o, 24.11
+    and 26.05 in every path, the default `slurm-%j.out` too."""
     replacements = {"%j": str(job.job_id), "%A": str(job.job_id), "%x": job.name, "%u": job.user, "%%": "%"}
     return re.sub(r"%[jAxu%]", lambda m: replacements[m.group(0)], pattern)
 

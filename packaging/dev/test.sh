@@ -129,6 +129,11 @@ for release in "${wanted[@]}"; do
     took=$(( $(date +%s) - ${started[$release]} ))
     summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed|error)|^=+ .*(passed|failed|error).* =+$' "$logs/$release.log" | tr '\n' ' ')
     echo "test.sh: $release $([ $rc = 0 ] && echo passed || echo FAILED) in $((took / 60)) min $((took % 60)) s: ${summary:-no pytest summary}" >&2
-    [ $rc = 0 ] || status=1
+    if [ $rc != 0 ]; then
+        status=1
+        # What failed, where CI shows it: pytest's failures and summary are at the log's end.
+        echo "test.sh: the end of $logs/$release.log:" >&2
+        tail -n 200 "$logs/$release.log" | sed "s/^/[$release] /" >&2
+    fi
 done
 exit $status

@@ -26,19 +26,27 @@ source "$(dirname "${BASH_SOURCE[0]}")/daemons.sh"
 
 [ "$(id -u)" = 0 ] || die "run as root (it makes network namespaces and starts daemons)"
 
+# `ip` in host N's network namespace. Not `ip -n`, which also makes / a slave mount: in a
+# release's chroot / is no mount point and that fails.
+ip_in() { # N ip-args...
+    local n=$1
+    shift
+    nsenter --net="/run/netns/ajrha$n" ip "$@"
+}
+
 netns_up() {
     for n in 1 2; do
         ip netns list | grep -qw "ajrha$n" || ip netns add "ajrha$n"
-        ip -n "ajrha$n" link set lo up
+        ip_in "$n" link set lo up
     done
     # A real interface with an address on each side: with only loopback, glibc's getaddrinfo
     # (AI_ADDRCONFIG) resolves no IPv4 address at all, not even "10.213.0.11".
-    if ! ip -n ajrha1 link show vha1 >/dev/null 2>&1; then
+    if ! ip_in 1 link show vha1 >/dev/null 2>&1; then
         ip link add vha1 netns ajrha1 type veth peer name vha2 netns ajrha2
-        ip -n ajrha1 addr add 10.213.0.11/24 dev vha1
-        ip -n ajrha2 addr add 10.213.0.12/24 dev vha2
-        ip -n ajrha1 link set vha1 up
-        ip -n ajrha2 link set vha2 up
+        ip_in 1 addr add 10.213.0.11/24 dev vha1
+        ip_in 2 addr add 10.213.0.12/24 dev vha2
+        ip_in 1 link set vha1 up
+        ip_in 2 link set vha2 up
     fi
 }
 
@@ -94,7 +102,12 @@ start_controller() {
     alive "$BASE/ctl$n.pid" && return
     # Each controller host keeps its own pid and log file: the same paths in slurm.conf,
     # a different directory bound under them in that slurmctld's mount namespace.
-    setsid nsenter --net="/run/netns/ajrha$n" unshare --uts --mount --propagation private \
+    # In a release's chroot (packaging/releases) / is no mount point, so its propagation
+    # cannot be changed: there the chroot's own mount namespace, private already, keeps
+    # the bind below from reaching the host.
+    local propagation=private
+    mountpoint -q / || propagation=unchanged
+    setsid nsenter --net="/run/netns/ajrha$n" unshare --uts --mount --propagation "$propagation" \
         bash -c "hostname ctl$n; mount --bind '$BASE/ctl$n' '$BASE/private'; exec /usr/sbin/slurmctld -D -i" \
         >>"$BASE/ctl$n/slurmctld.out" 2>&1 </dev/null &
     echo $! >"$BASE/ctl$n.pid"

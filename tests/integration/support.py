@@ -19,6 +19,9 @@ LOCAL_SLURM = ROOT / "packaging" / "local-slurm" / "local-slurm.sh"
 DEMO = ROOT / "packaging" / "demo"
 
 
+# Another user's jobs are submitted as this account (sbatch --uid, as root): one that every
+# Debian system has. Not "nobody": Slurm 26.05 refuses --uid=nobody (slurm_opt.c, arg_set_uid).
+OTHER_USER = "daemon"
 HEALTHY_NODE_STATES = ("idle", "mixed", "allocated")
 # The integration tests' cluster: five nodes on this host, room for a 4-node job and a spare.
 NODES = tuple(f"n{i}" for i in range(1, 6))

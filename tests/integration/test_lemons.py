@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pytest
 
 from tests.conftest import wait_for
-from tests.integration.support import AgentProcess, sbatch, scontrol_show
+from tests.integration.support import OTHER_USER, AgentProcess, sbatch, scontrol_show
 
 pytestmark = pytest.mark.slurm
 
@@ -53,7 +53,7 @@ def test_a_lemon_is_kept_out_of_another_users_job_never_empties_the_partition_an
     other.mkdir()
     other.chmod(0o777)
     (other / "wait.sh").write_text(WAITING)
-    victim = sbatch(other / "wait.sh", other, "--uid=nobody", "--begin=now+3600", "-J", "ajr-victim", "-x", "n5",
+    victim = sbatch(other / "wait.sh", other, f"--uid={OTHER_USER}", "--begin=now+3600", "-J", "ajr-victim", "-x", "n5",
                     "-o", "/dev/null", "--comment", '{"APS": {}}')  # fmt: skip
     agent.submitted.append(victim)
     wait_for(lambda: agent.job(victim) is not None, 30, "the other user's job to be managed")

@@ -89,7 +89,7 @@ def test_each_wrong_value_is_told_with_its_own_source(tmp_path: Path) -> None:
         "invalid configuration:",
         "  environment variable AJR_POLL_INTERVAL: poll_interval: Input should be a valid number, unable to parse "
         "string as a number (got 'soon')",
-        f"  {path}: log_dirs[1]: Input is not a valid path for <class 'pathlib.Path'> (got 3); "
+        f"  {path}: log_dirs[1]: Input is not a valid path for {Path!r} (got 3); "
         "site_requeue_cap: Input should be greater than or equal to 0 (got -2)",
     ]
 

@@ -152,6 +152,13 @@ def test_release_answers_through_slurm_suspend_too(slurm: MemorySlurm) -> None:
     )
 
 
+@pytest.mark.parametrize(("version", "separator"), [("22.05.8", ": "), ("24.11.5", ": "), ("25.05.0", ":"),
+                                                    ("26.05.5", ":")])  # fmt: skip
+def test_scontrol_from_25_05_puts_no_space_after_an_errors_context(version: str, separator: str) -> None:
+    slurm = MemorySlurm(jobs={}, slurm_version=version)
+    assert refusal(lambda: slurm.release(99)).reason.endswith(f"slurm_suspend error{separator}Invalid job id specified")
+
+
 def test_release_lifts_the_hold_and_the_scheduler_shows_the_wait(slurm: MemorySlurm, clock: Clock) -> None:
     slurm.requeue_hold(7)
     slurm.jobs[8] = job(8, state="PENDING", reason="JobHeldUser", start_time=None)

@@ -8,21 +8,18 @@ running Slurm's major.minor.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from typing import Protocol, Sequence
 
 from ajr_agent.adapters.slurm.commands import CommandGateway
 from ajr_agent.adapters.slurm.errors import SlurmError
 from ajr_agent.adapters.slurm.pyslurm_backend import PyslurmGateway
+from ajr_agent.adapters.slurm.releases import release_of
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.node_states import NodeState
 from ajr_agent.domain.settings import Settings, SlurmBackend
 
 log = logging.getLogger(__name__)
-
-# Slurm prints `22.05.8` or `24.11.5-1`; pyslurm `22.5.3` or `24.11.0.post1`.
-_MAJOR_MINOR = re.compile(r"([0-9]+)\.([0-9]+)")
 
 
 class SlurmGateway(Protocol):
@@ -92,8 +89,8 @@ def open_gateway(settings: Settings) -> SlurmGateway:
         log.info("Slurm backend: commands (pyslurm is not importable: %s; Slurm %s)", exc, slurm_version)
         return commands
     pyslurm_version = str(getattr(pyslurm, "__version__", ""))
-    release = _release(slurm_version)
-    if release is not None and release == _release(pyslurm_version):
+    release = release_of(slurm_version)
+    if release is not None and release == release_of(pyslurm_version):
         log.info("Slurm backend: pyslurm (%s matches Slurm %s)", pyslurm_version, slurm_version)
         gateway = PyslurmGateway(settings.slurm_command_timeout, pyslurm)
         log.info("Slurm backend: through Slurm's commands, not pyslurm: %s", gateway.fallbacks())
@@ -117,13 +114,3 @@ def _slurm_version(commands: CommandGateway) -> str:
         return commands.version()
     except SlurmError as exc:
         return f"unknown ({exc})"
-
-
-def _release(version: str) -> tuple[int, int] | None:
-    """A version's major and minor numbers, None when it has none.
-
-    As numbers: pyslurm numbers its release for Slurm 22.05 "22.5", so Slurm's `22.05.8`
-    and pyslurm's `22.5.3` are the same release, and `24.1` is not `24.11`.
-    """
-    found = _MAJOR_MINOR.match(version)
-    return (int(found[1]), int(found[2])) if found else None

@@ -26,6 +26,7 @@ from typing import Callable, ClassVar, Sequence
 from ajr_agent.adapters.slurm.calls import Call, Operation, SlurmAnswer, command_for
 from ajr_agent.adapters.slurm.errors import SlurmError, is_transient
 from ajr_agent.adapters.slurm.memory_nodes import NodeActions
+from ajr_agent.adapters.slurm.releases import SCONTROL_ERROR_SPACE_UNTIL, release_of
 from ajr_agent.domain.errors import AjrError
 from ajr_agent.domain.hostlist import HostlistError, compress_hostlist, expand_hostlist
 from ajr_agent.domain.jobs import ENDED_STATES, HELD_REASONS, JobSnapshot
@@ -311,7 +312,9 @@ class MemorySlurm(NodeActions):
     def _refused(self, operation: Operation, job_id: int, answer: SlurmAnswer) -> SlurmError:
         message = f"{answer} for job {job_id}"
         if operation is Operation.RELEASE:  # scontrol release reports through slurm_suspend's error too
-            message += f"\nslurm_suspend error: {answer}"
+            release = release_of(self.slurm_version)
+            space = "" if release is not None and release >= SCONTROL_ERROR_SPACE_UNTIL else " "
+            message += f"\nslurm_suspend error:{space}{answer}"
         if operation is Operation.EXCLUDE_NODES and answer is SlurmAnswer.INVALID_JOB:
             message = f"slurm_load_jobs error: {answer}"  # the squeue that reads the job's exclusions
         return SlurmError(command_for(operation, job_id), message, transient=False)
