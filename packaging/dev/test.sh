@@ -110,9 +110,16 @@ fi
 # Several releases: side by side (most of a run waits on Slurm), each into its own log.
 logs=${AJR_TEST_LOGS:-/tmp/ajr-test-releases}
 mkdir -p "$logs"
-# Preparing needs the network and apt's lock: one release after the other.
+# Each chroot has its own apt: they are prepared side by side (downloads, and pyslurm's
+# builds, overlap), once this host's apt has given them debootstrap.
+command -v debootstrap >/dev/null || _ajr_apt_install debootstrap
+declare -A preparing
 for release in "${wanted[@]}"; do
-    "$AJR_ROOT/packaging/releases/release.sh" prepare "$release" >"$logs/prepare-$release.log" 2>&1 \
+    "$AJR_ROOT/packaging/releases/release.sh" prepare "$release" >"$logs/prepare-$release.log" 2>&1 &
+    preparing[$release]=$!
+done
+for release in "${wanted[@]}"; do
+    wait "${preparing[$release]}" \
         || { echo "test.sh: preparing $release failed; see $logs/prepare-$release.log" >&2; exit 1; }
 done
 declare -A pids started
