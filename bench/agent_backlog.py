@@ -19,12 +19,12 @@ import argparse
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 # Run as a script, this directory is on sys.path; rules_throughput puts the repository there.
 from rules_throughput import MIX, free_text, pin_to_one_cpu, synthetic_lines
 
+from ajr_agent.adapters.slurm.memory import MemorySlurm
 from ajr_agent.adapters.store import Store
 from ajr_agent.domain.jobs import JobSnapshot
 from ajr_agent.domain.settings import Settings
@@ -33,17 +33,6 @@ from ajr_agent.runtime.inline_pool import InlinePool
 
 JOB_ID = 7
 LOG_NAME = f"train_{JOB_ID}_date_26-01-01_time_00-00-00.log"
-
-
-@dataclass
-class OneRunningJob:
-    """Slurm as the agent sees it here: one running managed job; the agent, in dry run, acts on nothing."""
-
-    job: JobSnapshot
-    backend: str = "bench"
-
-    def list_jobs(self) -> list[JobSnapshot]:
-        return [self.job]
 
 
 def catch_up(directory: Path, lines: list[str]) -> tuple[float, int, int]:
@@ -56,7 +45,8 @@ def catch_up(directory: Path, lines: list[str]) -> tuple[float, int, int]:
         end_time=None, batch=True, requeueable=True, nodes="node-1", reason="None", work_dir=str(directory),
         stdout="", name="train", comment='{"APS": {}}',
     )  # fmt: skip
-    agent = Agent(settings, store, OneRunningJob(job), load_rules(settings), pool=InlinePool())
+    # The tests' Slurm, holding the one job: the agent is in dry run and acts on nothing.
+    agent = Agent(settings, store, MemorySlurm(jobs={JOB_ID: job}), load_rules(settings), pool=InlinePool())
     log = directory / LOG_NAME
     log.write_text("step 0\n")
     agent.poll(time.time())
