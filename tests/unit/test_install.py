@@ -527,3 +527,10 @@ def test_the_agent_may_write_its_failover_status_file_under_systemd(tmp_path: Pa
     install(prefix, False, ha_host(tmp_path))
     unit = in_prefix(prefix, "/etc/systemd/system/ajr-agent.service").read_text()
     assert f" {in_prefix(prefix, '/srv/ajr-status')}\n" in unit.split("ReadWritePaths=")[1].split("\n")[0] + "\n"
+
+
+def test_failover_on_a_host_slurm_conf_does_not_name_asks_for_ha_host(tmp_path: Path, prefix: Path) -> None:
+    admins_config(prefix, 'failover = "slurm"\nha_host = "login1"\n')
+    report = install(prefix, False, ha_host(tmp_path))
+    [todo] = [item for item in report.todo if "ha_host" in item]
+    assert "this host (login1) is not a SlurmctldHost" in todo and "ctl1, ctl2" in todo
