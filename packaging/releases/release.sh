@@ -145,7 +145,7 @@ prepare_venv() {
     local pyslurm_arg=()
     [ "$PYSLURM" != - ] && pyslurm_arg=(--pyslurm)
     mount_vendor_and_run /bin/bash -c \
-        "cd '$AJR_ROOT' && export AJR_VENV=$CHROOT_VENV && source packaging/dev/setup-env.sh && ajr_setup_venv ${pyslurm_arg[*]}" \
+        "cd '$AJR_ROOT' && export AJR_VENV=$CHROOT_VENV AJR_VENDOR_DIR='$VENDOR' && source packaging/dev/setup-env.sh && ajr_setup_venv ${pyslurm_arg[*]}" \
         || die "the venv in $ROOT could not be made; see the lines above"
     # What pip fetches from PyPI during the tests (the distribution tests build AJR and
     # install its wheel into a fresh venv) comes from here inside, where there is no network.
