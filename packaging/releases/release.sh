@@ -135,6 +135,9 @@ write_config() {
 # The project's working tree, as it is now, at the same path inside: the copy under test.
 cmd_sync() {
     [ -d "$ROOT/usr" ] || die "$RELEASE is not prepared: release.sh prepare $RELEASE"
+    case "$AJR_ROOT/" in
+        /tmp/*|/run/*) die "the project's copy would be at $AJR_ROOT inside the chroot, under /tmp or /run, which 'release.sh up' empties: use a checkout outside /tmp and /run" ;;
+    esac
     mkdir -p "$ROOT$AJR_ROOT"
     find "$ROOT$AJR_ROOT" -mindepth 1 -maxdepth 1 ! -name ajr.egg-info -exec rm -rf {} +
     tar -C "$AJR_ROOT" --exclude=./.venv --exclude=./.git --exclude=__pycache__ --exclude=./ajr.egg-info \
