@@ -139,7 +139,10 @@ def observe(job: ManagedJob, snapshot: JobSnapshot, now: float, settings: Settin
     refreshed = replace(
         job,
         slurm_state=snapshot.state,
-        nodes=snapshot.nodes or job.nodes,
+        # An attempt's nodes are those it started on: a job that completes or ends NODE_FAIL
+        # is listed on the nodes it still holds (26.05: the batch host alone), and the verdict
+        # must weigh every node the attempt ran on.
+        nodes=snapshot.nodes if snapshot.nodes and (is_new_attempt or not job.nodes) else job.nodes,
         last_seen=now,
         work_dir=snapshot.work_dir or job.work_dir,
         stdout_dir=snapshot.stdout_dir or job.stdout_dir,

@@ -718,3 +718,19 @@ def test_drains_keep_the_hourly_budget_and_the_partition_s_last_nodes() -> None:
     unknown = policy.decide(holding, drain_verdict(None, error="Socket timed out"), DRAINING)
     assert unknown.actions == () and any("cannot read the partitions: Socket timed out" in n.text
                                          for n in unknown.notes)  # fmt: skip
+
+
+def test_an_attempts_nodes_stay_those_it_started_on_while_slurm_shrinks_its_node_list() -> None:
+    # A job ending NODE_FAIL or completing is listed by squeue on the nodes it still holds
+    # (on 26.05 the batch host alone): the verdict must see every node the attempt ran on.
+    job, _ = adoption.observe(running_job(nodes="n[1-4]"), snapshot(nodes="n[1-4]"), 1001.0, SETTINGS)
+    for state in ("COMPLETING", "NODE_FAIL"):
+        shrunk, _ = adoption.observe(job, snapshot(state=state, nodes="n1", end_time=1003.0), 1004.0, SETTINGS)
+        assert shrunk.nodes == "n[1-4]"
+    # The next attempt runs where Slurm puts it.
+    again, events = adoption.observe(job, snapshot(restart_count=1, start_time=1100.0, nodes="n[1-2,4-5]"), 1101.0,
+                                     SETTINGS)  # fmt: skip
+    assert again.nodes == "n[1-2,4-5]" and any(isinstance(e, AttemptStarted) for e in events)
+    # A job first seen pending has no nodes until it runs.
+    pending, _ = adoption.observe(replace(job, nodes=""), snapshot(state="PENDING", nodes=""), 1102.0, SETTINGS)
+    assert pending.nodes == ""
