@@ -39,6 +39,17 @@ def file_system_of(path: Path, mounts: str) -> str:
     return kind
 
 
+# What is wrong with a state database on host-local storage under failover, and what to do.
+HOST_LOCAL = "a file system of this host alone, which the other controllers cannot reach"
+MOVE_STATE_DB = "move state_db to storage every controller host mounts (NFS, Lustre, GPFS)"
+
+
+def storage_of(directory: Path, mounts: str) -> tuple[str, bool]:
+    """The file system type holding `directory` ('' if not known), and whether only this host sees it."""
+    kind = file_system_of(directory, mounts)
+    return kind, kind in LOCAL_FILE_SYSTEMS
+
+
 def check_failover(settings: Settings, host: str, ping: Callable[[], Sequence[ControllerPing]],
                    mounts: str) -> list[Check]:  # fmt: skip
     """The failover checks; none when `failover` is off."""
@@ -60,13 +71,11 @@ def check_failover(settings: Settings, host: str, ping: Callable[[], Sequence[Co
                             f"slurm.conf names one SlurmctldHost ({hosts[0]}): there is no failover to follow",
                             "" if len(pings) > 1 else "add the backup's SlurmctldHost, or set failover = \"off\"")]  # fmt: skip
     directory = settings.state_db.parent
-    kind = file_system_of(directory, mounts)
-    local = kind in LOCAL_FILE_SYSTEMS
+    kind, local = storage_of(directory, mounts)
     checks.append(Check(
         "failover_storage", not local,
-        f"{directory} is on {kind or 'an unknown file system'}"
-        + (": a file system of this host alone, which the other controllers cannot reach" if local else ""),
-        "move state_db to storage every controller host mounts (NFS, Lustre, GPFS)" if local else "",
+        f"{directory} is on {kind or 'an unknown file system'}" + (f": {HOST_LOCAL}" if local else ""),
+        MOVE_STATE_DB if local else "",
     ))  # fmt: skip
     checks.append(_compare_hosts(settings, me, hosts))
     return checks

@@ -26,7 +26,7 @@ from ajr_agent.adapters.config_file import DEFAULT_CONFIG_PATH, load_settings
 from ajr_agent.adapters.slurm_config import DEFAULT_SLURM_CONF, listed, parse_slurm_conf
 from ajr_agent.domain.control import FailoverMode
 from ajr_agent.domain.settings import DEFAULT_SITE_RULES_DIR, Settings
-from ajr_agent.ops.failover_check import LOCAL_FILE_SYSTEMS, file_system_of
+from ajr_agent.ops.failover_check import HOST_LOCAL, MOVE_STATE_DB, storage_of
 from ajr_agent.ops.files import Change, InstallError, Status, in_root, put_dir, put_file
 from ajr_agent.ops.host import Host, probe_host
 from ajr_agent.ops.shipped import (
@@ -176,15 +176,14 @@ def failover_steps(settings: Settings, controllers: list[str], state_dir: Path, 
                            f'or set failover = "off"')  # fmt: skip
         return
     me = settings.ha_host or host.name
-    kind = file_system_of(state_dir, host.mounts) if host.mounts else ""
+    kind, local = storage_of(state_dir, host.mounts)
     report.notes.append(f"failover: this host is {me}, one of {', '.join(controllers)}; the state database lies "
                         f"on {kind or 'a file system not known'}")  # fmt: skip
     if me not in controllers:
         report.todo.append(f"this host ({me}) is not a SlurmctldHost of slurm.conf ({', '.join(controllers)}): "
                            "set ha_host in ajr.toml to its name there")  # fmt: skip
-    if kind in LOCAL_FILE_SYSTEMS:
-        report.todo.append(f"move state_db: {state_dir} is on {kind}, a file system of this host alone, which "
-                           "the other controllers cannot reach; choose storage they all mount (NFS, Lustre, GPFS)")  # fmt: skip
+    if local:
+        report.todo.append(f"{MOVE_STATE_DB}: {state_dir} is on {kind}, {HOST_LOCAL}")
     others = [name for name in controllers if name != me]
     report.todo.append(f"install on {', '.join(others)} too: the same {DEFAULT_CONFIG_PATH}, then `ajr install` "
                        "there; once every agent runs, `ajr doctor` on each controller host (it checks that they "

@@ -1,8 +1,8 @@
 """The pyslurm backend on the real local Slurm, where packaging/dev/test.sh installed the pyslurm built for it.
 
-test.sh says in AJR_TEST_PYSLURM which pyslurm this machine has: its version (built from
-../shared/vendor against the release's libslurm-dev: 22.05, 24.11), or `none` where no
-pyslurm matches the release (26.05). The agent's `auto` choice is checked against it,
+Which pyslurm this machine has is test.sh's AJR_TEST_PYSLURM, else the one installed in
+the Python running the tests: its version (built from ../shared/vendor against the
+release's libslurm-dev: 22.05, 24.11), or `none` (26.05, or a venv set up without it). The agent's `auto` choice is checked against it,
 log line and all. The rest compares pyslurm's reading and actions with the commands':
 every job of a queue with jobs in each state (array tasks, hostile names) reads the
 same through both, and requeue held, release and cancel do and refuse what scontrol does.
@@ -11,6 +11,7 @@ same through both, and requeue held, release and cancel do and refuse what scont
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import logging
 import os
 import subprocess
@@ -30,9 +31,18 @@ from tests.integration.support import AgentProcess, sbatch
 
 pytestmark = pytest.mark.slurm
 
-EXPECTED = os.environ.get("AJR_TEST_PYSLURM", "")
-needs_pyslurm = pytest.mark.skipif(EXPECTED in ("", "none"), reason=f"no pyslurm matches this Slurm "
-                                   f"(AJR_TEST_PYSLURM={EXPECTED or 'unset: run through packaging/dev/test.sh'})")  # fmt: skip
+
+
+def installed_pyslurm() -> str:
+    """The version of the pyslurm installed beside AJR, `none` without one (what test.sh also asks)."""
+    try:
+        return importlib.metadata.version("pyslurm")
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+EXPECTED = os.environ.get("AJR_TEST_PYSLURM") or installed_pyslurm()
+needs_pyslurm = pytest.mark.skipif(EXPECTED == "none", reason="no pyslurm installed for this Slurm")
 
 
 def pyslurm_gateway() -> PyslurmGateway:
@@ -40,7 +50,7 @@ def pyslurm_gateway() -> PyslurmGateway:
     try:
         module = importlib.import_module("pyslurm")
     except ImportError as exc:
-        pytest.fail(f"test.sh installed pyslurm {EXPECTED}, but it does not import: {exc}")
+        pytest.fail(f"pyslurm {EXPECTED} is installed here, but it does not import: {exc}")
     assert module.__version__ == EXPECTED
     return PyslurmGateway(30, module)
 
@@ -66,8 +76,6 @@ def script(directory: Path, body: str) -> Path:
 
 
 def test_auto_chooses_pyslurm_where_it_matches_and_says_why(agent_factory: Callable[..., AgentProcess]) -> None:
-    if not EXPECTED:
-        pytest.skip("AJR_TEST_PYSLURM unset: run through packaging/dev/test.sh, which knows this machine's pyslurm")
     agent = agent_factory(extra_config='slurm_backend = "auto"\n')
     log = agent.log.read_text()
     version = CommandGateway(30).version()
