@@ -55,6 +55,10 @@ class Awaiting(StrEnum):
     # Slurm requeued the job itself: the verdict says whether it lost one of the job's nodes
     # (a failure, counted and recovered) or someone requeued it (left to Slurm, not counted).
     LOST_NODE = "lost_node"
+    # The held job's release (or a NODE_FAIL end) waits for Slurm's states of the failed attempt's
+    # nodes read once more: a node whose slurmd died with the job is given up by Slurm only after
+    # SlurmdTimeout, often after the failure line has been judged.
+    NODE_STATES = "node_states"
 
 
 class Fault(StrEnum):
@@ -293,3 +297,4 @@ class Decision:
     job: ManagedJob
     actions: tuple[Action, ...] = field(default_factory=tuple)
     notes: tuple[Note, ...] = field(default_factory=tuple)
+    verdict: Verdict | None = None  # the verdict on the handled failure to keep on record, when taken

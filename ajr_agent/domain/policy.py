@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ajr_agent.domain import budgets, lemons, progress, slurm_requeues
-from ajr_agent.domain.drains import drain_actions
+from ajr_agent.domain import budgets, lemons, progress, slurm_requeues, verdict_steps
 from ajr_agent.domain.events import (
     ActionDone,
     ActionFailed,
@@ -54,7 +53,6 @@ from ajr_agent.domain.recovery import (
     on_nodes,
     release_held,
     stop,
-    stop_and_hand_over,
 )
 from ajr_agent.domain.settings import Settings
 from ajr_agent.domain.spec import ResumeMode
@@ -90,15 +88,17 @@ def decide(job: ManagedJob, event: Event, settings: Settings, successor: int | N
         case ActionFailed():
             return _action_failed(job, event, settings)
         case JobHeld():
-            return _held(job, event)
+            return _held(job, event, settings)
         case RequeuedBySlurm():
             return slurm_requeues.seen(job, event)
         case Attributed() if job.awaiting is Awaiting.LOST_NODE and event.attempt == job.attempt:
             return _lost_node(job, event, settings, successor)
+        case Attributed() if job.awaiting is Awaiting.NODE_STATES and event.attempt == job.handled_attempt:
+            return verdict_steps.looked_again(job, event, settings)
         case Attributed():
-            return _attributed(job, event, settings)
+            return verdict_steps.attributed(job, event, settings)
         case VerdictOverdue():
-            return _verdict_overdue(job, event, settings)
+            return verdict_steps.verdict_overdue(job, event, settings)
         case StragglerFound():
             return _straggler(job, event, settings, successor)
         case JobForgotten():
@@ -148,7 +148,11 @@ def _job_ended(job: ManagedJob, event: JobEnded, settings: Settings, successor: 
     job = replace(job, attempt_ended=event.at, slurm_state=state)
     if state in FAILED_STATES:
         job = replace(job, attempt_outcome=Outcome.FAILED, attempt_end_reason=job.attempt_end_reason or state)
-        return _failure(job, event.attempt, event.at, f"job ended {state}", settings, successor, budgets.of_end(state))
+        failed = _failure(job, event.attempt, event.at, f"job ended {state}", settings, successor, budgets.of_end(state))
+        if failed.job.awaiting is None and verdict_steps.may_blame_a_lost_node(failed.job):
+            # Handled before Slurm ended it NODE_FAIL: its verdict may not have known of the lost node.
+            return replace(failed, job=replace(failed.job, awaiting=Awaiting.NODE_STATES))
+        return failed
     if state == "CANCELLED":
         # scancel is the user's word, even while AJR is between a failure and the next attempt.
         job = _keep_failed(job, Outcome.CANCELLED, state)
@@ -278,28 +282,11 @@ def _action_done(job: ManagedJob, event: ActionDone, settings: Settings) -> Deci
     return Decision(job, notes=(Note(NoteKind.ACTION, f"{prefix}{action.kind.value} done"),))
 
 
-def _held(job: ManagedJob, event: JobHeld) -> Decision:
+def _held(job: ManagedJob, event: JobHeld, settings: Settings) -> Decision:
     if job.phase is not Phase.HELD or job.awaiting is not None:
         return Decision(job)
-    return release_held(job, notes=(Note(NoteKind.HELD, f"job is held pending (restart count {event.attempt})"),))
-
-
-def _attributed(job: ManagedJob, event: Attributed, settings: Settings) -> Decision:
-    if event.attempt != job.handled_attempt:
-        return Decision(job)
-    verdict = event.verdict
-    nodes = ",".join(verdict.nodes)
-    where = {Fault.NODE: f"node {nodes}" if nodes else "a node (which one is not known)",
-             Fault.APPLICATION: "the application", Fault.INFRASTRUCTURE: "shared infrastructure"}.get(verdict.fault,
-                                                                                                   "unknown")  # fmt: skip
-    attributed, moved = budgets.recharge(replace(job, verdict=verdict.fault, verdict_nodes=",".join(event.exclude)),
-                                         verdict.fault, settings)  # fmt: skip
-    notes = [Note(NoteKind.VERDICT, text) for text in event.notes]
-    notes.append(Note(NoteKind.VERDICT, f"fault lies with {where}: {verdict.cause}"))
-    notes += moved
-    drains, drain_notes = drain_actions(job, event, settings)
-    going_on = _after_verdict(attributed, settings) if job.awaiting is Awaiting.VERDICT else Decision(attributed)
-    return Decision(going_on.job, (*drains, *going_on.actions), (*notes, *drain_notes, *going_on.notes))
+    held = Note(NoteKind.HELD, f"job is held pending (restart count {event.attempt})")
+    return verdict_steps.release_after_a_look(job, (held,), settings)
 
 
 def _lost_node(job: ManagedJob, event: Attributed, settings: Settings, successor: int | None) -> Decision:
@@ -308,30 +295,8 @@ def _lost_node(job: ManagedJob, event: Attributed, settings: Settings, successor
         return slurm_requeues.not_lost(job, "Slurm lost none of its nodes")
     failed = _failure(replace(job, awaiting=None), event.attempt, event.at, event.verdict.cause, settings, successor,
                       Fault.NODE, requeued=True)  # fmt: skip
-    judged = _attributed(failed.job, event, settings)
-    return Decision(judged.job, (*failed.actions, *judged.actions), (*failed.notes, *judged.notes))
-
-
-def _verdict_overdue(job: ManagedJob, event: VerdictOverdue, settings: Settings) -> Decision:
-    if job.awaiting is Awaiting.LOST_NODE and event.attempt == job.attempt:
-        return slurm_requeues.not_lost(job, f"Slurm's node states did not come within {event.waited:.0f} s")
-    if event.attempt != job.handled_attempt or job.awaiting is not Awaiting.VERDICT:
-        return Decision(job)
-    note = Note(NoteKind.WARNING, f"no verdict after {event.waited:.0f} s (node logs or Slurm do not answer): "
-                                  "going on without it, no node kept out")  # fmt: skip
-    going_on = _after_verdict(job, settings)
-    return Decision(going_on.job, going_on.actions, (note, *going_on.notes))
-
-
-def _after_verdict(job: ManagedJob, settings: Settings) -> Decision:
-    """Go on with the recovery that waited for the verdict."""
-    job = replace(job, awaiting=None)
-    if job.phase is Phase.HANDING_OVER:
-        return stop_and_hand_over(job, settings)
-    if job.phase is Phase.HELD and (settings.dry_run or job.slurm_state == "PENDING"):
-        # Slurm shows the job pending already (or, in dry run, never will): no poll to wait for.
-        return release_held(job, notes=())
-    return Decision(job)  # still holding: the release follows the hold's JobHeld
+    judged = verdict_steps.attributed(failed.job, event, settings)
+    return Decision(judged.job, (*failed.actions, *judged.actions), (*failed.notes, *judged.notes), judged.verdict)
 
 
 def _straggler(job: ManagedJob, event: StragglerFound, settings: Settings, successor: int | None) -> Decision:

@@ -246,6 +246,7 @@ class Agent:
             tracked = self._adopt(snapshot, now)
             if tracked is None:
                 return
+        self.feed.read_before_end(tracked, snapshot, now)
         job = tracked.job
         refreshed, events = adoption.observe(job, snapshot, now, self.settings)
         tracked.job = refreshed
@@ -337,9 +338,8 @@ class Agent:
                     # leaves the action open, and start-up finishes it against Slurm's state.
                     if isinstance(event, (ActionDone, ActionFailed)):
                         self.executor.settle(event)
-                    judged = isinstance(event, Attributed) and event.attempt == decision.job.handled_attempt
-                    if judged and decision.job.verdict:  # a verdict on a failure (not on someone's requeue)
-                        self.store.save_verdict(job_id, event.attempt, event.at, event.verdict)
+                    if isinstance(event, Attributed) and decision.verdict is not None:
+                        self.store.save_verdict(job_id, event.attempt, event.at, decision.verdict)
                     self.store.save_job(decision.job)
                     self.nodes.record(current, event, decision, now)
                     for note in decision.notes:
@@ -368,10 +368,11 @@ class Agent:
             return
         snapshot = self.snapshots.get(job.job_id)
         ended = snapshot.state if snapshot is not None and snapshot.ended else ""
-        evidence = tuple(self.tracked[job.job_id].evidence.get(attempt, ()))
+        slurm_only = job.awaiting is Awaiting.NODE_STATES
+        evidence = () if slurm_only else tuple(self.tracked[job.job_id].evidence.get(attempt, ()))
         drains = self.store.drains_since(time.time() - 3600) if self.settings.drain_faulty_nodes else 0
         tasks = snapshot.tasks if snapshot is not None else 0
-        self.verdicts.ask(VerdictRequest(job, attempt, evidence, ended, failed_at, drains, tasks))
+        self.verdicts.ask(VerdictRequest(job, attempt, evidence, ended, failed_at, drains, tasks, slurm_only))
 
     def _pass_on_chain(self, predecessor: ManagedJob) -> None:
         """The released job of a singleton chain takes over the chain's counts."""

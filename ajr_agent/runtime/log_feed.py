@@ -183,6 +183,12 @@ class LogFeed:
             self.decisions.guarded(0, self.store.save_files, positions)
         self._failed_saves(now)
 
+    def read_before_end(self, tracked: TrackedJob, snapshot: JobSnapshot, now: float) -> None:
+        """Read what a job that has just ended wrote, before its end is decided on: what it wrote
+        comes first, whichever the agent heard of first (its last checkpoint save, its failure)."""
+        if snapshot.ended and tracked.job.attempt_ended is None and tracked.files:
+            self.read(now, set(tracked.files))
+
     def _failed_saves(self, now: float) -> None:
         """Tell the saves whose attempt failed (and ended) before any save completed.
 

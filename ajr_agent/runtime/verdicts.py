@@ -49,6 +49,7 @@ class VerdictRequest:
     failed_at: float
     drains_last_hour: int
     tasks: int = 0  # Slurm's task count of the job, which places ranks on nodes (0: not known)
+    slurm_only: bool = False  # Slurm's states of the nodes alone, read again after the verdict (no node logs)
 
 
 @dataclass
@@ -124,7 +125,7 @@ class Verdicts:
         job, notes = request.job, []
         nodes = expand_hostlist(job.nodes) if job.nodes else []
         from_nodes: list[Evidence] = []
-        if settings.node_log_dir and nodes:
+        if settings.node_log_dir and nodes and not request.slurm_only:
             lines, cut = read_node_logs(settings.node_log_dir, nodes, time.monotonic() + settings.attribution_timeout)
             if cut:
                 notes.append(f"attribution cut short after {settings.attribution_timeout:g} s of reading node logs")

@@ -254,9 +254,12 @@ cmd_node_stop() { # node
     known_node "$1"
     local pids
     pids=$(step_processes "$1")
+    # A node that fails takes its job steps with it, all at once: stopped first, none of them
+    # sees another die (a task's shell would print "Killed" for its child, which no lost node
+    # does), nor goes on writing into the job's logs after Slurm has ended the job.
+    # shellcheck disable=SC2086
+    [ -z "$pids" ] || kill -STOP $pids 2>/dev/null || true
     stop_daemon "$(slurmd_pid_file "$1")" "slurmd of $1"
-    # A node that fails takes its job steps with it; left running, they would go on
-    # writing into the job's logs after Slurm has ended the job.
     if [ -n "$pids" ]; then
         # shellcheck disable=SC2086
         kill -9 $pids 2>/dev/null || true

@@ -53,6 +53,22 @@ def test_segfault_line_requeues_held_then_releases_once_pending(agent: Agent, qu
     assert agent.jobs[7].phase is Phase.RESTARTING
 
 
+def test_the_lines_a_job_wrote_before_it_ended_are_read_before_its_end(agent: Agent, queue: MemorySlurm,
+                                                                       tmp_path: Path) -> None:  # fmt: skip
+    queue.jobs[7] = running(tmp_path)
+    log = tmp_path / LOG_NAME
+    log.write_text("step 1\n")
+    agent.poll(200.0)
+    with log.open("a") as handle:
+        handle.write("Saved checkpoint to /ckpt/final\n")
+    queue.end(7, "COMPLETED", at=queue.clock())
+    agent.poll(201.0)  # the end seen before the kernel's word on the file (or the EpilogSlurmctld's first)
+    job = agent.jobs[7]
+    assert (job.phase, job.attempt_last_checkpoint) == (Phase.FINISHED, 201.0)
+    story = [note.text for note in agent.store.events(7)]
+    assert story.index("checkpoint saved (saved_checkpoint_to)") < story.index("job completed successfully")
+
+
 def test_a_failed_poll_is_not_taken_for_vanished_jobs(agent: Agent, queue: MemorySlurm, tmp_path: Path) -> None:
     queue.jobs[7] = running(tmp_path)
     agent.poll(200.0)

@@ -80,6 +80,61 @@ def test_slurms_own_requeue_seen_first_in_the_log_is_one_failure_too(agent: Agen
     recovered_away_from_n3(agent, queue)
 
 
+# What the job's shell prints when a task of its step is SIGKILLed: on a node that is being lost,
+# this can come before Slurm has noticed anything (its slurmd still counts as answering).
+TASK_KILLED = "0: /var/spool/slurmd/job00007/slurm_script: line 5: 13004 Killed                  sleep 300\n"
+
+
+def test_a_node_lost_after_ajrs_own_requeue_is_blamed_at_the_release(agent: Agent, queue: MemorySlurm,
+                                                                     tmp_path: Path) -> None:  # fmt: skip
+    log = four_nodes(agent, queue, tmp_path)
+    queue.slow_to_stop.add(7)  # n3 does not answer: the requeued job completes only once Slurm gives n3 up
+    with log.open("a") as handle:
+        handle.write(TASK_KILLED)
+    agent.read_logs(230.0)
+    assert called(queue)[0] == "requeue_hold 7" and agent.jobs[7].verdict == "unknown"
+    queue.lose("n3")
+    queue.finish_requeue(7)
+    agent.poll(260.0)
+    # Slurm's states of the attempt's nodes are read again before the release: n3 was lost meanwhile.
+    recovered_away_from_n3(agent, queue)
+    assert sum(note.kind == "failure" for note in agent.store.events(7)) == 1
+
+
+def test_an_application_failure_is_released_with_its_verdict_when_no_node_was_lost(agent: Agent, queue: MemorySlurm,
+                                                                                   tmp_path: Path) -> None:  # fmt: skip
+    log = four_nodes(agent, queue, tmp_path)
+    queue.slow_to_stop.add(7)
+    with log.open("a") as handle:
+        handle.write("Rank0: (1) segmentation fault: artificial segfault\n")
+    agent.read_logs(230.0)
+    queue.finish_requeue(7)
+    agent.poll(260.0)
+    job = agent.jobs[7]
+    assert (job.phase, job.verdict, job.excluded_nodes) == (Phase.RESTARTING, "application", "")
+    assert called(queue)[-2:] == ["release 7", "update 7 StartTime=now+2"]
+    [(_, _, _, verdict)] = agent.store.verdicts([7])
+    assert verdict.fault == "application" and any("segmentation fault" in line for line in verdict.evidence)
+
+
+def test_a_job_slurm_may_not_requeue_whose_node_is_lost_after_the_refusal_gets_the_node_verdict(
+    agent: Agent, queue: MemorySlurm, tmp_path: Path
+) -> None:
+    log = four_nodes(agent, queue, tmp_path, requeueable=False)
+    with log.open("a") as handle:
+        handle.write(TASK_KILLED)
+    agent.read_logs(230.0)
+    assert (agent.jobs[7].stop_cause, agent.jobs[7].verdict) == (StopCause.SLURM_REFUSED, "unknown")
+    queue.lose("n3")  # the job ends NODE_FAIL
+    agent.poll(260.0)
+    job = agent.jobs[7]
+    assert (job.phase, job.stop_cause, job.requeues_used, job.verdict) == (Phase.STOPPED, StopCause.SLURM_REFUSED, 0,
+                                                                           "node")  # fmt: skip
+    [(_, _, _, verdict)] = agent.store.verdicts([7])
+    assert (verdict.nodes, verdict.basis) == (("n3",), "slurm")
+    assert [(b.node, b.basis) for b in agent.store.nodes.blames(["n3"])] == [("n3", "slurm")]
+
+
 def test_a_requeue_with_no_node_lost_is_no_failure_and_left_to_slurm(agent: Agent, queue: MemorySlurm,
                                                                      tmp_path: Path) -> None:  # fmt: skip
     four_nodes(agent, queue, tmp_path)

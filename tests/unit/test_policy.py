@@ -125,14 +125,65 @@ def app_verdict(attempt: int = 0) -> Attributed:
     return Attributed(7, attempt, 1010.5, Verdict(Fault.APPLICATION, (), "segfault (segfault)", ("l",)))
 
 
+def none_lost(attempt: int = 0) -> Attributed:
+    """Slurm's states of the failed attempt's nodes read again: none lost."""
+    return Attributed(7, attempt, 1012.5, Verdict(Fault.UNKNOWN, (), "no anomaly line", ()))
+
+
+def lost_since(attempt: int = 0) -> Attributed:
+    """Slurm's states of the failed attempt's nodes read again: Slurm has lost node-1 since the failure."""
+    found = Verdict(Fault.NODE, ("node-1",), "node lost (Slurm: Not responding)",
+                    ("slurm: node-1 down, not responding: Not responding",), Basis.SLURM)  # fmt: skip
+    return Attributed(7, attempt, 1012.5, found, exclude=("node-1",))
+
+
 def hold_then_release(job: ManagedJob) -> tuple[Decision, Decision]:
-    """Failure, verdict in, requeuehold done, Slurm shows the job pending: the release decision."""
+    """Failure, verdict in, requeuehold done, Slurm shows the job pending, its nodes looked at again:
+    the release decision."""
     holding = policy.decide(job, anomaly(), SETTINGS)
     attributed = policy.decide(holding.job, app_verdict(), SETTINGS)
     assert attributed.actions == () and attributed.job.awaiting is None
     held = policy.decide(attributed.job, ActionDone(holding.actions[0], 1011.0), SETTINGS)
     assert held.actions == () and held.job.phase is Phase.HELD
-    return holding, policy.decide(held.job, JobHeld(7, 1, 1012.0), SETTINGS)
+    pending = policy.decide(held.job, JobHeld(7, 1, 1012.0), SETTINGS)
+    assert pending.actions == () and pending.job.awaiting is Awaiting.NODE_STATES
+    return holding, policy.decide(pending.job, none_lost(), SETTINGS)
+
+
+def test_a_node_slurm_lost_since_the_verdict_takes_it_and_is_kept_out() -> None:
+    holding = policy.decide(running_job(), anomaly(), SETTINGS)
+    attributed = policy.decide(holding.job, app_verdict(), SETTINGS)
+    held = policy.decide(attributed.job, ActionDone(holding.actions[0], 1011.0), SETTINGS)
+    pending = policy.decide(held.job, JobHeld(7, 1, 1012.0), SETTINGS)
+    looked = policy.decide(pending.job, lost_since(), SETTINGS)
+    assert [(a.kind, a.nodes) for a in looked.actions] == [(ActionKind.EXCLUDE, "node-1")]
+    assert (looked.job.verdict, looked.job.awaiting, looked.verdict) == (Fault.NODE, None, lost_since().verdict)
+    assert "Slurm has lost node-1 of the failed attempt since the verdict (application)" in looked.notes[0].text
+
+
+def test_a_look_that_finds_no_node_lost_keeps_the_verdict_on_record() -> None:
+    released = hold_then_release(running_job())[1]
+    assert released.verdict is None and released.job.verdict == Fault.APPLICATION
+
+
+def test_a_look_at_the_nodes_that_does_not_come_releases_all_the_same() -> None:
+    holding = policy.decide(running_job(), anomaly(), SETTINGS)
+    attributed = policy.decide(holding.job, app_verdict(), SETTINGS)
+    held = policy.decide(attributed.job, ActionDone(holding.actions[0], 1011.0), SETTINGS)
+    pending = policy.decide(held.job, JobHeld(7, 1, 1012.0), SETTINGS)
+    overdue = policy.decide(pending.job, VerdictOverdue(7, 0, 1030.0, 17.0), SETTINGS)
+    assert [a.kind for a in overdue.actions] == [ActionKind.RELEASE] and overdue.job.awaiting is None
+    assert "node states did not come within 17 s" in overdue.notes[0].text
+
+
+def test_a_handled_failure_that_slurm_ends_node_fail_looks_at_the_nodes_again() -> None:
+    holding = policy.decide(running_job(), anomaly(), SETTINGS)
+    refused = policy.decide(holding.job, ActionFailed(holding.actions[0], 1011.0, "presently disabled"), SETTINGS)
+    judged = policy.decide(refused.job, app_verdict(), SETTINGS).job
+    ended = policy.decide(judged, JobEnded(7, 0, 1020.0, "NODE_FAIL"), SETTINGS)
+    assert ended.actions == () and ended.job.awaiting is Awaiting.NODE_STATES
+    looked = policy.decide(ended.job, lost_since(), SETTINGS)
+    assert (looked.job.phase, looked.job.verdict, looked.actions) == (Phase.STOPPED, Fault.NODE, ())
 
 
 def test_held_job_is_released_only_once_slurm_shows_it_pending() -> None:
@@ -654,9 +705,11 @@ def test_a_held_job_waits_for_its_verdict_then_is_released_at_once() -> None:
     held = held_pending(running_job())
     assert held.awaiting is Awaiting.VERDICT
     assert policy.decide(held, JobHeld(7, 1, 1012.0), SETTINGS).actions == ()
-    released = policy.decide(held, app_verdict(), SETTINGS)
+    judged = policy.decide(held, app_verdict(), SETTINGS)
+    assert judged.actions == () and judged.job.awaiting is Awaiting.NODE_STATES
+    assert "fault lies with the application" in judged.notes[0].text
+    released = policy.decide(judged.job, none_lost(), SETTINGS)
     assert [a.kind for a in released.actions] == [ActionKind.RELEASE] and released.job.awaiting is None
-    assert "fault lies with the application" in released.notes[0].text
 
 
 def test_a_node_verdict_that_comes_late_still_keeps_the_node_out() -> None:
