@@ -117,7 +117,8 @@ def observe(job: ManagedJob, snapshot: JobSnapshot, now: float, settings: Settin
     attempt = snapshot.restart_count
     started = snapshot.start_time or now
     is_new_attempt = attempt > job.attempt or (attempt == job.attempt and started != job.attempt_started)
-    if (snapshot.running or snapshot.ended) and is_new_attempt:
+    started_anew = (snapshot.running or snapshot.ended) and is_new_attempt
+    if started_anew:
         events.append(AttemptStarted(job.job_id, attempt, started, snapshot.nodes))
     if job.phase is Phase.HELD and snapshot.state == "PENDING":
         events.append(JobHeld(job.job_id, attempt, now))
@@ -140,9 +141,10 @@ def observe(job: ManagedJob, snapshot: JobSnapshot, now: float, settings: Settin
         job,
         slurm_state=snapshot.state,
         # An attempt's nodes are those it started on: a job that completes or ends NODE_FAIL
-        # is listed on the nodes it still holds (26.05: the batch host alone), and the verdict
-        # must weigh every node the attempt ran on.
-        nodes=snapshot.nodes if snapshot.nodes and (is_new_attempt or not job.nodes) else job.nodes,
+        # is listed on the nodes it still holds (26.05: the batch host alone; 22.05, requeued
+        # by Slurm, with its restart count up already), and the verdict must weigh every node
+        # the attempt ran on.
+        nodes=snapshot.nodes if snapshot.nodes and (started_anew or not job.nodes) else job.nodes,
         last_seen=now,
         work_dir=snapshot.work_dir or job.work_dir,
         stdout_dir=snapshot.stdout_dir or job.stdout_dir,

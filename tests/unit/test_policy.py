@@ -780,6 +780,11 @@ def test_an_attempts_nodes_stay_those_it_started_on_while_slurm_shrinks_its_node
     for state in ("COMPLETING", "NODE_FAIL"):
         shrunk, _ = adoption.observe(job, snapshot(state=state, nodes="n1", end_time=1003.0), 1004.0, SETTINGS)
         assert shrunk.nodes == "n[1-4]"
+    # Requeued by Slurm after it lost n3: the restart count is up while the job still completes
+    # on the nodes it holds (22.05), and the nodes are still the failed attempt's.
+    requeued, _ = adoption.observe(job, snapshot(state="COMPLETING", restart_count=1, nodes="n[1-2,4]"), 1004.0,
+                                   SETTINGS)  # fmt: skip
+    assert requeued.nodes == "n[1-4]"
     # The next attempt runs where Slurm puts it.
     again, events = adoption.observe(job, snapshot(restart_count=1, start_time=1100.0, nodes="n[1-2,4-5]"), 1101.0,
                                      SETTINGS)  # fmt: skip
