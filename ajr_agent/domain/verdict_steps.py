@@ -34,6 +34,7 @@ def may_blame_a_lost_node(job: ManagedJob) -> bool:
 
 
 def attributed(job: ManagedJob, event: Attributed, settings: Settings) -> Decision:
+    """Take the verdict on the handled failure: its budget, its drains, then the recovery that waited for it."""
     if event.attempt != job.handled_attempt:
         return Decision(job)
     verdict = event.verdict
@@ -69,6 +70,7 @@ def looked_again(job: ManagedJob, event: Attributed, settings: Settings) -> Deci
 
 
 def verdict_overdue(job: ManagedJob, event: VerdictOverdue, settings: Settings) -> Decision:
+    """Go on without the verdict (or the second look at the nodes) that did not come by its deadline."""
     if job.awaiting is Awaiting.LOST_NODE and event.attempt == job.attempt:
         return slurm_requeues.not_lost(job, f"Slurm's node states did not come within {event.waited:.0f} s")
     if job.awaiting is Awaiting.NODE_STATES and event.attempt == job.handled_attempt:

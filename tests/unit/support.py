@@ -42,6 +42,21 @@ def running(tmp_path: Path, **changes: object) -> JobSnapshot:
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
+def followed_job(agent: Agent, queue: MemorySlurm, tmp_path: Path) -> Path:
+    """Job 7 running (as `running`), its log of one line found by a poll at 200.0: the log's path."""
+    queue.jobs[7] = running(tmp_path)
+    log = tmp_path / LOG_NAME
+    log.write_text("step 1\n")
+    agent.poll(200.0)
+    return log
+
+
+def append(log: Path, text: str) -> None:
+    """The job writes `text` (whole lines) to its log."""
+    with log.open("a") as handle:
+        handle.write(text)
+
+
 def site_agent(tmp_path: Path, queue: MemorySlurm, rules: str, **settings: object) -> Agent:
     """An agent over `queue` as conftest's `agent` fixture makes it, with `rules` as the text of a
     site rule file (tmp_path/rules.d/50-site.toml) and `settings` changed."""

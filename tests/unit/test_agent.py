@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ajr_agent.adapters.slurm.calls import Operation
 from ajr_agent.adapters.slurm.memory import MemorySlurm
-from tests.unit.support import LOG_NAME, SLOW_LINE, called, running, with_slow_rule
+from tests.unit.support import LOG_NAME, SLOW_LINE, append, called, followed_job, running, with_slow_rule
 
 import os
 from pathlib import Path
@@ -37,13 +37,9 @@ def following(agent: Agent, queue: MemorySlurm, tmp_path: Path) -> Path:
 
 def test_segfault_line_requeues_held_then_releases_once_pending(agent: Agent, queue: MemorySlurm,
                                                                 tmp_path: Path) -> None:  # fmt: skip
-    queue.jobs[7] = running(tmp_path)
-    log = tmp_path / LOG_NAME
-    log.write_text("step 1\n")
-    agent.poll(200.0)
+    log = followed_job(agent, queue, tmp_path)
     assert [f.position.path for f in agent.store.files(7)] == [str(log)]
-    with log.open("a") as handle:
-        handle.write("Rank0: (1) segmentation fault: artificial segfault\n")
+    append(log, "Rank0: (1) segmentation fault: artificial segfault\n")
     agent.read_logs(201.0)
     annotate = "update 7 AdminComment=ajr: requeued after segfault (segfault) on node-1 (1/3)"
     assert called(queue) == ["requeue_hold 7", annotate]
@@ -55,12 +51,7 @@ def test_segfault_line_requeues_held_then_releases_once_pending(agent: Agent, qu
 
 def test_the_lines_a_job_wrote_before_it_ended_are_read_before_its_end(agent: Agent, queue: MemorySlurm,
                                                                        tmp_path: Path) -> None:  # fmt: skip
-    queue.jobs[7] = running(tmp_path)
-    log = tmp_path / LOG_NAME
-    log.write_text("step 1\n")
-    agent.poll(200.0)
-    with log.open("a") as handle:
-        handle.write("Saved checkpoint to /ckpt/final\n")
+    append(followed_job(agent, queue, tmp_path), "Saved checkpoint to /ckpt/final\n")
     queue.end(7, "COMPLETED", at=queue.clock())
     agent.poll(201.0)  # the end seen before the kernel's word on the file (or the EpilogSlurmctld's first)
     job = agent.jobs[7]

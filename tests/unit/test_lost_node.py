@@ -12,7 +12,7 @@ from ajr_agent.domain.model import Awaiting, Phase, StopCause
 from ajr_agent.domain.settings import Settings
 from ajr_agent.runtime.agent import Agent, load_rules
 from ajr_agent.runtime.inline_pool import InlinePool
-from tests.unit.support import LOG_NAME, called, running
+from tests.unit.support import LOG_NAME, append, called, running
 
 NODES = ["n1", "n2", "n3", "n4", "n5"]
 NODE_FAILURE = "srun: error: Node failure on n3\n"
@@ -53,8 +53,7 @@ def test_slurms_own_requeue_seen_by_the_poll_is_one_failure_of_the_node_it_lost(
     agent.poll(230.0)
     recovered_away_from_n3(agent, queue)
     # srun's and slurmstepd's lines come after: the same failure, already handled.
-    with log.open("a") as handle:
-        handle.write(NODE_FAILURE + CANCELLED)
+    append(log, NODE_FAILURE + CANCELLED)
     agent.read_logs(231.0)
     agent.poll(232.0)
     assert agent.jobs[7].requeues_used == 1 and called(queue).count("release 7") == 1
@@ -68,8 +67,7 @@ def test_slurms_own_requeue_seen_first_in_the_log_is_one_failure_too(agent: Agen
                                                                      tmp_path: Path) -> None:  # fmt: skip
     log = four_nodes(agent, queue, tmp_path)
     queue.lose("n3")
-    with log.open("a") as handle:
-        handle.write(NODE_FAILURE + CANCELLED)
+    append(log, NODE_FAILURE + CANCELLED)
     agent.read_logs(230.0)  # the requeuehold is refused: "Job is pending execution"
     assert called(queue)[0] == "requeue_hold 7"
     assert called(queue)[1].startswith("update 7 AdminComment=ajr: requeued by Slurm after slurm_node_failure")
@@ -89,8 +87,7 @@ def test_a_node_lost_after_ajrs_own_requeue_is_blamed_at_the_release(agent: Agen
                                                                      tmp_path: Path) -> None:  # fmt: skip
     log = four_nodes(agent, queue, tmp_path)
     queue.slow_to_stop.add(7)  # n3 does not answer: the requeued job completes only once Slurm gives n3 up
-    with log.open("a") as handle:
-        handle.write(TASK_KILLED)
+    append(log, TASK_KILLED)
     agent.read_logs(230.0)
     assert called(queue)[0] == "requeue_hold 7" and agent.jobs[7].verdict == "unknown"
     queue.lose("n3")
@@ -105,8 +102,7 @@ def test_an_application_failure_is_released_with_its_verdict_when_no_node_was_lo
                                                                                    tmp_path: Path) -> None:  # fmt: skip
     log = four_nodes(agent, queue, tmp_path)
     queue.slow_to_stop.add(7)
-    with log.open("a") as handle:
-        handle.write("Rank0: (1) segmentation fault: artificial segfault\n")
+    append(log, "Rank0: (1) segmentation fault: artificial segfault\n")
     agent.read_logs(230.0)
     queue.finish_requeue(7)
     agent.poll(260.0)
@@ -121,8 +117,7 @@ def test_a_job_slurm_may_not_requeue_whose_node_is_lost_after_the_refusal_gets_t
     agent: Agent, queue: MemorySlurm, tmp_path: Path
 ) -> None:
     log = four_nodes(agent, queue, tmp_path, requeueable=False)
-    with log.open("a") as handle:
-        handle.write(TASK_KILLED)
+    append(log, TASK_KILLED)
     agent.read_logs(230.0)
     assert (agent.jobs[7].stop_cause, agent.jobs[7].verdict) == (StopCause.SLURM_REFUSED, "unknown")
     queue.lose("n3")  # the job ends NODE_FAIL

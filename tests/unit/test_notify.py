@@ -4,7 +4,7 @@ command sink writes to a file, and a dead sink never holds up the agent."""
 from __future__ import annotations
 
 from ajr_agent.adapters.slurm.memory import MemorySlurm
-from tests.unit.support import LOG_NAME, running
+from tests.unit.support import append, followed_job
 
 import json
 import logging
@@ -237,12 +237,7 @@ def test_the_agent_notifies_a_recovery_through_a_real_sink(tmp_path: Path, recei
     notifier = Notifier.from_settings(settings)
     notifier.start()
     agent = Agent(settings, store, queue, load_rules(settings), observer=notifier, pool=InlinePool())
-    queue.jobs[7] = running(tmp_path)
-    log = tmp_path / LOG_NAME
-    log.write_text("step 1\n")
-    agent.poll(200.0)
-    with log.open("a") as handle:
-        handle.write("Rank0: (1) segmentation fault: artificial segfault\n")
+    append(followed_job(agent, queue, tmp_path), "Rank0: (1) segmentation fault: artificial segfault\n")
     agent.read_logs(201.0)
     agent.poll(202.0)
     wait_for(lambda: receiver.bodies, 10, "the recovery's notification")
